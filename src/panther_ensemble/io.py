@@ -1,0 +1,164 @@
+"""Grand Challenge sockets and image files: find the inputs, read images with geometry, write masks.
+
+Arrays follow SimpleITK's order (z, y, x); spacing, origin and direction are SimpleITK's (x, y, z).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from .errors import PantherError
+
+IMAGE_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd")
+
+
+@dataclass
+class Image:
+    """A 3-D scalar image: voxels as (z, y, x) float32 and the geometry nnU-Net needs to export."""
+
+    path: Path
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    origin: tuple[float, float, float]
+    direction: tuple[float, ...]
+
+    def nnunet_input(self) -> tuple[np.ndarray, dict]:
+        """(1, z, y, x) data and the properties dict exactly as nnU-Net's SimpleITKIO returns them."""
+        properties = {
+            "sitk_stuff": {"spacing": self.spacing, "origin": self.origin, "direction": self.direction},
+            "spacing": list(self.spacing)[::-1],
+        }
+        return self.array[None], properties
+
+
+@dataclass
+class CaseInputs:
+    """The image files of one input socket."""
+
+    socket: str
+    files: list[Path]
+
+
+def image_stem(path: Path) -> str:
+    name = path.name
+    for suffix in IMAGE_SUFFIXES:
+        if name.endswith(suffix):
+            return name[: -len(suffix)]
+    return path.stem
+
+
+def _image_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
+
+
+def find_inputs(input_dir: Path) -> CaseInputs:
+    """The image socket and its files, from inputs.json when present, else from images/<slug>/."""
+    input_dir = Path(input_dir)
+    if not input_dir.is_dir():
+        raise PantherError(f"{input_dir}: input folder does not exist")
+    inputs_json = input_dir / "inputs.json"
+    if inputs_json.exists():
+        folders = _image_sockets_from_inputs_json(inputs_json, input_dir)
+    else:
+        images = input_dir / "images"
+        folders = {p.name: p for p in sorted(images.iterdir()) if p.is_dir()} if images.is_dir() else {}
+    with_files = {slug: _image_files(folder) for slug, folder in folders.items() if folder.is_dir()}
+    with_files = {slug: files for slug, files in with_files.items() if files}
+    if not with_files:
+        raise PantherError(
+            f"{input_dir}: no input image found (expected inputs.json or images/<socket>/<name>.mha "
+            f"with one of {', '.join(IMAGE_SUFFIXES)})"
+        )
+    if len(with_files) > 1:
+        raise PantherError(f"{input_dir}: images for several input sockets at once ({', '.join(with_files)}); "
+                           "expected exactly one")
+    (socket, files), = with_files.items()
+    return CaseInputs(socket, files)
+
+
+def _image_sockets_from_inputs_json(inputs_json: Path, input_dir: Path) -> dict[str, Path]:
+    try:
+        entries = json.loads(inputs_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PantherError(f"{inputs_json}: not valid JSON ({e})") from None
+    if not isinstance(entries, list):
+        raise PantherError(f"{inputs_json}: expected a JSON list of socket values, got {type(entries).__name__}")
+    folders: dict[str, Path] = {}
+    for i, entry in enumerate(entries):
+        interface = entry.get("interface") if isinstance(entry, dict) else None
+        if not isinstance(interface, dict) or "slug" not in interface:
+            raise PantherError(f"{inputs_json}: entry {i} has no interface.slug")
+        if interface.get("super_kind", "Image") != "Image":
+            continue
+        relative = interface.get("relative_path") or f"images/{interface['slug']}"
+        folders[interface["slug"]] = input_dir / relative
+    return folders
+
+
+def _validated_reader(path: Path) -> sitk.ImageFileReader:
+    """A reader whose header says: a readable 3-D scalar image. Errors name the file."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        raise PantherError(f"{path}: cannot be read as an image ({lines[-1] if lines else 'unreadable'})") \
+            from None
+    if reader.GetDimension() != 3:
+        raise PantherError(f"{path}: expected a 3-D image, got {reader.GetDimension()}-D")
+    if reader.GetNumberOfComponents() != 1:
+        raise PantherError(f"{path}: expected a scalar image, got {reader.GetNumberOfComponents()} "
+                           "components per voxel")
+    return reader
+
+
+def check_image(path: Path) -> None:
+    """Validate an input's header without reading its voxels (done for every file before heavy work)."""
+    _validated_reader(Path(path))
+
+
+def read_image(path: Path) -> Image:
+    """Read a 3-D scalar image; anything else is a clear error naming the file."""
+    path = Path(path)
+    reader = _validated_reader(path)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        lines = str(e).strip().splitlines()
+        raise PantherError(f"{path}: image data cannot be read ({lines[-1] if lines else 'truncated?'})") \
+            from None
+    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
+    return Image(path, array, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+
+
+def output_path(output_dir: Path, socket: str, input_file: Path) -> Path:
+    return Path(output_dir) / "images" / socket / f"{image_stem(input_file)}.mha"
+
+
+def write_mask(mask: np.ndarray, like: Image, path: Path) -> None:
+    """Write a uint8 (z, y, x) mask on the geometry of `like`, compressed; atomically (never half-written)."""
+    if mask.shape != like.array.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the image's {like.array.shape}")
+    out = sitk.GetImageFromArray(mask.astype(np.uint8, copy=False))
+    out.SetSpacing(like.spacing)
+    out.SetOrigin(like.origin)
+    out.SetDirection(like.direction)
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise PantherError(f"{path.parent}: cannot create the output folder ({e.strerror})") from None
+    partial = path.with_name(f".{path.stem}.partial.mha")
+    try:
+        sitk.WriteImage(out, str(partial), useCompression=True)
+        os.replace(partial, path)
+    except (RuntimeError, OSError) as e:
+        partial.unlink(missing_ok=True)
+        raise PantherError(f"{path}: cannot write the output ({str(e).strip().splitlines()[-1]})") from None

@@ -1,0 +1,120 @@
+"""Load ensemble members from nnU-Net result folders: plans, labels, checkpoint, network.
+
+The network is built from the plans' architecture entry (class name + kwargs), never by importing the
+trainer class, so checkpoints of trainers nnunetv2 does not ship load as well. Checkpoints are pickles:
+they are read with torch's weights-only unpickler and a small allow-list, so no code in them runs.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.label_handling.label_handling import LabelManager, determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+
+from .errors import PantherError
+from .spec import MemberSpec
+
+# What an nnU-Net checkpoint legitimately holds beyond tensors: numpy scalars in its training log.
+_SAFE_GLOBALS = [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64)),
+                 type(np.dtype(np.int32)), type(np.dtype(np.bool_))]
+try:
+    from numpy._core.multiarray import scalar as _numpy_scalar
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import scalar as _numpy_scalar
+_SAFE_GLOBALS.append(_numpy_scalar)
+
+# Plans may only name network classes and layers from these packages (they are imported by name).
+_ARCH_PACKAGES = ("dynamic_network_architectures.",)
+_LAYER_PACKAGES = ("torch.nn.",)
+
+
+@dataclass
+class Member:
+    """One ensemble member, ready to predict: its spec entry, nnU-Net managers and network in eval mode."""
+
+    spec: MemberSpec
+    folder: Path
+    trainer_name: str
+    configuration_name: str
+    plans_manager: PlansManager
+    configuration_manager: ConfigurationManager
+    dataset_json: dict
+    label_manager: LabelManager
+    network: torch.nn.Module
+
+
+def load_checkpoint(path: Path) -> dict:
+    """A checkpoint's content, unpickled without executing anything it carries."""
+    try:
+        with torch.serialization.safe_globals(_SAFE_GLOBALS):
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise PantherError(f"{path}: refused to load: the checkpoint holds objects other than weights "
+                           f"and training logs, which could run code ({first[:200]})") from None
+    except (RuntimeError, EOFError, OSError) as e:
+        raise PantherError(f"{path}: not a readable PyTorch checkpoint ({str(e).strip()[:200]})") from None
+    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
+        raise PantherError(f"{path}: not an nnU-Net checkpoint (no 'network_weights')")
+    return checkpoint
+
+
+def _check_importable_names(plans_path: Path, arch: dict) -> None:
+    if not str(arch.get("network_class_name", "")).startswith(_ARCH_PACKAGES):
+        raise PantherError(f"{plans_path}: network class '{arch.get('network_class_name')}' is not from "
+                           "dynamic_network_architectures")
+    for key in arch.get("_kw_requires_import", []):
+        name = arch["arch_kwargs"].get(key)
+        if name is not None and not str(name).startswith(_LAYER_PACKAGES):
+            raise PantherError(f"{plans_path}: architecture kwarg '{key}' = '{name}' is not a torch.nn class")
+
+
+def _configuration_name(member: MemberSpec, checkpoint: dict, plans: dict, plans_path: Path) -> str:
+    init_args = checkpoint.get("init_args") or {}
+    name = init_args.get("configuration") or Path(member.model).name.split("__")[-1]
+    if name not in plans.get("configurations", {}):
+        raise PantherError(f"{plans_path}: has no configuration '{name}' (named by {member.name})")
+    return name
+
+
+def load_member(weights_root: Path, member: MemberSpec) -> Member:
+    folder = weights_root / member.model
+    plans_path = folder / "plans.json"
+    plans = json.loads(plans_path.read_text())
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    checkpoint = load_checkpoint(member.checkpoint_path(weights_root))
+
+    plans_manager = PlansManager(plans)
+    configuration_name = _configuration_name(member, checkpoint, plans, plans_path)
+    configuration_manager = plans_manager.get_configuration(configuration_name)
+    if configuration_manager.previous_stage_name is not None:
+        raise PantherError(f"{plans_path}: configuration '{configuration_name}' is a cascade stage; "
+                           "cascades are not supported")
+    label_manager = plans_manager.get_label_manager(dataset_json)
+    arch = plans["configurations"][configuration_name].get("architecture") or {}
+    _check_importable_names(plans_path, arch)
+
+    network = get_network_from_plans(
+        configuration_manager.network_arch_class_name,
+        configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        label_manager.num_segmentation_heads,
+        allow_init=False,
+        deep_supervision=False,
+    )
+    try:
+        network.load_state_dict(checkpoint["network_weights"])
+    except RuntimeError as e:
+        raise PantherError(f"{member.checkpoint_path(weights_root)}: weights do not fit the architecture in "
+                           f"{plans_path} ({str(e).splitlines()[0]})") from None
+    network.eval()
+    return Member(member, folder, checkpoint.get("trainer_name", "unknown"), configuration_name, plans_manager,
+                  configuration_manager, dataset_json, label_manager, network)

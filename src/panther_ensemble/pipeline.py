@@ -1,0 +1,79 @@
+"""The ensemble run: load members once, then per image preprocess -> predict -> combine.
+
+Data flows one way; file I/O stays in io/spec/members, the math in preprocess/predict/combine.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .combine import SoftmaxMean, probabilities_on_input_grid, tumor_mask
+from .io import Image
+from .members import Member, load_member
+from .predict import sliding_window_logits
+from .preprocess import preprocess, preprocessing_key
+from .spec import EnsembleSpec
+from .timing import StageTimer, log, tile_progress
+
+
+@dataclass
+class TileGroup:
+    """Members that share preprocessing and patch size: one tile grid, every network per tile."""
+
+    members: list[Member]
+
+    @property
+    def patch_size(self) -> list[int]:
+        return self.members[0].configuration_manager.patch_size
+
+
+def group_members(members: list[Member]) -> list[list[TileGroup]]:
+    """Members grouped by identical preprocessing, then by patch size; spec order kept within groups."""
+    by_preprocessing: dict[str, dict[tuple, list[Member]]] = defaultdict(lambda: defaultdict(list))
+    for member in members:
+        patch = tuple(member.configuration_manager.patch_size)
+        by_preprocessing[preprocessing_key(member)][patch].append(member)
+    return [[TileGroup(group) for group in by_patch.values()] for by_patch in by_preprocessing.values()]
+
+
+class Ensemble:
+    def __init__(self, spec: EnsembleSpec, members: list[Member], device: torch.device) -> None:
+        self.spec = spec
+        self.members = members
+        self.device = device
+        self.groups = group_members(members)
+
+    @classmethod
+    def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer) -> Ensemble:
+        with timer.stage("load"):
+            members = [load_member(weights_root, m) for m in spec.members]
+        ensemble = cls(spec, members, device)
+        log(f"loaded {len(members)} members from {weights_root} in {len(ensemble.groups)} preprocessing "
+            f"group(s) on {device}")
+        return ensemble
+
+    def predict(self, image: Image, timer: StageTimer) -> np.ndarray:
+        """The uint8 tumor mask on the image's grid."""
+        mean = SoftmaxMean()
+        for g, tile_groups in enumerate(self.groups, start=1):
+            with timer.stage("preprocess"):
+                prepared = preprocess(image, tile_groups[0].members[0])
+            log(f"group {g}: preprocessed {tuple(image.array.shape)} -> {tuple(prepared.data.shape[1:])}")
+            for group in tile_groups:
+                with timer.stage("forward"):
+                    logits = sliding_window_logits(
+                        prepared.data, [m.network for m in group.members], group.patch_size,
+                        group.members[0].label_manager.num_segmentation_heads, self.device,
+                        tile_progress(f"group {g}, {len(group.members)} member(s), patch {group.patch_size}"))
+                for member, member_logits in zip(group.members, logits):
+                    with timer.stage("resample"):
+                        probabilities = probabilities_on_input_grid(member_logits, member, prepared.properties)
+                    with timer.stage("combine"):
+                        mean.add(probabilities, member.spec.weight)
+                del logits
+        with timer.stage("combine"):
+            return tumor_mask(mean.labels(), self.spec.tumor_label)

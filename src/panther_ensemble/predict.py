@@ -1,0 +1,78 @@
+"""Gaussian sliding-window prediction, as nnU-Net does it, for several networks sharing one tile grid.
+
+Each tile is cut and moved to the device once and every network of the group runs on it. Per network,
+the arithmetic is nnU-Net's: zero padding to the patch size, tile step 0.5, gaussian importance
+(sigma 1/8, scaled to 10), fp16 accumulation, autocast on CUDA only, no mirroring.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+from acvl_utils.cropping_and_padding.padding import pad_nd_image
+from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
+
+TILE_STEP_SIZE = 0.5
+
+Progress = Callable[[int, int], None]
+
+
+def tile_slicers(image_size: Sequence[int], patch_size: Sequence[int], step: float = TILE_STEP_SIZE) -> list[tuple]:
+    """The tiles in nnU-Net's order; a 2-D patch on a 3-D image tiles every slice of the first axis."""
+    image_size, patch_size = tuple(image_size), tuple(patch_size)
+    if len(patch_size) == len(image_size):
+        steps = compute_steps_for_sliding_window(image_size, patch_size, step)
+        return [(slice(None), *(slice(s, s + p) for s, p in zip(starts, patch_size)))
+                for starts in itertools.product(*steps)]
+    steps = compute_steps_for_sliding_window(image_size[1:], patch_size, step)
+    return [(slice(None), d, *(slice(s, s + p) for s, p in zip(starts, patch_size)))
+            for d in range(image_size[0]) for starts in itertools.product(*steps)]
+
+
+@torch.inference_mode()
+def sliding_window_logits(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size: Sequence[int],
+                          num_classes: int, device: torch.device, progress: Progress | None = None,
+                          ) -> list[torch.Tensor]:
+    """fp16 logits (num_classes, *data.shape[1:]) on the CPU, one tensor per network."""
+    try:
+        return _predict(data, networks, patch_size, num_classes, device, device, progress)
+    except torch.OutOfMemoryError:
+        if device.type == "cpu":
+            raise
+        # The accumulators did not fit next to the networks: keep them on the host, as nnU-Net does.
+        torch.cuda.empty_cache()
+        return _predict(data, networks, patch_size, num_classes, device, torch.device("cpu"), progress)
+
+
+def _predict(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size: Sequence[int],
+             num_classes: int, device: torch.device, results_device: torch.device,
+             progress: Progress | None) -> list[torch.Tensor]:
+    padded, revert_padding = pad_nd_image(data, patch_size, "constant", {"value": 0}, True, None)
+    slicers = tile_slicers(padded.shape[1:], patch_size)
+    padded = padded.to(results_device)
+    logits = [torch.zeros((num_classes, *padded.shape[1:]), dtype=torch.half, device=results_device)
+              for _ in networks]
+    n_predictions = torch.zeros(padded.shape[1:], dtype=torch.half, device=results_device)
+    gaussian = compute_gaussian(tuple(patch_size), sigma_scale=1. / 8, value_scaling_factor=10,
+                                device=results_device)
+    for network in networks:
+        network.to(device)
+    autocast = torch.autocast(device.type, enabled=device.type == "cuda")
+    with autocast:
+        for i, slicer in enumerate(slicers):
+            tile = torch.clone(padded[slicer][None], memory_format=torch.contiguous_format).to(device)
+            for network, accumulator in zip(networks, logits):
+                prediction = network(tile)[0].to(results_device)
+                prediction *= gaussian
+                accumulator[slicer] += prediction
+            n_predictions[slicer[1:]] += gaussian
+            if progress is not None:
+                progress(i + 1, len(slicers))
+    keep = (slice(None), *revert_padding[1:])
+    for accumulator in logits:
+        torch.div(accumulator, n_predictions, out=accumulator)
+        if torch.isinf(accumulator).any():
+            raise RuntimeError("inf in the accumulated fp16 logits")
+    return [accumulator[keep].cpu() for accumulator in logits]

@@ -1,0 +1,47 @@
+"""nnU-Net preprocessing of one image, once per group of members whose preprocessing is identical."""
+
+from __future__ import annotations
+
+import json
+from copy import deepcopy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .io import Image
+from .members import Member
+
+
+@dataclass
+class Preprocessed:
+    """The image on a member group's grid (c, z', y', x') and nnU-Net's properties to export back."""
+
+    data: torch.Tensor
+    properties: dict
+
+
+def preprocessing_key(member: Member) -> str:
+    """Members with equal keys get bit-identical preprocessed data, so they share one preprocessing."""
+    configuration = member.configuration_manager.configuration
+    plans = member.plans_manager
+    return json.dumps({
+        "preprocessor": configuration.get("preprocessor_name", "DefaultPreprocessor"),
+        "transpose_forward": plans.transpose_forward,
+        "spacing": configuration["spacing"],
+        "normalization_schemes": configuration["normalization_schemes"],
+        "use_mask_for_norm": configuration["use_mask_for_norm"],
+        "resampling_fn_data": configuration["resampling_fn_data"],
+        "resampling_fn_data_kwargs": configuration["resampling_fn_data_kwargs"],
+        "intensity_properties": plans.foreground_intensity_properties_per_channel,
+        "channel_names": member.dataset_json.get("channel_names", member.dataset_json.get("modality")),
+    }, sort_keys=True)
+
+
+def preprocess(image: Image, member: Member) -> Preprocessed:
+    """Run the member's own nnU-Net preprocessor (transpose, crop to nonzero, normalize, resample)."""
+    data, properties = image.nnunet_input()
+    preprocessor = member.configuration_manager.preprocessor_class(verbose=False)
+    data, _, properties = preprocessor.run_case_npy(data, None, deepcopy(properties), member.plans_manager,
+                                                    member.configuration_manager, member.dataset_json)
+    return Preprocessed(torch.from_numpy(np.ascontiguousarray(data)), properties)

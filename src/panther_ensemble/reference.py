@@ -1,0 +1,69 @@
+"""The reference: stock nnunetv2, one nnUNetPredictor per member, probabilities returned, weighted mean.
+
+This is what DESIGN.md defines as correct. Members whose trainer class nnunetv2 does not ship (or cannot
+import) are set up with nnUNetPredictor.manual_initialization and the network from the plans, since
+nnU-Net itself cannot find their trainer; everything after that is the stock predictor.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+from .spec import EnsembleSpec, MemberSpec
+
+
+def stock_predictor(weights_root: Path, member: MemberSpec, device: torch.device) -> nnUNetPredictor:
+    predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                                perform_everything_on_device=device.type == "cuda", device=device,
+                                verbose=False, allow_tqdm=False)
+    folder = weights_root / member.model
+    try:
+        predictor.initialize_from_trained_model_folder(str(folder), use_folds=(member.fold,),
+                                                       checkpoint_name=member.checkpoint)
+        return predictor
+    except RuntimeError:  # nnunetv2 cannot find (or import) the trainer class named in the checkpoint
+        pass
+    checkpoint = torch.load(member.checkpoint_path(weights_root), map_location="cpu", weights_only=False)
+    plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
+    dataset_json = json.loads((folder / "dataset.json").read_text())
+    configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+    network = get_network_from_plans(
+        configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+        configuration.network_arch_init_kwargs_req_import,
+        determine_num_input_channels(plans_manager, configuration, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, allow_init=False,
+        deep_supervision=False)
+    network.load_state_dict(checkpoint["network_weights"])
+    predictor.manual_initialization(network, plans_manager, configuration, [checkpoint["network_weights"]],
+                                    dataset_json, checkpoint["trainer_name"],
+                                    checkpoint.get("inference_allowed_mirroring_axes"))
+    return predictor
+
+
+def stock_member_probabilities(image_file: Path, weights_root: Path, member: MemberSpec,
+                               device: torch.device | None = None) -> np.ndarray:
+    """(classes, z, y, x) probabilities of one member on the input grid, by the stock predictor."""
+    data, properties = SimpleITKIO().read_images([str(image_file)])
+    predictor = stock_predictor(weights_root, member, device or torch.device("cpu"))
+    _, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
+    return probabilities
+
+
+def stock_ensemble_mask(image_file: Path, weights_root: Path, spec: EnsembleSpec,
+                        device: torch.device | None = None) -> np.ndarray:
+    """The reference tumor mask (z, y, x) uint8: weighted mean of stock per-member probabilities."""
+    total = None
+    for member in spec.members:
+        weighted = stock_member_probabilities(image_file, weights_root, member, device) * member.weight
+        total = weighted if total is None else total + weighted
+    labels = np.argmax(total / sum(m.weight for m in spec.members), axis=0)
+    return (labels == spec.tumor_label).astype(np.uint8)

@@ -1,0 +1,59 @@
+"""The predict command end to end: find inputs and spec, check everything, load once, predict each file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PantherError
+from .io import check_image, find_inputs, output_path, read_image, write_mask
+from .pipeline import Ensemble
+from .spec import check_against_weights, find_spec, load_spec, resolve_weights_root, spec_dirs
+from .timing import StageTimer, log
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PantherError("--device cuda: no CUDA device is available")
+    return torch.device(name)
+
+
+def tumor_volume_ml(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
+    return float(mask.sum()) * float(np.prod(spacing)) / 1000.0
+
+
+def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = None, weights: Path | None = None,
+                   device: str = "auto") -> list[Path]:
+    """Predict every image of the input socket; returns the written mask paths."""
+    timer = StageTimer()
+    inputs = find_inputs(input_dir)
+    spec = load_spec(ensemble) if ensemble is not None else find_spec(inputs.socket, spec_dirs())
+    if spec.input_socket != inputs.socket:
+        raise PantherError(f"{spec.path}: is for input socket '{spec.input_socket}', but the input is "
+                           f"'{inputs.socket}'")
+    weights_root = resolve_weights_root(spec, weights)
+    check_against_weights(spec, weights_root)
+    for file in inputs.files:
+        check_image(file)
+    torch_device = select_device(device)
+    log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(inputs.files)} image(s)")
+
+    model = Ensemble.load(spec, weights_root, torch_device, timer)
+    written = []
+    for file in inputs.files:
+        with timer.stage("read"):
+            image = read_image(file)
+        spacing = tuple(round(s, 3) for s in image.spacing)
+        log(f"{file.name}: {image.array.shape[::-1]} voxels (x, y, z) at {spacing} mm")
+        mask = model.predict(image, timer)
+        target = output_path(output_dir, spec.output_socket, file)
+        with timer.stage("write"):
+            write_mask(mask, image, target)
+        log(f"wrote {target}: tumor {tumor_volume_ml(mask, image.spacing):.2f} mL ({int(mask.sum())} voxels)")
+        written.append(target)
+    log(timer.summary())
+    return written

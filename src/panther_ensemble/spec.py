@@ -1,0 +1,184 @@
+"""The ensemble spec (TOML): parse, validate against the weights, and locate specs and weights.
+
+Everything here is checked before any heavy work, and every problem is one line naming the file.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import tomllib
+
+from .errors import PantherError
+
+APP_DIR = Path(os.environ.get("PANTHER_APP_DIR", Path(__file__).resolve().parents[2]))
+GC_MODEL_DIR = Path("/opt/ml/model")
+
+TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "member"}
+MEMBER_KEYS = {"model", "fold", "checkpoint", "weight"}
+REQUIRED_TOP = ("input_socket", "output_socket", "tumor_label")
+REQUIRED_MEMBER = ("model", "fold", "checkpoint")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    model: str
+    fold: int | str  # an integer fold, or "all" as nnU-Net names the all-data fold
+    checkpoint: str
+    weight: float = 1.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/fold_{self.fold}/{self.checkpoint}"
+
+    def checkpoint_path(self, weights_root: Path) -> Path:
+        return weights_root / self.model / f"fold_{self.fold}" / self.checkpoint
+
+
+@dataclass(frozen=True)
+class EnsembleSpec:
+    path: Path
+    input_socket: str
+    output_socket: str
+    tumor_label: int
+    members: tuple[MemberSpec, ...]
+
+
+def _unknown_key_error(path: Path, where: str, key: str, known: set[str]) -> PantherError:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(sorted(known))})"
+    return PantherError(f"{path}: unknown key '{key}' in {where}{hint}")
+
+
+def _expect(path: Path, where: str, key: str, value: object, kind: type | tuple[type, ...], what: str):
+    if isinstance(value, bool) or not isinstance(value, kind):  # TOML booleans are never a valid value here
+        raise PantherError(f"{path}: '{key}' in {where} must be {what}, got {value!r}")
+    return value
+
+
+def load_spec(path: Path) -> EnsembleSpec:
+    """Parse and validate a spec file's own content (not yet the weights it names)."""
+    path = Path(path)
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise PantherError(f"{path}: ensemble spec does not exist") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise PantherError(f"{path}: not a valid TOML ensemble spec ({e})") from None
+    for key in raw:
+        if key not in TOP_KEYS:
+            raise _unknown_key_error(path, "the top level", key, TOP_KEYS)
+    for key in REQUIRED_TOP:
+        if key not in raw:
+            raise PantherError(f"{path}: missing required key '{key}'")
+    _expect(path, "the top level", "input_socket", raw["input_socket"], str, "a socket slug")
+    _expect(path, "the top level", "output_socket", raw["output_socket"], str, "a socket slug")
+    tumor_label = _expect(path, "the top level", "tumor_label", raw["tumor_label"], int, "an integer label")
+    entries = raw.get("member", [])
+    if not isinstance(entries, list) or not entries:
+        raise PantherError(f"{path}: needs at least one [[member]] table")
+    members = []
+    for i, entry in enumerate(entries, start=1):
+        where = f"[[member]] {i}"
+        for key in entry:
+            if key not in MEMBER_KEYS:
+                raise _unknown_key_error(path, where, key, MEMBER_KEYS)
+        for key in REQUIRED_MEMBER:
+            if key not in entry:
+                raise PantherError(f"{path}: missing required key '{key}' in {where}")
+        model = _expect(path, where, "model", entry["model"], str, "a model folder under the weights root")
+        fold = entry["fold"]
+        if fold != "all":
+            _expect(path, where, "fold", fold, int, "an integer or \"all\"")
+            if fold < 0:
+                raise PantherError(f"{path}: 'fold' in {where} must not be negative, got {fold}")
+        checkpoint = _expect(path, where, "checkpoint", entry["checkpoint"], str, "a checkpoint file name")
+        weight = _expect(path, where, "weight", entry.get("weight", 1.0), (int, float), "a positive number")
+        if not weight > 0:
+            raise PantherError(f"{path}: 'weight' in {where} must be positive, got {weight}")
+        if Path(model).is_absolute() or ".." in Path(model).parts:
+            raise PantherError(f"{path}: 'model' in {where} must be a relative path under the weights root")
+        members.append(MemberSpec(model, fold, checkpoint, float(weight)))
+    return EnsembleSpec(path, raw["input_socket"], raw["output_socket"], tumor_label, tuple(members))
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise PantherError(f"{path}: missing (an nnU-Net result folder holds plans.json and dataset.json)") \
+            from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise PantherError(f"{path}: not valid JSON ({e})") from None
+
+
+def check_against_weights(spec: EnsembleSpec, weights_root: Path) -> None:
+    """Every member's folder, fold and checkpoint exist; all members share one label map holding tumor_label."""
+    first_labels: dict | None = None
+    for member in spec.members:
+        folder = weights_root / member.model
+        if not folder.is_dir():
+            raise PantherError(f"{spec.path}: model folder '{member.model}' not found under {weights_root}")
+        checkpoint = member.checkpoint_path(weights_root)
+        if not checkpoint.parent.is_dir():
+            raise PantherError(f"{spec.path}: fold {member.fold} of '{member.model}' not found "
+                               f"({checkpoint.parent} is missing)")
+        if not checkpoint.is_file():
+            raise PantherError(f"{spec.path}: checkpoint '{member.checkpoint}' not found in {checkpoint.parent}")
+        dataset = _load_json(folder / "dataset.json")
+        plans = _load_json(folder / "plans.json")
+        labels = dataset.get("labels")
+        if not isinstance(labels, dict) or not labels:
+            raise PantherError(f"{folder / 'dataset.json'}: has no 'labels' map")
+        if any(not isinstance(v, int) for v in labels.values()) or "regions_class_order" in dataset:
+            raise PantherError(f"{folder / 'dataset.json'}: region-based labels (nnU-Net 'regions') are not "
+                               "supported; expected one integer per label")
+        configuration = _configuration_from_folder_name(member.model)
+        if configuration is not None and configuration not in plans.get("configurations", {}):
+            raise PantherError(f"{folder / 'plans.json'}: has no configuration '{configuration}'")
+        if first_labels is None:
+            first_labels = labels
+            if spec.tumor_label not in labels.values():
+                raise PantherError(f"{spec.path}: tumor_label {spec.tumor_label} is not among the labels "
+                                   f"{labels} of '{member.model}'")
+        elif labels != first_labels:
+            raise PantherError(f"{spec.path}: members have different label maps: '{member.model}' has "
+                               f"{labels}, '{spec.members[0].model}' has {first_labels}")
+
+
+def _configuration_from_folder_name(model: str) -> str | None:
+    """nnU-Net names result folders Trainer__Plans__configuration."""
+    parts = Path(model).name.split("__")
+    return parts[2] if len(parts) == 3 else None
+
+
+def spec_dirs() -> list[Path]:
+    """Where specs are looked up, in order: GC's model tarball, then the app's ensemble/ folder."""
+    return [GC_MODEL_DIR, APP_DIR / "ensemble"]
+
+
+def find_spec(socket: str, dirs: list[Path]) -> EnsembleSpec:
+    """The spec whose input_socket is `socket`."""
+    seen = []
+    for folder in dirs:
+        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
+            spec = load_spec(path)
+            if spec.input_socket == socket:
+                return spec
+            seen.append(f"{path.name} ({spec.input_socket})")
+    raise PantherError(f"no ensemble spec for input socket '{socket}' in {', '.join(map(str, dirs))}"
+                       + (f"; found {', '.join(seen)}" if seen else ""))
+
+
+def resolve_weights_root(spec: EnsembleSpec, explicit: Path | None) -> Path:
+    """--weights if given, else /opt/ml/model when it holds the members, else the app's weights/."""
+    if explicit is not None:
+        return Path(explicit)
+    for candidate in (GC_MODEL_DIR, APP_DIR / "weights"):
+        if all((candidate / m.model).is_dir() for m in spec.members):
+            return candidate
+    return APP_DIR / "weights"

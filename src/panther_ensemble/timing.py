@@ -1,0 +1,45 @@
+"""Per-stage wall-clock times and progress lines, printed to stdout (GC treats stderr as warnings)."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+
+def log(message: str) -> None:
+    print(message, flush=True)
+
+
+class StageTimer:
+    """Accumulates seconds per named stage, in first-use order."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] += time.perf_counter() - start
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+    def summary(self) -> str:
+        stages = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in self.seconds.items())
+        return f"timing: {stages} | total {self.elapsed():.2f}s"
+
+
+def tile_progress(label: str):
+    """A progress callback that logs at every tenth of the tiles (plain lines, no carriage returns)."""
+
+    def report(done: int, total: int) -> None:
+        if done == total or (done * 10) // total != ((done - 1) * 10) // total:
+            log(f"  {label}: tile {done}/{total}")
+
+    return report
