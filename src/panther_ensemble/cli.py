@@ -72,3 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def inference_main(argv: list[str] | None = None) -> int:
     return _run(run_predict, inference_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -50,17 +50,30 @@ class Member:
     network: torch.nn.Module
 
 
+def _unsafe_globals(path: Path) -> list[str]:
+    """Names the checkpoint's pickle would import beyond the allow-list (read from its opcodes, not run)."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip/pickle at all: nothing to name
+        return []
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS}
+    return [n for n in names if n not in allowed]
+
+
 def load_checkpoint(path: Path) -> dict:
     """A checkpoint's content, unpickled without executing anything it carries."""
     try:
         with torch.serialization.safe_globals(_SAFE_GLOBALS):
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise PantherError(f"{path}: refused to load: the checkpoint holds objects other than weights "
-                           f"and training logs, which could run code ({first[:200]})") from None
-    except (RuntimeError, EOFError, OSError) as e:
-        raise PantherError(f"{path}: not a readable PyTorch checkpoint ({str(e).strip()[:200]})") from None
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        unsafe = _unsafe_globals(path)
+        if unsafe:
+            raise PantherError(f"{path}: refused to load: the checkpoint holds {', '.join(unsafe[:3])}, which "
+                               "is not weights or a training log and could run code") from None
+        # torch's own text here is advice to disable weights_only: the wrong advice, so it is not repeated
+        reason = "truncated, or not written by torch.save" if isinstance(e, pickle.UnpicklingError) else \
+            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise PantherError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise PantherError(f"{path}: not an nnU-Net checkpoint (no 'network_weights')")
     return checkpoint

@@ -33,7 +33,8 @@ class ModelConfig:
     plans_name: str = "nnUNetResEncUNetMPlans"
     configuration: str = "3d_fullres"
     architecture: str = "ResidualEncoderUNet"
-    spacing: tuple[float, float, float] = (3.0, 1.0, 1.0)  # (z, y, x), nnU-Net's transposed order
+    transpose_forward: tuple[int, int, int] = (0, 1, 2)
+    spacing: tuple[float, float, float] = (3.0, 1.0, 1.0)  # in transposed (z, y, x) order, as nnU-Net stores it
     patch_size: tuple[int, int, int] = (16, 32, 32)
     features: tuple[int, ...] = (4, 8, 16)
     normalization: str = "ZScoreNormalization"
@@ -62,6 +63,24 @@ def _strides(patch_size: tuple[int, ...], n_stages: int) -> list[list[int]]:
     return strides
 
 
+# The paper's Task 1 composition in miniature: 3 folds of an all-rounder (best checkpoints), 2 of a "volume"
+# model (a trainer nnunetv2 ships, final checkpoints) on the same plans, 1 of a "boundary" model with another
+# architecture, spacing, patch size and a trainer nnunetv2 does not ship.
+ALL_ROUNDER = ModelConfig(seed=1, folds=(0, 1, 2))
+VOLUME = ModelConfig(trainer="nnUNetTrainerDA5", seed=2, folds=(0, 1))
+BOUNDARY = ModelConfig(trainer="nnUNetTrainer_DA5Segord0_150epochs", plans_name="nnUNetPlans",
+                       architecture="PlainConvUNet", spacing=(2.0, 1.2, 1.2), patch_size=(16, 24, 40),
+                       features=(4, 8, 16, 24), seed=3)
+T1_MEMBERS = [
+    (ALL_ROUNDER, 0, "checkpoint_best.pth", 1.0),
+    (ALL_ROUNDER, 1, "checkpoint_best.pth", 1.0),
+    (ALL_ROUNDER, 2, "checkpoint_best.pth", 1.0),
+    (VOLUME, 0, "checkpoint_final.pth", 0.75),
+    (VOLUME, 1, "checkpoint_final.pth", 0.75),
+    (BOUNDARY, 0, "checkpoint_best.pth", 1.5),
+]
+
+
 def make_plans(config: ModelConfig) -> dict:
     n_stages = len(config.features)
     arch_kwargs = {
@@ -88,8 +107,8 @@ def make_plans(config: ModelConfig) -> dict:
         "original_median_spacing_after_transp": [3.0, 1.19, 1.19],
         "original_median_shape_after_transp": [72, 260, 320],
         "image_reader_writer": "SimpleITKIO",
-        "transpose_forward": [0, 1, 2],
-        "transpose_backward": [0, 1, 2],
+        "transpose_forward": list(config.transpose_forward),
+        "transpose_backward": [int(i) for i in np.argsort(config.transpose_forward)],
         "configurations": {config.configuration: {
             "data_identifier": f"{config.plans_name}_{config.configuration}",
             "preprocessor_name": "DefaultPreprocessor",
@@ -207,6 +226,17 @@ def make_image(path: Path, shape_zyx: tuple[int, int, int], spacing_xyz: tuple[f
     return path
 
 
+def write_gc_input(input_dir: Path, socket: str, images: dict[str, dict]) -> Path:
+    """A GC-layout input folder (inputs.json + images/<socket>/); images maps file name -> make_image kwargs."""
+    input_dir = Path(input_dir)
+    for name, kwargs in images.items():
+        make_image(input_dir / "images" / socket / name, **kwargs)
+    entry = {"interface": {"slug": socket, "relative_path": f"images/{socket}", "super_kind": "Image",
+                           "kind": "Image"}, "image": {"name": next(iter(images), "")}, "file": None, "value": None}
+    (input_dir / "inputs.json").write_text(json.dumps([entry], indent=2))
+    return input_dir
+
+
 def write_spec(path: Path, members: list[tuple[ModelConfig, int | str, str, float]],
                input_socket: str = "abdominal-t1-mri", tumor_label: int = 1) -> Path:
     """An ensemble spec naming (model, fold, checkpoint, weight) members."""
@@ -220,3 +250,22 @@ def write_spec(path: Path, members: list[tuple[ModelConfig, int | str, str, floa
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines))
     return path
+
+
+def write_random_demo(root: Path) -> None:
+    """weights/, task1.toml and a GC-layout input/ under root: the product end to end without trained weights."""
+    root = Path(root)
+    for config in (ALL_ROUNDER, VOLUME, BOUNDARY):
+        make_model_folder(root / "weights", config)
+    write_spec(root / "task1.toml", T1_MEMBERS)
+    write_gc_input(root / "input", "abdominal-t1-mri", {
+        "demo-case.mha": dict(shape_zyx=(24, 96, 110), spacing_xyz=(1.19, 1.19, 3.0), seed=7)})
+
+
+if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
+        sys.exit("usage: python -m panther_ensemble.synthetic DIR  (writes DIR/weights, DIR/task1.toml, DIR/input)")
+    write_random_demo(Path(sys.argv[1]))
+    print(f"random-weight ensemble and a sample input written to {sys.argv[1]}")

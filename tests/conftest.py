@@ -1,0 +1,55 @@
+"""Random-weight nnU-Net result folders and synthetic images, built once per test session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from panther_ensemble import synthetic as syn
+from panther_ensemble.synthetic import ALL_ROUNDER, BOUNDARY, T1_MEMBERS, VOLUME
+
+# Preprocessing that differs in every other way nnU-Net allows: transposed axes, masked normalization,
+# the all-data fold.
+TRANSPOSED = syn.ModelConfig(dataset="Dataset903_Other", trainer="nnUNetTrainer", plans_name="nnUNetPlansT",
+                             transpose_forward=(2, 0, 1), spacing=(1.1, 2.5, 1.1), patch_size=(24, 16, 24),
+                             use_mask_for_norm=True, folds=("all",), seed=4)
+
+
+
+@dataclass
+class Workspace:
+    root: Path
+    weights: Path
+    t1_spec: Path
+    mixed_spec: Path
+
+
+@pytest.fixture(scope="session")
+def workspace(tmp_path_factory) -> Workspace:
+    root = tmp_path_factory.mktemp("ensemble")
+    weights = root / "weights"
+    for config in (ALL_ROUNDER, VOLUME, BOUNDARY, TRANSPOSED):
+        syn.make_model_folder(weights, config)
+    t1 = syn.write_spec(root / "ensemble" / "task1.toml", T1_MEMBERS)
+    mixed = syn.write_spec(root / "mixed.toml", [(TRANSPOSED, "all", "checkpoint_final.pth", 1.0),
+                                                 (BOUNDARY, 0, "checkpoint_final.pth", 1.0),
+                                                 (ALL_ROUNDER, 1, "checkpoint_final.pth", 2.0)])
+    return Workspace(root, weights, t1, mixed)
+
+
+def gc_input(root: Path, socket: str, images: dict[str, dict]) -> Path:
+    return syn.write_gc_input(root / "input", socket, images)
+
+
+def read_mask(path: Path) -> tuple[np.ndarray, sitk.Image]:
+    image = sitk.ReadImage(str(path))
+    return sitk.GetArrayFromImage(image), image
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    denominator = a.sum() + b.sum()
+    return 1.0 if denominator == 0 else 2.0 * np.logical_and(a, b).sum() / denominator

@@ -1,0 +1,141 @@
+"""GC input discovery, image reading with geometry, and atomic mask writing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from panther_ensemble import synthetic as syn
+from panther_ensemble.errors import PantherError
+from panther_ensemble.io import check_image, find_inputs, image_stem, output_path, read_image, write_mask
+
+T1 = "abdominal-t1-mri"
+
+
+def socket_entry(slug: str, relative_path: str | None = None, super_kind: str = "Image") -> dict:
+    return {"interface": {"slug": slug, "relative_path": relative_path or f"images/{slug}",
+                          "super_kind": super_kind, "kind": "Image"}, "image": {}, "file": None, "value": None}
+
+
+def one_line_error(call) -> str:
+    with pytest.raises(PantherError) as info:
+        call()
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_inputs_json_names_the_socket_and_folder(tmp_path):
+    syn.make_image(tmp_path / "somewhere" / "b.mha", (4, 8, 8), (1, 1, 2), seed=0)
+    syn.make_image(tmp_path / "somewhere" / "a.nii.gz", (4, 8, 8), (1, 1, 2), seed=0)
+    (tmp_path / "somewhere" / "notes.txt").write_text("not an image")
+    (tmp_path / "inputs.json").write_text(json.dumps([
+        socket_entry(T1, "somewhere"),
+        socket_entry("clinical-information", "clinical-information.json", super_kind="File"),
+    ]))
+    inputs = find_inputs(tmp_path)
+    assert inputs.socket == T1
+    assert [p.name for p in inputs.files] == ["a.nii.gz", "b.mha"]
+
+
+def test_without_inputs_json_the_images_folder_is_used(tmp_path):
+    syn.make_image(tmp_path / "images" / "abdominal-t2-mri" / "x.nrrd", (4, 8, 8), (1, 1, 2), seed=0)
+    inputs = find_inputs(tmp_path)
+    assert inputs.socket == "abdominal-t2-mri" and inputs.files[0].name == "x.nrrd"
+
+
+@pytest.mark.parametrize("setup, expected", [
+    (lambda d: None, "no input image found"),
+    (lambda d: (d / "inputs.json").write_text("[{"), "inputs.json: not valid JSON"),
+    (lambda d: (d / "inputs.json").write_text('{"a": 1}'), "expected a JSON list of socket values"),
+    (lambda d: (d / "inputs.json").write_text('[{"interface": {}}]'), "entry 0 has no interface.slug"),
+    (lambda d: (d / "inputs.json").write_text(json.dumps([socket_entry(T1)])), "no input image found"),
+])
+def test_bad_input_folders(tmp_path, setup, expected):
+    setup(tmp_path)
+    assert expected in one_line_error(lambda: find_inputs(tmp_path))
+
+
+def test_missing_input_folder(tmp_path):
+    assert "input folder does not exist" in one_line_error(lambda: find_inputs(tmp_path / "nope"))
+
+
+def test_two_input_sockets_at_once(tmp_path):
+    for slug in (T1, "abdominal-t2-mri"):
+        syn.make_image(tmp_path / "images" / slug / "x.mha", (4, 8, 8), (1, 1, 2), seed=0)
+    assert "several input sockets at once" in one_line_error(lambda: find_inputs(tmp_path))
+
+
+def test_read_image_keeps_geometry(tmp_path):
+    path = syn.make_image(tmp_path / "x.mha", (5, 7, 9), (0.7, 0.8, 3.0), seed=1)
+    original = sitk.ReadImage(str(path))
+    image = read_image(path)
+    assert image.array.shape == (5, 7, 9) and image.array.dtype == np.float32
+    assert image.spacing == original.GetSpacing() and image.direction == original.GetDirection()
+    data, properties = image.nnunet_input()
+    assert data.shape == (1, 5, 7, 9) and properties["spacing"] == [3.0, 0.8, 0.7]
+
+
+def write_text(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
+
+
+def write_sitk(path: Path, image: sitk.Image) -> Path:
+    sitk.WriteImage(image, str(path))
+    return path
+
+
+@pytest.mark.parametrize("make, expected", [
+    (lambda d: write_sitk(d / "flat.mha", sitk.Image(8, 8, sitk.sitkInt16)), "expected a 3-D image, got 2-D"),
+    (lambda d: write_sitk(d / "4d.mha", sitk.Image([4, 4, 4, 2], sitk.sitkInt16)), "expected a 3-D image, got 4-D"),
+    (lambda d: write_sitk(d / "rgb.mha", sitk.Image([4, 4, 4], sitk.sitkVectorFloat32, 3)),
+     "expected a scalar image, got 3 components"),
+    (lambda d: write_text(d / "text.mha", "hello"), "cannot be read as an image"),
+])
+def test_bad_images_are_named(tmp_path, make, expected):
+    path = make(tmp_path)
+    message = one_line_error(lambda: read_image(path))
+    assert message.startswith(str(path)) and expected in message
+    assert one_line_error(lambda: check_image(path)) == message
+
+
+def test_truncated_image(tmp_path):
+    path = tmp_path / "cut.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.ones((20, 30, 30), np.int16)), str(path))
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 4000])
+    check_image(path)  # the header alone is fine
+    assert "image data cannot be read" in one_line_error(lambda: read_image(path))
+
+
+def test_write_mask_on_input_geometry(tmp_path):
+    image = read_image(syn.make_image(tmp_path / "in" / "case.nii.gz", (5, 7, 9), (0.7, 0.8, 3.0), seed=1))
+    target = output_path(tmp_path / "out", "pancreatic-tumor-segmentation", image.path)
+    assert target == tmp_path / "out" / "images" / "pancreatic-tumor-segmentation" / "case.mha"
+    mask = (image.array > 300).astype(np.uint8)
+    write_mask(mask, image, target)
+    written = sitk.ReadImage(str(target))
+    assert written.GetPixelID() == sitk.sitkUInt8
+    assert (written.GetSpacing(), written.GetOrigin(), written.GetDirection()) == \
+        (image.spacing, image.origin, image.direction)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written), mask)
+    assert b"CompressedData = True" in target.read_bytes()[:2000]
+    assert sorted(p.name for p in target.parent.iterdir()) == ["case.mha"]
+
+
+def test_unwritable_output_leaves_nothing(tmp_path):
+    image = read_image(syn.make_image(tmp_path / "case.mha", (5, 7, 9), (1, 1, 1), seed=1))
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should be")
+    target = output_path(blocker, "pancreatic-tumor-segmentation", image.path)
+    assert "cannot create the output folder" in one_line_error(
+        lambda: write_mask(np.zeros(image.array.shape, np.uint8), image, target))
+    assert blocker.read_text().startswith("a file")
+
+
+def test_image_stem():
+    assert image_stem(Path("a/b.nii.gz")) == "b" and image_stem(Path("c.d.mha")) == "c.d"

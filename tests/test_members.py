@@ -1,0 +1,94 @@
+"""Loading members: networks from the plans, any trainer name, and checkpoints that never run code."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from panther_ensemble.errors import PantherError
+from panther_ensemble.members import load_checkpoint, load_member
+from panther_ensemble.spec import MemberSpec
+from panther_ensemble.synthetic import ALL_ROUNDER, BOUNDARY
+
+
+def member(config, fold=0, checkpoint="checkpoint_final.pth") -> MemberSpec:
+    return MemberSpec(config.model, fold, checkpoint)
+
+
+def test_trainer_nnunet_does_not_ship_loads_from_plans(workspace):
+    loaded = load_member(workspace.weights, member(BOUNDARY))
+    assert loaded.trainer_name == "nnUNetTrainer_DA5Segord0_150epochs"
+    assert type(loaded.network).__name__ == "PlainConvUNet" and not loaded.network.training
+    saved = torch.load(workspace.weights / BOUNDARY.model / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    for name, tensor in loaded.network.state_dict().items():
+        assert torch.equal(tensor, saved["network_weights"][name]), name
+
+
+def test_best_and_final_checkpoints_differ(workspace):
+    best = load_member(workspace.weights, member(ALL_ROUNDER, checkpoint="checkpoint_best.pth"))
+    final = load_member(workspace.weights, member(ALL_ROUNDER))
+    assert type(best.network).__name__ == "ResidualEncoderUNet"
+    first = next(iter(best.network.state_dict()))
+    assert not torch.equal(best.network.state_dict()[first], final.network.state_dict()[first])
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_checkpoint_with_code_payload_is_refused_and_never_runs(tmp_path):
+    marker = tmp_path / "payload_ran"
+    path = tmp_path / "evil.pth"
+    torch.save({"network_weights": {}, "trainer_name": _Payload(marker)}, path)
+    with pytest.raises(PantherError, match="refused to load") as info:
+        load_checkpoint(path)
+    assert "\n" not in str(info.value) and not marker.exists()
+
+
+@pytest.mark.parametrize("content, expected", [
+    (b"not a checkpoint", "not a readable PyTorch checkpoint"),
+    (None, "not an nnU-Net checkpoint"),
+])
+def test_unreadable_checkpoints(tmp_path, content, expected):
+    path = tmp_path / "c.pth"
+    if content is None:
+        torch.save({"state_dict": {}}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(PantherError, match=expected):
+        load_checkpoint(path)
+
+
+@pytest.fixture()
+def copied(workspace, tmp_path):
+    root = tmp_path / "weights"
+    shutil.copytree(workspace.weights / ALL_ROUNDER.model, root / ALL_ROUNDER.model)
+    return root
+
+
+def edit_plans(root, change) -> None:
+    path = root / ALL_ROUNDER.model / "plans.json"
+    plans = json.loads(path.read_text())
+    change(plans["configurations"]["3d_fullres"])
+    path.write_text(json.dumps(plans))
+
+
+@pytest.mark.parametrize("change, expected", [
+    (lambda c: c["architecture"].update(network_class_name="os.system"), "is not from dynamic_network_architectures"),
+    (lambda c: c["architecture"]["arch_kwargs"].update(nonlin="subprocess.Popen"), "is not a torch.nn class"),
+    (lambda c: c["architecture"]["arch_kwargs"].update(features_per_stage=[8, 16, 32]),
+     "weights do not fit the architecture"),
+    (lambda c: c.update(previous_stage="3d_lowres"), "cascades are not supported"),
+])
+def test_plans_problems(copied, change, expected):
+    edit_plans(copied, change)
+    with pytest.raises(PantherError, match=expected):
+        load_member(copied, member(ALL_ROUNDER))
