@@ -19,7 +19,6 @@ TRANSPOSED = syn.ModelConfig(dataset="Dataset903_Other", trainer="nnUNetTrainer"
                              use_mask_for_norm=True, folds=("all",), seed=4)
 
 
-
 @dataclass
 class Workspace:
     root: Path
