@@ -39,6 +39,27 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="segment the input images", description=PREDICT_HELP,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_predict_arguments(predict)
+    evaluate = commands.add_parser(
+        "evaluate", help="PANTHER metrics: of a prediction folder, or of every member and the ensemble",
+        description="PANTHER metrics as the organizers compute them (surface-distance): per subject volumetric "
+                    "Dice, surface Dice at 5 mm, HD95, MASD and tumor volumes; aggregates with the tumor burden "
+                    "RMSE (mm³).\n\n"
+                    "  evaluate --pred DIR --gt DIR [--out FILE]\n"
+                    "      score predicted masks; files pair by name (<id>.mha or .nii.gz; a prediction may "
+                    "end in _seg)\n"
+                    "  evaluate --ensemble SPEC --images DIR --labels DIR [--weights DIR] [--out FILE]\n"
+                    "      predict the labelled images with each member alone and with the ensemble, and "
+                    "print the member table (best per column in bold) to choose members by metric",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    evaluate.add_argument("--pred", type=Path, help="folder of predicted masks")
+    evaluate.add_argument("--gt", type=Path, help="folder of ground-truth label maps")
+    evaluate.add_argument("--ensemble", type=Path, help="ensemble spec whose members to compare")
+    evaluate.add_argument("--images", type=Path, help="folder of images (nnU-Net's _0000 suffix allowed)")
+    evaluate.add_argument("--labels", type=Path, help="folder of label maps named like the images")
+    evaluate.add_argument("--weights", type=Path, help="weights root (default as for predict)")
+    evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    evaluate.add_argument("--tumor-label", type=int, default=1, help="tumor label with --pred/--gt (default: 1)")
+    evaluate.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
     return parser
 
 
@@ -56,6 +77,36 @@ def run_predict(args: argparse.Namespace) -> None:
     predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device)
 
 
+def run_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    folders, members = (args.pred, args.gt), (args.ensemble, args.images, args.labels)
+    if all(folders) and not any(members):
+        from .evaluate import evaluate_folders
+
+        result = evaluate_folders(args.pred, args.gt, args.tumor_label)
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in result["aggregates"].items())
+    elif all(members) and not any(folders):
+        from .compare import compare_members, format_table
+        from .run import select_device
+        from .spec import check_against_weights, load_spec, resolve_weights_root
+
+        spec = load_spec(args.ensemble)
+        weights_root = resolve_weights_root(spec, args.weights)
+        check_against_weights(spec, weights_root)
+        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device))
+        summary = "\n" + format_table(result)
+    else:
+        raise PantherError("evaluate takes either --pred and --gt, or --ensemble, --images and --labels")
+    if args.out is None:
+        print(json.dumps(result, indent=2))
+        print(summary.strip())
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}: {summary}")
+
+
 def _run(action, args: argparse.Namespace) -> int:
     try:
         action(args)
@@ -67,7 +118,7 @@ def _run(action, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _run({"predict": run_predict}[args.command], args)
+    return _run({"predict": run_predict, "evaluate": run_evaluate}[args.command], args)
 
 
 def inference_main(argv: list[str] | None = None) -> int:

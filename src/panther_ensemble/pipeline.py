@@ -6,6 +6,7 @@ Data flows one way; file I/O stays in io/spec/members, the math in preprocess/pr
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,9 +57,9 @@ class Ensemble:
             f"group(s) on {device}")
         return ensemble
 
-    def predict(self, image: Image, timer: StageTimer) -> np.ndarray:
-        """The uint8 tumor mask on the image's grid."""
-        mean = SoftmaxMean()
+    def member_probabilities(self, image: Image, timer: StageTimer) -> Iterator[tuple[Member, torch.Tensor]]:
+        """Each member's softmax on the image's (z, y, x) grid, one preprocessing per group, one tile grid
+        per patch size."""
         for g, tile_groups in enumerate(self.groups, start=1):
             with timer.stage("preprocess"):
                 prepared = preprocess(image, tile_groups[0].members[0])
@@ -72,8 +73,14 @@ class Ensemble:
                 for member, member_logits in zip(group.members, logits):
                     with timer.stage("resample"):
                         probabilities = probabilities_on_input_grid(member_logits, member, prepared.properties)
-                    with timer.stage("combine"):
-                        mean.add(probabilities, member.spec.weight)
+                    yield member, probabilities
                 del logits
+
+    def predict(self, image: Image, timer: StageTimer) -> np.ndarray:
+        """The uint8 tumor mask on the image's grid."""
+        mean = SoftmaxMean()
+        for member, probabilities in self.member_probabilities(image, timer):
+            with timer.stage("combine"):
+                mean.add(probabilities, member.spec.weight)
         with timer.stage("combine"):
             return tumor_mask(mean.labels(), self.spec.tumor_label)

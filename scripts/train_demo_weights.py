@@ -1,0 +1,193 @@
+"""Train the demo ensemble with nnU-Net's own pipeline on phantoms, on a CPU, and write weights/.
+
+    python scripts/train_demo_weights.py --work /tmp/demo-training [--iterations-scale 1.0]
+
+Steps (each skipped when its output exists, so an interrupted run resumes):
+1. phantoms as nnU-Net raw datasets: Dataset901_PantherT1 ("t1") and Dataset902_PantherT2 ("t2");
+2. fingerprint + plan with nnU-Net's ResEnc M planner, then shrink the network and patch to a CPU budget
+   (plans "nnUNetResEncUNetDemoPlans"), preprocess; Task 2 gets the same plans (nnU-Net's
+   move_plans_between_datasets), as fine-tuning across datasets requires;
+3. train: one all-rounder from scratch, every other member fine-tuned from it (the paper's cascade,
+   T1 -> T2), with nnUNetTrainer, DA5, DA5ord0 and DA5Segord0 at short schedules;
+4. export the folds the specs use to weights/, checkpoints stripped to what inference needs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+PLANS = "nnUNetResEncUNetDemoPlans"
+CONFIGURATION = "3d_fullres"
+T1, T2 = (901, "Dataset901_PantherT1", "t1"), (902, "Dataset902_PantherT2", "t2")
+LABELS = {"background": 0, "tumor": 1, "pancreas": 2}
+TRAIN_SEEDS = {"t1": range(1000, 1040), "t2": range(2000, 2024)}  # held-out evaluation seeds start at 5000
+
+# (task, trainer, fold, iterations, initialised from (task, trainer, fold) or None, initial lr)
+SCHEDULE = [
+    (T1, "nnUNetTrainer", 0, 1500, None, 1e-2),
+    (T1, "nnUNetTrainer", 1, 400, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T1, "nnUNetTrainer", 2, 400, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T1, "nnUNetTrainerDA5", 0, 400, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T1, "nnUNetTrainerDA5", 1, 400, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T1, "nnUNetTrainerDA5ord0", 0, 400, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5", 0, 500, (T1, "nnUNetTrainerDA5", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 0, 500, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 1, 300, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 2, 300, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 3, 300, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+]
+ITERATIONS_PER_EPOCH = 50
+CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes",
+                   "current_epoch", "_best_ema")
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def write_raw_dataset(task) -> None:
+    from panther_ensemble.phantom import make_phantom
+
+    _, name, flavour = task
+    raw = Path(os.environ["nnUNet_raw"]) / name
+    if (raw / "dataset.json").exists():
+        return
+    for sub in ("imagesTr", "labelsTr"):
+        (raw / sub).mkdir(parents=True, exist_ok=True)
+    for seed in TRAIN_SEEDS[flavour]:
+        phantom = make_phantom(seed, flavour)
+        sitk.WriteImage(phantom.image, str(raw / "imagesTr" / f"{flavour}_{seed:04d}_0000.mha"), useCompression=True)
+        sitk.WriteImage(phantom.label, str(raw / "labelsTr" / f"{flavour}_{seed:04d}.mha"), useCompression=True)
+    dataset = {"channel_names": {"0": flavour.upper()}, "labels": LABELS, "numTraining": len(TRAIN_SEEDS[flavour]),
+               "file_ending": ".mha"}
+    (raw / "dataset.json").write_text(json.dumps(dataset, indent=2))
+    log(f"{name}: {len(TRAIN_SEEDS[flavour])} phantoms written")
+
+
+def shrink_plans(plans: dict) -> dict:
+    """The planner's ResEnc network, cut to 4 stages of 8-64 features and one block each, patch ~32x64x64."""
+    configuration = plans["configurations"][CONFIGURATION]
+    kwargs = configuration["architecture"]["arch_kwargs"]
+    n = 4
+    kwargs.update(n_stages=n, features_per_stage=[8, 16, 32, 64], n_blocks_per_stage=[1] * n,
+                  n_conv_per_stage_decoder=[1] * (n - 1), kernel_sizes=kwargs["kernel_sizes"][:n],
+                  strides=kwargs["strides"][:n])
+    divisor = np.prod(np.array(kwargs["strides"]), axis=0)
+    target = np.array([32, 64, 64])
+    configuration["patch_size"] = [int(max(d, t // d * d)) for d, t in zip(divisor, target)]
+    configuration["batch_size"] = 2
+    plans["plans_name"] = PLANS
+    return plans
+
+
+def plan_and_preprocess() -> None:
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprints,
+        plan_experiments,
+        preprocess,
+    )
+    from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
+        move_plans_between_datasets,
+    )
+
+    preprocessed = Path(os.environ["nnUNet_preprocessed"])
+    t1_plans = preprocessed / T1[1] / f"{PLANS}.json"
+    if not t1_plans.exists():
+        extract_fingerprints([T1[0], T2[0]], num_processes=2, check_dataset_integrity=True, clean=True,
+                             verbose=False)
+        plan_experiments([T1[0]], "nnUNetPlannerResEncM", overwrite_plans_name=PLANS)
+        t1_plans.write_text(json.dumps(shrink_plans(json.loads(t1_plans.read_text())), indent=2))
+        preprocess([T1[0]], PLANS, (CONFIGURATION,), (2,), verbose=False)
+        configuration = json.loads(t1_plans.read_text())["configurations"][CONFIGURATION]
+        log(f"planned and preprocessed {T1[1]}: spacing {configuration['spacing']}, "
+            f"patch {configuration['patch_size']}")
+    if not (preprocessed / T2[1] / f"{PLANS}.json").exists():
+        move_plans_between_datasets(T1[0], T2[0], PLANS, PLANS)
+        shutil.copy(Path(os.environ["nnUNet_raw"]) / T2[1] / "dataset.json", preprocessed / T2[1] / "dataset.json")
+        preprocess([T2[0]], PLANS, (CONFIGURATION,), (2,), verbose=False)
+        log(f"moved plans to {T2[1]} and preprocessed")
+
+
+def result_folder(task, trainer: str) -> Path:
+    return Path(os.environ["nnUNet_results"]) / task[1] / f"{trainer}__{PLANS}__{CONFIGURATION}"
+
+
+def train(task, trainer_name: str, fold: int, iterations: int, init_from, lr: float) -> None:
+    import torch
+    from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    output = result_folder(task, trainer_name) / f"fold_{fold}"
+    if (output / "checkpoint_final.pth").exists():
+        return
+    preprocessed = Path(os.environ["nnUNet_preprocessed"]) / task[1]
+    plans = json.loads((preprocessed / f"{PLANS}.json").read_text())
+    plans["continue_training"] = False  # nnUNetTrainer pops this (run_training sets it)
+    dataset_json = json.loads((preprocessed / "dataset.json").read_text())
+    trainer_class = recursive_find_trainer_class_by_name(trainer_name)
+    trainer = trainer_class(plans, CONFIGURATION, fold, dataset_json, device=torch.device("cpu"))
+    trainer.num_iterations_per_epoch = ITERATIONS_PER_EPOCH
+    trainer.num_val_iterations_per_epoch = 10
+    trainer.num_epochs = max(1, iterations // ITERATIONS_PER_EPOCH)
+    trainer.initial_lr = lr
+    trainer.initialize()
+    if init_from is not None:
+        source_task, source_trainer, source_fold = init_from
+        source = result_folder(source_task, source_trainer) / f"fold_{source_fold}" / "checkpoint_final.pth"
+        load_pretrained_weights(trainer.network, str(source), verbose=False)
+    start = time.time()
+    trainer.run_training()
+    log(f"{task[1]} {trainer_name} fold {fold}: {trainer.num_epochs} epochs x {ITERATIONS_PER_EPOCH} iterations "
+        f"in {time.time() - start:.0f} s, best EMA pseudo Dice {trainer._best_ema:.3f}")
+
+
+def export(weights: Path) -> None:
+    """The folds the specs use, checkpoints stripped of optimizer state and training logs."""
+    import torch
+
+    from panther_ensemble.spec import load_spec
+
+    for spec_file in ("task1.toml", "task2.toml"):
+        for member in load_spec(REPO / "ensemble" / spec_file).members:
+            source = Path(os.environ["nnUNet_results"]) / member.model
+            target = weights / member.model
+            (target / f"fold_{member.fold}").mkdir(parents=True, exist_ok=True)
+            for name in ("plans.json", "dataset.json"):
+                shutil.copy(source / name, target / name)
+            checkpoint = torch.load(source / f"fold_{member.fold}" / member.checkpoint, map_location="cpu",
+                                    weights_only=False)
+            torch.save({k: checkpoint[k] for k in CHECKPOINT_KEYS}, member.checkpoint_path(weights))
+    log(f"exported to {weights}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", type=Path, required=True, help="nnUNet_raw/preprocessed/results live here")
+    parser.add_argument("--weights", type=Path, default=REPO / "weights", help="where the ensemble is written")
+    parser.add_argument("--iterations-scale", type=float, default=1.0, help="scale every schedule (smoke runs)")
+    args = parser.parse_args()
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[name] = str(args.work / name)
+        (args.work / name).mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("nnUNet_n_proc_DA", "1")
+    start = time.time()
+    for task in (T1, T2):
+        write_raw_dataset(task)
+    plan_and_preprocess()
+    for task, trainer, fold, iterations, init_from, lr in SCHEDULE:
+        train(task, trainer, fold, max(ITERATIONS_PER_EPOCH, int(iterations * args.iterations_scale)), init_from, lr)
+    export(args.weights)
+    log(f"done in {(time.time() - start) / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()

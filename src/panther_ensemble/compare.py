@@ -1,0 +1,91 @@
+"""The member table: every member alone and the ensemble on a labelled folder, PANTHER metrics per column.
+
+It is what metric-aware member selection (the paper's "mix of experts") needs: one run predicts every member
+(each preprocessing group once) and the ensemble from the same probabilities.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from .combine import SoftmaxMean, tumor_mask
+from .errors import PantherError
+from .evaluate import aggregate, tumor_metrics
+from .io import IMAGE_SUFFIXES, image_stem, read_image
+from .pipeline import Ensemble
+from .spec import EnsembleSpec, MemberSpec
+from .timing import StageTimer, log
+
+ENSEMBLE = "ensemble"
+COLUMNS = [("mean_volumetric_dice", "Dice", max), ("mean_surface_dice", "Surface Dice 5 mm", max),
+           ("mean_hausdorff95", "HD95 mm", min), ("mean_masd", "MASD mm", min),
+           ("tumor_burden_rmse", "Burden RMSE mm³", min)]
+
+
+def member_label(member: MemberSpec) -> str:
+    trainer = Path(member.model).name.split("__")[0]
+    return f"{trainer} fold {member.fold} ({Path(member.checkpoint).stem.removeprefix('checkpoint_')})"
+
+
+def _case_id(path: Path) -> str:
+    stem = image_stem(path)
+    return stem[: -len("_0000")] if stem.endswith("_0000") else stem  # nnU-Net's channel suffix
+
+
+def labelled_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
+    def files(folder: Path) -> dict[str, Path]:
+        if not folder.is_dir():
+            raise PantherError(f"{folder}: folder does not exist")
+        return {_case_id(p): p for p in sorted(folder.iterdir()) if p.name.endswith(IMAGE_SUFFIXES)}
+
+    images, labels = files(Path(images_dir)), files(Path(labels_dir))
+    missing = sorted(set(images) - set(labels))
+    if missing:
+        raise PantherError(f"{labels_dir}: no label for {', '.join(missing[:5])}")
+    if not images:
+        raise PantherError(f"{images_dir}: no images ({', '.join(IMAGE_SUFFIXES)})")
+    return [(case, images[case], labels[case]) for case in images]
+
+
+def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, labels_dir: Path,
+                    device: torch.device) -> dict[str, dict]:
+    """{row name: {'per_subject': ..., 'aggregates': ...}} for each member (in spec order) and the ensemble."""
+    timer = StageTimer()
+    ensemble = Ensemble.load(spec, weights_root, device, timer)
+    rows: dict[str, dict[str, dict]] = {member_label(m): {} for m in spec.members}
+    rows[ENSEMBLE] = {}
+    for case, image_file, label_file in labelled_cases(images_dir, labels_dir):
+        image = read_image(image_file)
+        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))) == spec.tumor_label
+        if truth.shape != image.array.shape:
+            raise PantherError(f"{label_file}: shape {truth.shape} differs from the image's {image.array.shape}")
+        spacing = tuple(reversed(image.spacing))
+        mean = SoftmaxMean()
+        for member, probabilities in ensemble.member_probabilities(image, timer):
+            alone = tumor_mask(torch.argmax(probabilities, dim=0), spec.tumor_label)
+            rows[member_label(member.spec)][case] = tumor_metrics(alone, truth, spacing)
+            mean.add(probabilities, member.spec.weight)
+        rows[ENSEMBLE][case] = tumor_metrics(tumor_mask(mean.labels(), spec.tumor_label), truth, spacing)
+        log(f"{case}: ensemble Dice {rows[ENSEMBLE][case]['volumetric_dice']:.3f}")
+    log(timer.summary())
+    return {name: {"per_subject": per_subject, "aggregates": aggregate(per_subject)}
+            for name, per_subject in rows.items()}
+
+
+def format_table(result: dict[str, dict]) -> str:
+    """A Markdown table, the best value of each column in bold."""
+    best = {key: pick(r["aggregates"][key] for r in result.values()) for key, _, pick in COLUMNS}
+    lines = ["| member | " + " | ".join(title for _, title, _ in COLUMNS) + " |",
+             "|---|" + "---:|" * len(COLUMNS)]
+    for name, row in result.items():
+        cells = []
+        for key, _, _ in COLUMNS:
+            value = row["aggregates"][key]
+            text = f"{value:.0f}" if key == "tumor_burden_rmse" else f"{value:.3f}" if value < 10 else f"{value:.2f}"
+            cells.append(f"**{text}**" if np.isclose(value, best[key]) else text)
+        lines.append(f"| {'**ensemble**' if name == ENSEMBLE else name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

@@ -1,0 +1,111 @@
+"""PANTHER metrics as the organizers compute them, with DeepMind's `surface-distance` package.
+
+Per subject: volumetric Dice, surface Dice at 5 mm, robust Hausdorff 95, MASD (mean of the two directed
+average surface distances), tumor volumes in mm³. Aggregates: their means and the RMSE of tumor burden.
+An empty (or all-ones) prediction scores Dice 0, surface Dice 0 and HD95 = MASD = the image diagonal in mm.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+from surface_distance import metrics as sd
+
+from .errors import PantherError
+from .io import IMAGE_SUFFIXES, image_stem
+
+SURFACE_TOLERANCE_MM = 5.0
+TUMOR_LABEL = 1
+
+
+def tumor_metrics(prediction: np.ndarray, truth: np.ndarray, spacing: tuple[float, ...]) -> dict:
+    """Metrics of two boolean masks; `spacing` follows the array axes (z, y, x for SimpleITK arrays)."""
+    prediction, truth = prediction.astype(bool), truth.astype(bool)
+    voxel_mm3 = float(np.prod(spacing))
+    volumes = {"pred_volume_mm3": float(prediction.sum()) * voxel_mm3,
+               "gt_volume_mm3": float(truth.sum()) * voxel_mm3}
+    diagonal = float(np.linalg.norm(np.array(prediction.shape) * np.array(spacing)))
+    if not truth.any() and not prediction.any():  # nothing to find and nothing found: full agreement
+        return {"volumetric_dice": 1.0, "surface_dice": 1.0, "hausdorff95": 0.0, "masd": 0.0, **volumes}
+    if not prediction.any() or prediction.all() or not truth.any():
+        return {"volumetric_dice": 0.0, "surface_dice": 0.0, "hausdorff95": diagonal, "masd": diagonal,
+                **volumes}
+    distances = sd.compute_surface_distances(truth, prediction, spacing_mm=tuple(float(s) for s in spacing))
+    gt_to_pred, pred_to_gt = sd.compute_average_surface_distance(distances)
+    return {
+        "volumetric_dice": float(sd.compute_dice_coefficient(truth, prediction)),
+        "surface_dice": float(sd.compute_surface_dice_at_tolerance(distances, SURFACE_TOLERANCE_MM)),
+        "hausdorff95": float(sd.compute_robust_hausdorff(distances, 95)),
+        "masd": float((gt_to_pred + pred_to_gt) / 2),
+        **volumes,
+    }
+
+
+def aggregate(per_subject: dict[str, dict]) -> dict:
+    rows = list(per_subject.values())
+    if not rows:
+        raise ValueError("no subjects to aggregate")
+
+    def mean(key: str) -> float:
+        return float(np.mean([r[key] for r in rows]))
+
+    burden_error = [r["pred_volume_mm3"] - r["gt_volume_mm3"] for r in rows]
+    return {
+        "mean_volumetric_dice": mean("volumetric_dice"),
+        "mean_surface_dice": mean("surface_dice"),
+        "mean_hausdorff95": mean("hausdorff95"),
+        "mean_masd": mean("masd"),
+        "tumor_burden_rmse": math.sqrt(float(np.mean(np.square(burden_error)))),
+        "n_subjects": len(rows),
+    }
+
+
+def _subject_id(path: Path) -> str:
+    stem = image_stem(path)
+    return stem[: -len("_seg")] if stem.endswith("_seg") else stem
+
+
+def _mask_files(folder: Path) -> dict[str, Path]:
+    if not Path(folder).is_dir():
+        raise PantherError(f"{folder}: folder does not exist")
+    files = {}
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and path.name.endswith(IMAGE_SUFFIXES):
+            files[_subject_id(path)] = path
+    return files
+
+
+def _read(path: Path) -> sitk.Image:
+    try:
+        return sitk.ReadImage(str(path))
+    except RuntimeError:
+        raise PantherError(f"{path}: cannot be read as an image") from None
+
+
+def evaluate_pair(prediction_file: Path, truth_file: Path, tumor_label: int = TUMOR_LABEL) -> dict:
+    prediction, truth = _read(prediction_file), _read(truth_file)
+    if prediction.GetSize() != truth.GetSize():
+        raise PantherError(f"{prediction_file}: size {prediction.GetSize()} differs from the ground truth's "
+                           f"{truth.GetSize()} ({truth_file})")
+    if not np.allclose(prediction.GetSpacing(), truth.GetSpacing(), rtol=1e-4, atol=1e-5):
+        raise PantherError(f"{prediction_file}: spacing {prediction.GetSpacing()} differs from the ground "
+                           f"truth's {truth.GetSpacing()} ({truth_file})")
+    spacing_zyx = tuple(reversed(truth.GetSpacing()))
+    return tumor_metrics(sitk.GetArrayFromImage(prediction) == tumor_label,
+                         sitk.GetArrayFromImage(truth) == tumor_label, spacing_zyx)
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, tumor_label: int = TUMOR_LABEL) -> dict:
+    """{'per_subject': {id: metrics}, 'aggregates': {...}} over every ground truth with a prediction."""
+    predictions, truths = _mask_files(pred_dir), _mask_files(gt_dir)
+    missing = sorted(set(truths) - set(predictions))
+    if missing:
+        raise PantherError(f"{pred_dir}: no prediction for {len(missing)} ground truth case(s): "
+                           f"{', '.join(missing[:5])}")
+    if not truths:
+        raise PantherError(f"{gt_dir}: no ground-truth masks ({', '.join(IMAGE_SUFFIXES)})")
+    per_subject = {case: evaluate_pair(predictions[case], truths[case], tumor_label) for case in truths}
+    return {"per_subject": per_subject, "aggregates": aggregate(per_subject)}

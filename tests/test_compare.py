@@ -1,0 +1,71 @@
+"""The member table: each member alone and the ensemble, scored with the organizers' metrics."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from panther_ensemble import synthetic as syn
+from panther_ensemble.compare import ENSEMBLE, compare_members, format_table
+from panther_ensemble.evaluate import evaluate_folders
+from panther_ensemble.run import predict_folder
+from panther_ensemble.spec import load_spec
+
+
+@pytest.fixture(scope="module")
+def labelled(tmp_path_factory):
+    """Two images (nnU-Net raw naming) with label maps whose 'tumor' is the bright part of the body."""
+    root = tmp_path_factory.mktemp("labelled")
+    for i, shape in enumerate([(10, 30, 34), (12, 26, 30)]):
+        image_path = syn.make_image(root / "images" / f"case{i}_0000.mha", shape, (1.0, 0.9, 3.0), seed=40 + i)
+        image = sitk.ReadImage(str(image_path))
+        array = sitk.GetArrayFromImage(image)
+        label = sitk.GetImageFromArray(np.where(array > 330, 1, np.where(array > 0, 2, 0)).astype(np.uint8))
+        label.CopyInformation(image)
+        (root / "labels").mkdir(exist_ok=True)
+        sitk.WriteImage(label, str(root / "labels" / f"case{i}.mha"))
+    return root
+
+
+def test_member_table_rows_and_ensemble_consistency(workspace, labelled, tmp_path):
+    spec = load_spec(workspace.t1_spec)
+    result = compare_members(spec, workspace.weights, labelled / "images", labelled / "labels", torch.device("cpu"))
+    assert len(result) == len(spec.members) + 1 and ENSEMBLE in result
+    assert all(set(row["per_subject"]) == {"case0", "case1"} for row in result.values())
+
+    # the ensemble row scores exactly the masks `predict` writes
+    input_dir = tmp_path / "input"
+    for image in (labelled / "images").iterdir():
+        target = input_dir / "images" / "abdominal-t1-mri" / image.name.replace("_0000", "")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(image.read_bytes())
+    written = predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights,
+                             device="cpu")
+    scored = evaluate_folders(written[0].parent, labelled / "labels")
+    assert result[ENSEMBLE]["aggregates"] == pytest.approx(scored["aggregates"])
+
+    table = format_table(result).splitlines()
+    assert len(table) == 2 + len(result) and table[-1].startswith("| **ensemble** |")
+    assert sum(line.count("**") for line in table[2:]) >= 2 * 5  # a bold best in every column
+    assert "nnUNetTrainer_DA5Segord0_150epochs fold 0 (best)" in "\n".join(table)
+
+
+def test_cli_member_table(workspace, labelled, tmp_path):
+    out = tmp_path / "table.json"
+    run = subprocess.run([sys.executable, "-m", "panther_ensemble.cli", "evaluate", "--ensemble",
+                          str(workspace.mixed_spec), "--weights", str(workspace.weights), "--images",
+                          str(labelled / "images"), "--labels", str(labelled / "labels"), "--out", str(out)],
+                         capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert "| **ensemble** |" in run.stdout and out.exists()
+
+
+def test_cli_evaluate_needs_one_mode(tmp_path):
+    run = subprocess.run([sys.executable, "-m", "panther_ensemble.cli", "evaluate", "--pred", str(tmp_path),
+                          "--images", str(tmp_path)], capture_output=True, text=True)
+    assert run.returncode == 1 and "either --pred and --gt, or --ensemble, --images and --labels" in run.stderr
