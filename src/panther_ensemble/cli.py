@@ -60,6 +60,14 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     evaluate.add_argument("--tumor-label", type=int, default=1, help="tumor label with --pred/--gt (default: 1)")
     evaluate.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
+    preview = commands.add_parser("preview", help="PNG montage of the slices through the tumor",
+                                  description="A PNG montage of the axial slices through the tumor: the MRI with "
+                                              "the predicted contour in red and, with --gt, the ground truth's in "
+                                              "green. For local review; never written into /output.")
+    preview.add_argument("--image", type=Path, required=True, help="the MRI")
+    preview.add_argument("--mask", type=Path, required=True, help="the predicted mask")
+    preview.add_argument("--gt", type=Path, help="a ground-truth label map")
+    preview.add_argument("--out", type=Path, required=True, help="the PNG to write")
     return parser
 
 
@@ -107,6 +115,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}: {summary}")
 
 
+def run_preview(args: argparse.Namespace) -> None:
+    from .preview import write_preview
+
+    print(f"wrote {write_preview(args.image, args.mask, args.out, args.gt)}")
+
+
 def _run(action, args: argparse.Namespace) -> int:
     try:
         action(args)
@@ -118,7 +132,7 @@ def _run(action, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _run({"predict": run_predict, "evaluate": run_evaluate}[args.command], args)
+    return _run({"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview}[args.command], args)
 
 
 def inference_main(argv: list[str] | None = None) -> int:

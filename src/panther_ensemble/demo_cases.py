@@ -1,0 +1,52 @@
+"""The shipped sample cases (test/) and the held-out phantoms the demo ensemble is scored on."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import SimpleITK as sitk
+
+from .phantom import make_phantom
+
+
+@dataclass(frozen=True)
+class DemoCase:
+    task: str
+    flavour: str
+    seed: int
+    socket: str
+
+    @property
+    def uuid(self) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"panther-ensemble/{self.task}/{self.seed}"))
+
+
+SAMPLE_CASES = (DemoCase("task1", "t1", 9101, "abdominal-t1-mri"), DemoCase("task2", "t2", 9201, "abdominal-t2-mri"))
+# never used in training (training seeds are 1000-1039 for t1 and 2000-2023 for t2)
+HELD_OUT_SEEDS = {"t1": range(5000, 5012), "t2": range(6000, 6012)}
+
+
+def write_sample_input(case: DemoCase, test_dir: Path) -> Path:
+    """test/input/<task>/ in the GC layout: inputs.json and images/<socket>/<uuid>.mha."""
+    input_dir = Path(test_dir) / "input" / case.task
+    image_file = input_dir / "images" / case.socket / f"{case.uuid}.mha"
+    image_file.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(make_phantom(case.seed, case.flavour).image, str(image_file), useCompression=True)
+    entry = {"interface": {"slug": case.socket, "kind": "Image", "super_kind": "Image",
+                           "relative_path": f"images/{case.socket}"},
+             "image": {"name": image_file.name}, "file": None, "value": None}
+    (input_dir / "inputs.json").write_text(json.dumps([entry], indent=2) + "\n")
+    return input_dir
+
+
+def write_held_out(flavour: str, folder: Path) -> Path:
+    """Held-out phantoms as images/<id>.mha and labels/<id>.mha, for the member table."""
+    for seed in HELD_OUT_SEEDS[flavour]:
+        phantom = make_phantom(seed, flavour)
+        for sub, item in (("images", phantom.image), ("labels", phantom.label)):
+            (Path(folder) / sub).mkdir(parents=True, exist_ok=True)
+            sitk.WriteImage(item, str(Path(folder) / sub / f"{flavour}_{seed}.mha"), useCompression=True)
+    return Path(folder)
