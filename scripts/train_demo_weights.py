@@ -7,8 +7,8 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
 2. fingerprint + plan with nnU-Net's ResEnc M planner, then shrink the network and patch to a CPU budget
    (plans "nnUNetResEncUNetDemoPlans"), preprocess; Task 2 gets the same plans (nnU-Net's
    move_plans_between_datasets), as fine-tuning across datasets requires;
-3. train: one all-rounder from scratch, every other member fine-tuned from it (the paper's cascade,
-   T1 -> T2), with nnUNetTrainer, DA5, DA5ord0 and DA5Segord0 at short schedules;
+3. train: a foundation model from scratch on all Task 1 phantoms, every member fine-tuned from a trained
+   model (the paper's cascade, T1 -> T2), with nnUNetTrainer, DA5, DA5ord0 and DA5Segord0 at short schedules;
 4. export the folds the specs use to weights/, checkpoints stripped to what inference needs.
 """
 
@@ -32,18 +32,22 @@ LABELS = {"background": 0, "tumor": 1, "pancreas": 2}
 TRAIN_SEEDS = {"t1": range(1000, 1040), "t2": range(2000, 2024)}  # held-out evaluation seeds start at 5000
 
 # (task, trainer, fold, iterations, initialised from (task, trainer, fold) or None, initial lr)
+# A "foundation" model on all Task 1 phantoms (fold "all", not an ensemble member) comes first, as the
+# paper's pre-trained start; every member is fine-tuned from a trained model at the paper's 1e-3.
+FOUNDATION = (T1, "nnUNetTrainer", "all")
 SCHEDULE = [
-    (T1, "nnUNetTrainer", 0, 1500, None, 1e-2),
-    (T1, "nnUNetTrainer", 1, 400, (T1, "nnUNetTrainer", 0), 1e-3),
-    (T1, "nnUNetTrainer", 2, 400, (T1, "nnUNetTrainer", 0), 1e-3),
-    (T1, "nnUNetTrainerDA5", 0, 400, (T1, "nnUNetTrainer", 0), 1e-3),
-    (T1, "nnUNetTrainerDA5", 1, 400, (T1, "nnUNetTrainer", 0), 1e-3),
-    (T1, "nnUNetTrainerDA5ord0", 0, 400, (T1, "nnUNetTrainer", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5", 0, 500, (T1, "nnUNetTrainerDA5", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 0, 500, (T1, "nnUNetTrainer", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 1, 300, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 2, 300, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 3, 300, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+    (*FOUNDATION, 3000, None, 1e-2),
+    (T1, "nnUNetTrainer", 0, 200, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainer", 1, 200, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainer", 2, 200, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainerDA5", 0, 200, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainerDA5", 1, 200, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainerDA5ord0", 0, 200, FOUNDATION, 1e-3),
+    (T2, "nnUNetTrainerDA5", 0, 300, (T1, "nnUNetTrainerDA5", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 0, 300, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 1, 200, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 2, 200, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 3, 200, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
 ]
 ITERATIONS_PER_EPOCH = 50
 CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes",
@@ -121,7 +125,7 @@ def result_folder(task, trainer: str) -> Path:
     return Path(os.environ["nnUNet_results"]) / task[1] / f"{trainer}__{PLANS}__{CONFIGURATION}"
 
 
-def train(task, trainer_name: str, fold: int, iterations: int, init_from, lr: float) -> None:
+def train(task, trainer_name: str, fold: int | str, iterations: int, init_from, lr: float) -> None:
     import torch
     from nnunetv2.run.load_pretrained_weights import load_pretrained_weights
     from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name

@@ -20,6 +20,8 @@ Ensemble: --ensemble FILE, else the *.toml in /opt/ml/model, then in the app's e
         input_socket matches the input. Weights root: --weights, else /opt/ml/model when it holds the
         members, else the app's weights/ folder.
 Several images in the socket folder are predicted one after another with the models loaded once.
+Deadline: members run in spec order; when the projected finish would pass --budget, the remaining members
+are dropped (logged) and the ensemble of those done is written; at least one member always completes.
 Progress and timing go to stdout; errors are one line on stderr and a non-zero exit, with no output written.
 """
 
@@ -31,6 +33,10 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", type=Path, help="root of the nnU-Net result folders the spec names")
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="auto: CUDA when available, else CPU (default: auto)")
+    parser.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="per-case time budget: members that would finish past it are dropped and the "
+                             "ensemble of those done is written (default: the spec's budget_seconds, else "
+                             "270 = GC's 300 s minus a safety margin; 0: no limit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +88,8 @@ def inference_parser() -> argparse.ArgumentParser:
 def run_predict(args: argparse.Namespace) -> None:
     from .run import predict_folder  # heavy imports (torch, nnunetv2) only once the arguments are fine
 
-    predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device)
+    predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
+                   budget=args.budget)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

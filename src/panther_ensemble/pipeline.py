@@ -5,6 +5,7 @@ Data flows one way; file I/O stays in io/spec/members, the math in preprocess/pr
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,13 +13,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .budget import Deadline
 from .combine import SoftmaxMean, probabilities_on_input_grid, tumor_mask
 from .io import Image
 from .members import Member, load_member
 from .predict import sliding_window_logits
 from .preprocess import preprocess, preprocessing_key
 from .spec import EnsembleSpec
-from .timing import StageTimer, log, tile_progress
+from .timing import StageTimer, log, log_tile_progress
 
 
 @dataclass
@@ -57,29 +59,56 @@ class Ensemble:
             f"group(s) on {device}")
         return ensemble
 
-    def member_probabilities(self, image: Image, timer: StageTimer) -> Iterator[tuple[Member, torch.Tensor]]:
-        """Each member's softmax on the image's (z, y, x) grid, one preprocessing per group, one tile grid
-        per patch size."""
+    def member_probabilities(self, image: Image, timer: StageTimer, deadline: Deadline | None = None,
+                             ) -> Iterator[tuple[Member, torch.Tensor]]:
+        """Each member's softmax on the image's (z, y, x) grid, in spec order within shared preprocessing
+        groups (one preprocessing per group, one tile grid per patch size). With a deadline, members that
+        would finish past it are skipped; `self.dropped` names them afterwards."""
+        deadline = deadline or Deadline(None)
+        self.dropped: list[Member] = []
+        completed = 0
         for g, tile_groups in enumerate(self.groups, start=1):
+            if not deadline.another_group_fits(completed):
+                self._drop([m for group in tile_groups for m in group.members], "no time for another group")
+                continue
+            started = time.perf_counter()
             with timer.stage("preprocess"):
                 prepared = preprocess(image, tile_groups[0].members[0])
+            deadline.record_preprocess(time.perf_counter() - started)
             log(f"group {g}: preprocessed {tuple(image.array.shape)} -> {tuple(prepared.data.shape[1:])}")
             for group in tile_groups:
+                label = f"group {g}, {len(group.members)} member(s), patch {group.patch_size}"
+
+                def on_forward(tile: int, total: int, finished: int, active: int, seconds: float, label=label,
+                               completed=completed) -> int:
+                    deadline.record_tile(seconds, 1)
+                    if finished == active:
+                        log_tile_progress(label, tile + 1, total)
+                    return deadline.members_that_fit(total - tile - (finished == active), active, completed)
+
                 with timer.stage("forward"):
                     logits = sliding_window_logits(
                         prepared.data, [m.network for m in group.members], group.patch_size,
-                        group.members[0].label_manager.num_segmentation_heads, self.device,
-                        tile_progress(f"group {g}, {len(group.members)} member(s), patch {group.patch_size}"))
+                        group.members[0].label_manager.num_segmentation_heads, self.device, on_forward)
+                self._drop(group.members[len(logits):], "projected to finish past the budget")
                 for member, member_logits in zip(group.members, logits):
+                    started = time.perf_counter()
                     with timer.stage("resample"):
                         probabilities = probabilities_on_input_grid(member_logits, member, prepared.properties)
                     yield member, probabilities
+                    deadline.record_finish(time.perf_counter() - started)
+                    completed += 1
                 del logits
 
-    def predict(self, image: Image, timer: StageTimer) -> np.ndarray:
+    def _drop(self, members: list[Member], why: str) -> None:
+        if members:
+            self.dropped += members
+            log(f"budget: dropped {len(members)} member(s) ({why}): {', '.join(m.spec.name for m in members)}")
+
+    def predict(self, image: Image, timer: StageTimer, deadline: Deadline | None = None) -> np.ndarray:
         """The uint8 tumor mask on the image's grid."""
         mean = SoftmaxMean()
-        for member, probabilities in self.member_probabilities(image, timer):
+        for member, probabilities in self.member_probabilities(image, timer, deadline):
             with timer.stage("combine"):
                 mean.add(probabilities, member.spec.weight)
         with timer.stage("combine"):

@@ -8,6 +8,7 @@ the arithmetic is nnU-Net's: zero padding to the patch size, tile step 0.5, gaus
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Callable, Sequence
 
 import torch
@@ -16,7 +17,10 @@ from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compu
 
 TILE_STEP_SIZE = 0.5
 
-Progress = Callable[[int, int], None]
+# Called after each network's forward on a tile with (tile index, tiles in all, networks done on this tile,
+# networks active, seconds the forward took); returns how many networks stay active: the first ones of the
+# list, those after them are dropped.
+OnForward = Callable[[int, int, int, int, float], int]
 
 
 def tile_slicers(image_size: Sequence[int], patch_size: Sequence[int], step: float = TILE_STEP_SIZE) -> list[tuple]:
@@ -33,22 +37,23 @@ def tile_slicers(image_size: Sequence[int], patch_size: Sequence[int], step: flo
 
 @torch.inference_mode()
 def sliding_window_logits(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size: Sequence[int],
-                          num_classes: int, device: torch.device, progress: Progress | None = None,
+                          num_classes: int, device: torch.device, on_forward: OnForward | None = None,
                           ) -> list[torch.Tensor]:
-    """fp16 logits (num_classes, *data.shape[1:]) on the CPU, one tensor per network."""
+    """fp16 logits (num_classes, *data.shape[1:]) on the CPU, one tensor per network that ran every tile
+    (the first networks of the list; `on_forward` may drop the others on the way)."""
     try:
-        return _predict(data, networks, patch_size, num_classes, device, device, progress)
+        return _predict(data, networks, patch_size, num_classes, device, device, on_forward)
     except torch.OutOfMemoryError:
         if device.type == "cpu":
             raise
         # The accumulators did not fit next to the networks: keep them on the host, as nnU-Net does.
         torch.cuda.empty_cache()
-        return _predict(data, networks, patch_size, num_classes, device, torch.device("cpu"), progress)
+        return _predict(data, networks, patch_size, num_classes, device, torch.device("cpu"), on_forward)
 
 
 def _predict(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size: Sequence[int],
              num_classes: int, device: torch.device, results_device: torch.device,
-             progress: Progress | None) -> list[torch.Tensor]:
+             on_forward: OnForward | None) -> list[torch.Tensor]:
     padded, revert_padding = pad_nd_image(data, patch_size, "constant", {"value": 0}, True, None)
     slicers = tile_slicers(padded.shape[1:], patch_size)
     padded = padded.to(results_device)
@@ -59,17 +64,21 @@ def _predict(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size
                                 device=results_device)
     for network in networks:
         network.to(device)
-    autocast = torch.autocast(device.type, enabled=device.type == "cuda")
-    with autocast:
+    active = len(networks)
+    with torch.autocast(device.type, enabled=device.type == "cuda"):
         for i, slicer in enumerate(slicers):
             tile = torch.clone(padded[slicer][None], memory_format=torch.contiguous_format).to(device)
-            for network, accumulator in zip(networks, logits):
-                prediction = network(tile)[0].to(results_device)
+            n = 0
+            while n < active:
+                started = time.perf_counter()
+                prediction = networks[n](tile)[0].to(results_device)
                 prediction *= gaussian
-                accumulator[slicer] += prediction
+                logits[n][slicer] += prediction
+                n += 1
+                if on_forward is not None:
+                    active = min(active, on_forward(i, len(slicers), n, active, time.perf_counter() - started))
+            del logits[active:]  # a dropped network's partial sum is of no use
             n_predictions[slicer[1:]] += gaussian
-            if progress is not None:
-                progress(i + 1, len(slicers))
     keep = (slice(None), *revert_padding[1:])
     for accumulator in logits:
         torch.div(accumulator, n_predictions, out=accumulator)

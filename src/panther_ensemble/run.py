@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import resource
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from .budget import DEFAULT_BUDGET_SECONDS, Deadline
 from .errors import PantherError
 from .io import check_image, find_inputs, output_path, read_image, write_mask
 from .pipeline import Ensemble
@@ -22,12 +24,27 @@ def select_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def peak_memory() -> str:
+    host = f"host {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2:.2f} GiB"
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return f"{host}, device {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB"
+    return host
+
+
 def tumor_volume_ml(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
     return float(mask.sum()) * float(np.prod(spacing)) / 1000.0
 
 
+def budget_seconds(cli_budget: float | None, spec_budget: float | None) -> float | None:
+    """--budget, else the spec's, else GC's default; 0 means no limit."""
+    if cli_budget is not None and cli_budget < 0:
+        raise PantherError(f"--budget must not be negative, got {cli_budget}")
+    seconds = cli_budget if cli_budget is not None else spec_budget or DEFAULT_BUDGET_SECONDS
+    return None if seconds == 0 else seconds
+
+
 def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = None, weights: Path | None = None,
-                   device: str = "auto") -> list[Path]:
+                   device: str = "auto", budget: float | None = None) -> list[Path]:
     """Predict every image of the input socket; returns the written mask paths."""
     timer = StageTimer()
     inputs = find_inputs(input_dir)
@@ -40,20 +57,28 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     for file in inputs.files:
         check_image(file)
     torch_device = select_device(device)
+    seconds = budget_seconds(budget, spec.budget_seconds)
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(inputs.files)} image(s)")
 
     model = Ensemble.load(spec, weights_root, torch_device, timer)
     written = []
-    for file in inputs.files:
+    for index, file in enumerate(inputs.files):
+        # one budget per case; the first one also pays for loading the models
+        deadline = Deadline(seconds, start=timer.started if index == 0 else None)
         with timer.stage("read"):
             image = read_image(file)
         spacing = tuple(round(s, 3) for s in image.spacing)
         log(f"{file.name}: {image.array.shape[::-1]} voxels (x, y, z) at {spacing} mm")
-        mask = model.predict(image, timer)
+        mask = model.predict(image, timer, deadline)
         target = output_path(output_dir, spec.output_socket, file)
         with timer.stage("write"):
             write_mask(mask, image, target)
         log(f"wrote {target}: tumor {tumor_volume_ml(mask, image.spacing):.2f} mL ({int(mask.sum())} voxels)")
+        used = len(spec.members) - len(model.dropped)
+        budget_note = "no budget" if seconds is None else f"budget left {deadline.left():.1f}s of {seconds:.0f}s"
+        log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"
+            f"{' (' + ', '.join(m.spec.name for m in model.dropped) + ')' if model.dropped else ''}; "
+            f"{budget_note}; peak memory {peak_memory()}")
         written.append(target)
     log(timer.summary())
     return written

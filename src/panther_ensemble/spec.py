@@ -18,7 +18,7 @@ from .errors import PantherError
 APP_DIR = Path(os.environ.get("PANTHER_APP_DIR", Path(__file__).resolve().parents[2]))
 GC_MODEL_DIR = Path("/opt/ml/model")
 
-TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "member"}
+TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "budget_seconds", "member"}
 MEMBER_KEYS = {"model", "fold", "checkpoint", "weight"}
 REQUIRED_TOP = ("input_socket", "output_socket", "tumor_label")
 REQUIRED_MEMBER = ("model", "fold", "checkpoint")
@@ -46,6 +46,7 @@ class EnsembleSpec:
     output_socket: str
     tumor_label: int
     members: tuple[MemberSpec, ...]
+    budget_seconds: float | None = None  # per case; None: the GC default
 
 
 def _unknown_key_error(path: Path, where: str, key: str, known: set[str]) -> PantherError:
@@ -78,6 +79,10 @@ def load_spec(path: Path) -> EnsembleSpec:
     _expect(path, "the top level", "input_socket", raw["input_socket"], str, "a socket slug")
     _expect(path, "the top level", "output_socket", raw["output_socket"], str, "a socket slug")
     tumor_label = _expect(path, "the top level", "tumor_label", raw["tumor_label"], int, "an integer label")
+    budget = raw.get("budget_seconds")
+    if budget is not None and (_expect(path, "the top level", "budget_seconds", budget, (int, float),
+                                       "a number of seconds") <= 0):
+        raise PantherError(f"{path}: 'budget_seconds' must be positive, got {budget}")
     entries = raw.get("member", [])
     if not isinstance(entries, list) or not entries:
         raise PantherError(f"{path}: needs at least one [[member]] table")
@@ -103,7 +108,8 @@ def load_spec(path: Path) -> EnsembleSpec:
         if Path(model).is_absolute() or ".." in Path(model).parts:
             raise PantherError(f"{path}: 'model' in {where} must be a relative path under the weights root")
         members.append(MemberSpec(model, fold, checkpoint, float(weight)))
-    return EnsembleSpec(path, raw["input_socket"], raw["output_socket"], tumor_label, tuple(members))
+    return EnsembleSpec(path, raw["input_socket"], raw["output_socket"], tumor_label, tuple(members),
+                        None if budget is None else float(budget))
 
 
 def _load_json(path: Path) -> dict:

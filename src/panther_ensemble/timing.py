@@ -35,11 +35,7 @@ class StageTimer:
         return f"timing: {stages} | total {self.elapsed():.2f}s"
 
 
-def tile_progress(label: str):
-    """A progress callback that logs at every tenth of the tiles (plain lines, no carriage returns)."""
-
-    def report(done: int, total: int) -> None:
-        if done == total or (done * 10) // total != ((done - 1) * 10) // total:
-            log(f"  {label}: tile {done}/{total}")
-
-    return report
+def log_tile_progress(label: str, done: int, total: int) -> None:
+    """A plain progress line at every tenth of the tiles (no carriage returns: GC logs are files)."""
+    if done == total or (done * 10) // total != ((done - 1) * 10) // total:
+        log(f"  {label}: tile {done}/{total}")

@@ -1,0 +1,67 @@
+"""The deadline: project the finish from measured rates and decide how many members still fit.
+
+GC stops a case at 5 minutes. Members run in spec order; when the projected finish of the members in
+flight would pass the budget, the last ones are dropped and the ensemble of those done is written. At least
+one member always completes.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+GC_LIMIT_SECONDS = 300.0
+SAFETY_MARGIN_SECONDS = 30.0  # container start, imports and the GC harness run before our clock starts
+DEFAULT_BUDGET_SECONDS = GC_LIMIT_SECONDS - SAFETY_MARGIN_SECONDS
+# Until measured, what finishing one member (export to the input grid, softmax, sum) and writing cost.
+INITIAL_FINISH_SECONDS_PER_MEMBER = 1.0
+INITIAL_WRITE_SECONDS = 1.0
+
+
+class Deadline:
+    """A wall-clock budget (None: unlimited) and running estimates of what the rest of the work costs."""
+
+    def __init__(self, seconds: float | None, start: float | None = None) -> None:
+        self.seconds = seconds
+        self.start = time.perf_counter() if start is None else start
+        self.tile_seconds_per_member: float | None = None
+        self.finish_seconds_per_member = INITIAL_FINISH_SECONDS_PER_MEMBER
+        self.write_seconds = INITIAL_WRITE_SECONDS
+        self.preprocess_seconds = 0.0
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.start
+
+    def left(self) -> float:
+        return math.inf if self.seconds is None else self.seconds - self.elapsed()
+
+    def record_tile(self, seconds: float, members: int) -> None:
+        """One tile's forward through `members` networks took `seconds`."""
+        rate = seconds / members
+        previous = self.tile_seconds_per_member
+        self.tile_seconds_per_member = rate if previous is None else 0.7 * previous + 0.3 * rate
+
+    def record_finish(self, seconds: float) -> None:
+        self.finish_seconds_per_member = max(self.finish_seconds_per_member * 0.5, seconds)
+
+    def record_preprocess(self, seconds: float) -> None:
+        self.preprocess_seconds = max(self.preprocess_seconds, seconds)
+
+    def members_that_fit(self, tiles_left: int, members: int, completed: int) -> int:
+        """How many of `members` (run together on the remaining tiles) can finish within the budget.
+
+        Never 0 while no member has completed: the first one always runs to the end.
+        """
+        if self.seconds is None or self.tile_seconds_per_member is None:
+            return members
+        left = self.left() - self.write_seconds
+        for k in range(members, 0, -1):
+            if tiles_left * self.tile_seconds_per_member * k + self.finish_seconds_per_member * k <= left:
+                return k
+        return 1 if completed == 0 else 0
+
+    def another_group_fits(self, completed: int) -> bool:
+        """Whether a new preprocessing group could still add a member (always, before any completed)."""
+        if completed == 0 or self.seconds is None:
+            return True
+        return self.preprocess_seconds + self.finish_seconds_per_member + self.write_seconds < self.left()

@@ -1,0 +1,97 @@
+"""The deadline: a valid output before the budget ends, members dropped in reverse spec order."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import torch
+from conftest import gc_input, read_mask
+
+import panther_ensemble.pipeline as pipeline
+from panther_ensemble import synthetic as syn
+from panther_ensemble.budget import Deadline
+from panther_ensemble.run import budget_seconds, predict_folder
+from panther_ensemble.synthetic import ALL_ROUNDER, BOUNDARY, VOLUME
+
+
+def deadline_with(seconds, elapsed, tile_rate=None) -> Deadline:
+    deadline = Deadline(seconds, start=time.perf_counter() - elapsed)
+    if tile_rate is not None:
+        deadline.record_tile(tile_rate, 1)
+    return deadline
+
+
+def test_members_that_fit():
+    assert deadline_with(None, 1000, 1.0).members_that_fit(100, 5, 0) == 5  # no budget
+    assert deadline_with(10, 0).members_that_fit(100, 5, 0) == 5  # nothing measured yet
+    # 20 s left, 1 s for writing; 4 tiles left at 1 s per member-tile, 1 s to finish a member: k * 5 <= 19
+    assert deadline_with(30, 10, 1.0).members_that_fit(4, 5, 0) == 3
+    assert deadline_with(30, 29, 1.0).members_that_fit(4, 5, 0) == 1  # none fits: the first still completes
+    assert deadline_with(30, 29, 1.0).members_that_fit(4, 5, 2) == 0  # ... unless one already did
+    assert not deadline_with(30, 29.5).another_group_fits(completed=1)
+    assert deadline_with(30, 29.5).another_group_fits(completed=0)
+
+
+def test_budget_resolution():
+    assert budget_seconds(None, None) == 270
+    assert budget_seconds(None, 120.0) == 120
+    assert budget_seconds(60, 120.0) == 60
+    assert budget_seconds(0, 120.0) is None
+
+
+class SlowNetwork(torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, delay: float) -> None:
+        super().__init__()
+        self.network, self.delay = network, delay
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return self.network(x)
+
+
+def test_output_before_the_budget_when_the_ensemble_needs_ten_times_more(workspace, tmp_path, monkeypatch,
+                                                                         capsys):
+    # 12 members (every fold and checkpoint there is); the first is quick, the others slow
+    members = [(config, fold, checkpoint, 1.0) for config in (ALL_ROUNDER, VOLUME, BOUNDARY)
+               for fold in config.folds for checkpoint in config.checkpoints]
+    spec = syn.write_spec(tmp_path / "many.toml", members)
+    original = pipeline.load_member
+    loaded = []
+
+    def slow_member(weights_root, member):
+        result = original(weights_root, member)
+        result.network = SlowNetwork(result.network, 0.05 if not loaded else 1.0)
+        loaded.append(result)
+        return result
+
+    monkeypatch.setattr(pipeline, "load_member", slow_member)
+    input_dir = gc_input(tmp_path, "abdominal-t1-mri", {"case.mha": dict(shape_zyx=(16, 60, 70),
+                                                                        spacing_xyz=(0.8, 0.8, 3.0), seed=5)})
+    budget = 6.0
+    start = time.perf_counter()
+    written = predict_folder(input_dir, tmp_path / "out", ensemble=spec, weights=workspace.weights, device="cpu",
+                             budget=budget)
+    took = time.perf_counter() - start
+    log = capsys.readouterr().out
+
+    tiles = int(log.split("tile ")[1].split("/")[1].split()[0])
+    needed = tiles * (0.05 + 1.0 * 9) + 1.0 * 2 * tiles  # group 1: 10 members, group 2: 2 members
+    assert needed >= 9 * budget  # the full ensemble would take about ten budgets
+    assert took <= budget + 3, f"took {took:.1f}s"
+    assert "budget: dropped" in log and "members used" in log
+    mask, _ = read_mask(written[0])
+    assert mask.shape == (16, 60, 70)
+    used = int(log.split("summary case.mha: ")[1].split("/")[0])
+    assert 1 <= used < 12
+
+
+@pytest.mark.parametrize("budget", [0.01])
+def test_first_member_always_completes(workspace, tmp_path, budget, capsys):
+    input_dir = gc_input(tmp_path, "abdominal-t1-mri", {"case.mha": dict(shape_zyx=(10, 30, 34),
+                                                                        spacing_xyz=(1, 1, 3), seed=6)})
+    written = predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights,
+                             device="cpu", budget=budget)
+    log = capsys.readouterr().out
+    assert written[0].exists()
+    assert "summary case.mha: 1/6 members used, 5 dropped" in log
