@@ -37,17 +37,17 @@ TRAIN_SEEDS = {"t1": range(1000, 1040), "t2": range(2000, 2024)}  # held-out eva
 FOUNDATION = (T1, "nnUNetTrainer", "all")
 SCHEDULE = [
     (*FOUNDATION, 3000, None, 1e-2),
-    (T1, "nnUNetTrainer", 0, 200, FOUNDATION, 1e-3),
-    (T1, "nnUNetTrainer", 1, 200, FOUNDATION, 1e-3),
-    (T1, "nnUNetTrainer", 2, 200, FOUNDATION, 1e-3),
-    (T1, "nnUNetTrainerDA5", 0, 200, FOUNDATION, 1e-3),
-    (T1, "nnUNetTrainerDA5", 1, 200, FOUNDATION, 1e-3),
-    (T1, "nnUNetTrainerDA5ord0", 0, 200, FOUNDATION, 1e-3),
-    (T2, "nnUNetTrainerDA5", 0, 300, (T1, "nnUNetTrainerDA5", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 0, 300, (T1, "nnUNetTrainer", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 1, 200, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 2, 200, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 3, 200, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+    (T1, "nnUNetTrainer", 0, 100, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainer", 1, 100, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainer", 2, 100, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainerDA5", 0, 100, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainerDA5", 1, 100, FOUNDATION, 1e-3),
+    (T1, "nnUNetTrainerDA5ord0", 0, 100, FOUNDATION, 1e-3),
+    (T2, "nnUNetTrainerDA5", 0, 150, (T1, "nnUNetTrainerDA5", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 0, 150, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 1, 100, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 2, 100, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 3, 100, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
 ]
 ITERATIONS_PER_EPOCH = 50
 CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes",

@@ -82,6 +82,15 @@ def test_one_bad_file_among_several_writes_nothing(app_dir, tmp_path):
     assert_fails_cleanly(result, "zz-flat.mha: expected a 3-D image, got 2-D", output)
 
 
+def test_unwritable_output_fails_before_predicting(app_dir, tmp_path):
+    input_dir = gc_input(tmp_path, T1, {"good.mha": dict(shape_zyx=(10, 30, 34), spacing_xyz=(1, 1, 3), seed=1)})
+    output = tmp_path / "output"
+    output.write_text("a file where the output folder should be")
+    result = run(["inference.py", "--input", str(input_dir), "--output", str(output)], app_dir)
+    assert result.returncode == 1 and "output folder is not writable" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "loaded" not in result.stdout
+
+
 def test_unknown_socket(app_dir, tmp_path):
     input_dir = gc_input(tmp_path, "abdominal-ct", {"x.mha": dict(shape_zyx=(6, 20, 20), spacing_xyz=(1, 1, 3),
                                                                   seed=1)})

@@ -92,3 +92,25 @@ def test_plans_problems(copied, change, expected):
     edit_plans(copied, change)
     with pytest.raises(PantherError, match=expected):
         load_member(copied, member(ALL_ROUNDER))
+
+
+def test_sha256_manifest_is_verified_when_present(workspace, tmp_path):
+    from panther_ensemble.manifest import MANIFEST_NAME, verify_manifest, write_manifest
+    from panther_ensemble.spec import load_spec, member_files
+
+    root = tmp_path / "weights"
+    shutil.copytree(workspace.weights / ALL_ROUNDER.model, root / ALL_ROUNDER.model)
+    spec_path = tmp_path / "s.toml"
+    spec_path.write_text(f'input_socket = "a"\noutput_socket = "b"\ntumor_label = 1\n[[member]]\n'
+                         f'model = "{ALL_ROUNDER.model}"\nfold = 1\ncheckpoint = "checkpoint_best.pth"\n')
+    files = member_files(load_spec(spec_path), root)
+    assert not verify_manifest(root, files)  # no manifest: nothing to verify
+    write_manifest(root)
+    assert verify_manifest(root, files)
+    assert f"  {ALL_ROUNDER.model}/fold_1/checkpoint_best.pth" in (root / MANIFEST_NAME).read_text()
+    files[-1].write_bytes(files[-1].read_bytes()[:-1] + b"x")
+    with pytest.raises(PantherError, match="sha256 differs"):
+        verify_manifest(root, files)
+    (root / MANIFEST_NAME).write_text("")
+    with pytest.raises(PantherError, match="does not list"):
+        verify_manifest(root, files)

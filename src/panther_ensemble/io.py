@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ class Image:
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
+    non_finite: int = 0  # NaN/Inf voxels that were set to 0 on reading
 
     def nnunet_input(self) -> tuple[np.ndarray, dict]:
         """(1, z, y, x) data and the properties dict exactly as nnU-Net's SimpleITKIO returns them."""
@@ -119,9 +121,11 @@ def _validated_reader(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
-def check_image(path: Path) -> None:
-    """Validate an input's header without reading its voxels (done for every file before heavy work)."""
-    _validated_reader(Path(path))
+def check_image(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
+    """Validate an input's header without reading its voxels (done for every file before heavy work);
+    returns its (z, y, x) size and (z, y, x) spacing."""
+    reader = _validated_reader(Path(path))
+    return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
 
 
 def read_image(path: Path) -> Image:
@@ -135,11 +139,28 @@ def read_image(path: Path) -> Image:
         raise PantherError(f"{path}: image data cannot be read ({lines[-1] if lines else 'truncated?'})") \
             from None
     array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    return Image(path, array, image.GetSpacing(), image.GetOrigin(), image.GetDirection())
+    # NaN/Inf would poison the z-score normalization of the whole image: such voxels become 0 (outside the
+    # body to nnU-Net's crop), and the caller warns.
+    finite = np.isfinite(array)
+    non_finite = int(array.size - np.count_nonzero(finite))
+    if non_finite:
+        array = np.where(finite, array, np.float32(0))
+    return Image(path, array, image.GetSpacing(), image.GetOrigin(), image.GetDirection(), non_finite)
 
 
 def output_path(output_dir: Path, socket: str, input_file: Path) -> Path:
     return Path(output_dir) / "images" / socket / f"{image_stem(input_file)}.mha"
+
+
+def check_writable(folder: Path) -> None:
+    """Create the output folder and prove a file can be written there, before any heavy work."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as e:
+        raise PantherError(f"{folder}: output folder is not writable ({e.strerror})") from None
 
 
 def write_mask(mask: np.ndarray, like: Image, path: Path) -> None:

@@ -18,7 +18,7 @@ from .combine import SoftmaxMean, probabilities_on_input_grid, tumor_mask
 from .io import Image
 from .members import Member, load_member
 from .predict import sliding_window_logits
-from .preprocess import preprocess, preprocessing_key
+from .preprocess import preprocess, preprocessing_key, resampled_shape
 from .spec import EnsembleSpec
 from .timing import StageTimer, log, log_tile_progress
 
@@ -58,6 +58,21 @@ class Ensemble:
         log(f"loaded {len(members)} members from {weights_root} in {len(ensemble.groups)} preprocessing "
             f"group(s) on {device}")
         return ensemble
+
+    def peak_bytes(self, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:
+        """An upper estimate of the host memory one image needs, from its header alone.
+
+        Per preprocessing group: the resampled float32 data and its resampling copy, every tile group's fp16
+        logits and weight map; on the input grid: one member's logits, probabilities and the running mean.
+        """
+        input_voxels = int(np.prod(shape_zyx))
+        classes = self.members[0].label_manager.num_segmentation_heads
+        worst_group = 0
+        for tile_groups in self.groups:
+            voxels = int(np.prod(resampled_shape(shape_zyx, spacing_zyx, tile_groups[0].members[0])))
+            logits = max(len(group.members) for group in tile_groups) * classes + 1
+            worst_group = max(worst_group, voxels * (2 * 4 + 2 * logits))
+        return worst_group + input_voxels * (4 + 3 * classes * 4)
 
     def member_probabilities(self, image: Image, timer: StageTimer, deadline: Deadline | None = None,
                              ) -> Iterator[tuple[Member, torch.Tensor]]:

@@ -15,6 +15,8 @@ import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
+from .timing import log
+
 TILE_STEP_SIZE = 0.5
 
 # Called after each network's forward on a tile with (tile index, tiles in all, networks done on this tile,
@@ -44,11 +46,30 @@ def sliding_window_logits(data: torch.Tensor, networks: Sequence[torch.nn.Module
     try:
         return _predict(data, networks, patch_size, num_classes, device, device, on_forward)
     except torch.OutOfMemoryError:
-        if device.type == "cpu":
+        if len(networks) == 1 and device.type == "cpu":
             raise
-        # The accumulators did not fit next to the networks: keep them on the host, as nnU-Net does.
+        log(f"out of memory with {len(networks)} network(s) per tile: running them one at a time")
+        _empty_cache(device)
+    # Less at once: one network's accumulators at a time; if even that fails, accumulate on the host.
+    results = []
+    for network in networks:
+        try:
+            one = _predict(data, [network], patch_size, num_classes, device, device, on_forward)
+        except torch.OutOfMemoryError:
+            if device.type == "cpu":
+                raise
+            log("out of device memory: accumulating on the host")
+            _empty_cache(device)
+            one = _predict(data, [network], patch_size, num_classes, device, torch.device("cpu"), on_forward)
+        if not one:  # the budget dropped it, and so the ones after it
+            break
+        results += one
+    return results
+
+
+def _empty_cache(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.empty_cache()
-        return _predict(data, networks, patch_size, num_classes, device, torch.device("cpu"), on_forward)
 
 
 def _predict(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size: Sequence[int],

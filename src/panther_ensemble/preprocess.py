@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
 from .io import Image
 from .members import Member
@@ -36,6 +37,17 @@ def preprocessing_key(member: Member) -> str:
         "intensity_properties": plans.foreground_intensity_properties_per_channel,
         "channel_names": member.dataset_json.get("channel_names", member.dataset_json.get("modality")),
     }, sort_keys=True)
+
+
+def resampled_shape(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], member: Member) -> tuple[int, ...]:
+    """The member's grid size for an image (before cropping: an upper bound), without touching voxels."""
+    transpose = member.plans_manager.transpose_forward
+    shape = [shape_zyx[i] for i in transpose]
+    spacing = [spacing_zyx[i] for i in transpose]
+    target = list(member.configuration_manager.spacing)
+    if len(target) < len(shape):  # 2-D configurations keep the first axis
+        target = [spacing[0], *target]
+    return tuple(int(n) for n in compute_new_shape(shape, spacing, target))
 
 
 def preprocess(image: Image, member: Member) -> Preprocessed:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -10,9 +11,10 @@ import torch
 
 from .budget import DEFAULT_BUDGET_SECONDS, Deadline
 from .errors import PantherError
-from .io import check_image, find_inputs, output_path, read_image, write_mask
+from .io import check_image, check_writable, find_inputs, output_path, read_image, write_mask
+from .manifest import MANIFEST_NAME, verify_manifest
 from .pipeline import Ensemble
-from .spec import check_against_weights, find_spec, load_spec, resolve_weights_root, spec_dirs
+from .spec import check_against_weights, find_spec, load_spec, member_files, resolve_weights_root, spec_dirs
 from .timing import StageTimer, log
 
 
@@ -29,6 +31,25 @@ def peak_memory() -> str:
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         return f"{host}, device {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB"
     return host
+
+
+def available_memory_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux, as on GC); None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_memory(file: Path, needed: int, available: int | None = None) -> None:
+    available = available_memory_bytes() if available is None else available
+    if available is not None and needed > available:
+        raise PantherError(f"{file}: predicting it would need about {needed / 1024 ** 3:.1f} GiB of memory after "
+                           f"resampling to the models' spacing, but only {available / 1024 ** 3:.1f} GiB are "
+                           "available (is the image's size or spacing wrong?)")
 
 
 def tumor_volume_ml(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
@@ -54,19 +75,26 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
                            f"'{inputs.socket}'")
     weights_root = resolve_weights_root(spec, weights)
     check_against_weights(spec, weights_root)
-    for file in inputs.files:
-        check_image(file)
+    with timer.stage("verify"):
+        if verify_manifest(weights_root, member_files(spec, weights_root)):
+            log(f"weights match {weights_root / MANIFEST_NAME}")
+    headers = {file: check_image(file) for file in inputs.files}
+    check_writable(output_path(output_dir, spec.output_socket, inputs.files[0]).parent)
     torch_device = select_device(device)
     seconds = budget_seconds(budget, spec.budget_seconds)
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(inputs.files)} image(s)")
 
     model = Ensemble.load(spec, weights_root, torch_device, timer)
+    for file, (shape, spacing) in headers.items():
+        check_memory(file, model.peak_bytes(shape, spacing))
     written = []
     for index, file in enumerate(inputs.files):
         # one budget per case; the first one also pays for loading the models
         deadline = Deadline(seconds, start=timer.started if index == 0 else None)
         with timer.stage("read"):
             image = read_image(file)
+        if image.non_finite:
+            print(f"warning: {file}: {image.non_finite} NaN/Inf voxels were set to 0", file=sys.stderr, flush=True)
         spacing = tuple(round(s, 3) for s in image.spacing)
         log(f"{file.name}: {image.array.shape[::-1]} voxels (x, y, z) at {spacing} mm")
         mask = model.predict(image, timer, deadline)

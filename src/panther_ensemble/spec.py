@@ -156,6 +156,15 @@ def check_against_weights(spec: EnsembleSpec, weights_root: Path) -> None:
                                f"{labels}, '{spec.members[0].model}' has {first_labels}")
 
 
+def member_files(spec: EnsembleSpec, weights_root: Path) -> list[Path]:
+    """Every file the ensemble reads from the weights root."""
+    files = []
+    for member in spec.members:
+        folder = weights_root / member.model
+        files += [folder / "plans.json", folder / "dataset.json", member.checkpoint_path(weights_root)]
+    return list(dict.fromkeys(files))
+
+
 def _configuration_from_folder_name(model: str) -> str | None:
     """nnU-Net names result folders Trainer__Plans__configuration."""
     parts = Path(model).name.split("__")
