@@ -43,8 +43,8 @@ SCHEDULE = [
     (T1, "nnUNetTrainerDA5", 0, 100, FOUNDATION, 1e-3),
     (T1, "nnUNetTrainerDA5", 1, 100, FOUNDATION, 1e-3),
     (T1, "nnUNetTrainerDA5ord0", 0, 100, FOUNDATION, 1e-3),
-    (T2, "nnUNetTrainerDA5", 0, 150, (T1, "nnUNetTrainerDA5", 0), 1e-3),
-    (T2, "nnUNetTrainerDA5Segord0", 0, 150, (T1, "nnUNetTrainer", 0), 1e-3),
+    (T2, "nnUNetTrainerDA5", 0, 400, (T1, "nnUNetTrainerDA5", 0), 1e-3),  # T2's tumor is brighter: more to learn
+    (T2, "nnUNetTrainerDA5Segord0", 0, 400, (T1, "nnUNetTrainer", 0), 1e-3),
     (T2, "nnUNetTrainerDA5Segord0", 1, 100, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
     (T2, "nnUNetTrainerDA5Segord0", 2, 100, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
     (T2, "nnUNetTrainerDA5Segord0", 3, 100, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
