@@ -99,6 +99,8 @@ def _predict(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size
                 if on_forward is not None:
                     active = min(active, on_forward(i, len(slicers), n, active, time.perf_counter() - started))
             del logits[active:]  # a dropped network's partial sum is of no use
+            if not logits:
+                return []
             n_predictions[slicer[1:]] += gaussian
     keep = (slice(None), *revert_padding[1:])
     for accumulator in logits:
