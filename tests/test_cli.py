@@ -59,7 +59,7 @@ def test_gc_run_with_default_spec_and_weights(app_dir, tmp_path):
     assert result.stderr == ""  # GC shows anything on stderr as a warning
     assert result.stdout.count("loaded 6 members") == 1  # models loaded once for both images
     assert "\r" not in result.stdout
-    assert result.stdout.strip().splitlines()[-1].startswith("timing: load")
+    assert result.stdout.strip().splitlines()[-1].startswith("timing: verify")
     for name in ("case-a", "case-b"):
         mask, image = read_mask(output / OUTPUT_FOLDER / f"{name}.mha")
         assert image.GetPixelID() == sitk.sitkUInt8 and set(mask.ravel()) <= {0, 1}

@@ -56,7 +56,7 @@ class Ensemble:
             members = [load_member(weights_root, m) for m in spec.members]
         ensemble = cls(spec, members, device)
         log(f"loaded {len(members)} members from {weights_root} in {len(ensemble.groups)} preprocessing "
-            f"group(s) on {device}")
+            f"group(s) on {device} in {timer.last['load']:.1f}s")
         return ensemble
 
     def peak_bytes(self, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:
@@ -90,7 +90,8 @@ class Ensemble:
             with timer.stage("preprocess"):
                 prepared = preprocess(image, tile_groups[0].members[0])
             deadline.record_preprocess(time.perf_counter() - started)
-            log(f"group {g}: preprocessed {tuple(image.array.shape)} -> {tuple(prepared.data.shape[1:])}")
+            log(f"group {g}: preprocessed {tuple(image.array.shape)} -> {tuple(prepared.data.shape[1:])} "
+                f"in {timer.last['preprocess']:.1f}s")
             for group in tile_groups:
                 label = f"group {g}, {len(group.members)} member(s), patch {group.patch_size}"
 
@@ -105,11 +106,13 @@ class Ensemble:
                     logits = sliding_window_logits(
                         prepared.data, [m.network for m in group.members], group.patch_size,
                         group.members[0].label_manager.num_segmentation_heads, self.device, on_forward)
+                log(f"{label}: forward in {timer.last['forward']:.1f}s")
                 self._drop(group.members[len(logits):], "projected to finish past the budget")
                 for member, member_logits in zip(group.members, logits):
                     started = time.perf_counter()
                     with timer.stage("resample"):
                         probabilities = probabilities_on_input_grid(member_logits, member, prepared.properties)
+                    log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
                     yield member, probabilities
                     deadline.record_finish(time.perf_counter() - started)
                     completed += 1

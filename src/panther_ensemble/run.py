@@ -96,12 +96,14 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
         if image.non_finite:
             print(f"warning: {file}: {image.non_finite} NaN/Inf voxels were set to 0", file=sys.stderr, flush=True)
         spacing = tuple(round(s, 3) for s in image.spacing)
-        log(f"{file.name}: {image.array.shape[::-1]} voxels (x, y, z) at {spacing} mm")
+        log(f"{file.name}: {image.array.shape[::-1]} voxels (x, y, z) at {spacing} mm, read in "
+            f"{timer.last['read']:.1f}s")
         mask = model.predict(image, timer, deadline)
         target = output_path(output_dir, spec.output_socket, file)
         with timer.stage("write"):
             write_mask(mask, image, target)
-        log(f"wrote {target}: tumor {tumor_volume_ml(mask, image.spacing):.2f} mL ({int(mask.sum())} voxels)")
+        log(f"wrote {target}: tumor {tumor_volume_ml(mask, image.spacing):.2f} mL ({int(mask.sum())} voxels) "
+            f"in {timer.last['write']:.1f}s")
         used = len(spec.members) - len(model.dropped)
         budget_note = "no budget" if seconds is None else f"budget left {deadline.left():.1f}s of {seconds:.0f}s"
         log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"

@@ -17,6 +17,7 @@ class StageTimer:
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
+        self.last: dict[str, float] = {}  # the latest run of each stage, for its log line
         self.started = time.perf_counter()
 
     @contextmanager
@@ -25,7 +26,8 @@ class StageTimer:
         try:
             yield
         finally:
-            self.seconds[name] += time.perf_counter() - start
+            self.last[name] = time.perf_counter() - start
+            self.seconds[name] += self.last[name]
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
