@@ -30,7 +30,8 @@ def write_test_folder() -> None:
         input_dir = write_sample_input(case, REPO / "test")
         output_dir = REPO / "test" / "expected_output" / case.task
         shutil.rmtree(output_dir, ignore_errors=True)
-        predict_folder(input_dir, output_dir, weights=REPO / "weights", device="cpu")
+        # no deadline: the expected masks must not depend on how fast this machine was
+        predict_folder(input_dir, output_dir, weights=REPO / "weights", device="cpu", budget=0)
         for file in [*input_dir.rglob("*.mha"), *output_dir.rglob("*.mha")]:
             assert file.stat().st_size < MAX_FILE_BYTES, f"{file} is {file.stat().st_size} bytes"
 

@@ -1,0 +1,40 @@
+# The Grand Challenge container: `python inference.py` (/input -> /output) on a PyTorch CUDA 12 runtime base.
+#   ./build.sh                      build and tag (see build.sh for BASE_IMAGE and --no-weights)
+# torch and torchvision come from the base image; everything else is pinned in requirements-container.txt.
+ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+
+# The app's files, readable by any user, bytecode compiled; weights/ emptied when WITH_WEIGHTS=0
+# (weights then come from GC's model tarball at /opt/ml/model).
+FROM ${BASE_IMAGE} AS app
+ARG WITH_WEIGHTS=1
+COPY inference.py /opt/app/inference.py
+COPY src /opt/app/src
+COPY ensemble /opt/app/ensemble
+COPY weights /opt/app/weights
+RUN if [ "$WITH_WEIGHTS" != 1 ]; then rm -rf /opt/app/weights && mkdir /opt/app/weights; fi \
+ && python -m compileall -q --invalidation-mode unchecked-hash /opt/app/src \
+ && chmod -R a+rX,go-w /opt/app
+
+FROM ${BASE_IMAGE}
+# GC may run the image as a uid without a (writable) home: caches that libraries create go to /tmp
+ENV PYTHONUNBUFFERED=1 \
+    PANTHER_APP_DIR=/opt/app \
+    MPLCONFIGDIR=/tmp/matplotlib \
+    XDG_CACHE_HOME=/tmp/.cache
+
+# pip may not replace the base's torch or torchvision (a CUDA torch from PyPI is several GB)
+COPY requirements-container.txt /tmp/requirements-container.txt
+RUN python -c "import importlib.metadata as m; print('\n'.join(f'{d}=={m.version(d)}' for d in ('torch', 'torchvision')))" \
+        > /tmp/base-torch.txt \
+    || { echo "BASE_IMAGE must provide torch and torchvision (a PyTorch runtime image)" >&2; exit 1; } \
+ && echo "base image: Python $(python -c 'import platform; print(platform.python_version())'), $(tr '\n' ' ' < /tmp/base-torch.txt)" \
+ && PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    python -m pip install --no-cache-dir --progress-bar off -r /tmp/requirements-container.txt -c /tmp/base-torch.txt \
+ && python -c "import nnunetv2, SimpleITK, surface_distance, torch; print('torch', torch.__version__)" \
+ && rm /tmp/requirements-container.txt /tmp/base-torch.txt
+
+RUN groupadd --system user && useradd --system --gid user --no-log-init --create-home user
+COPY --from=app /opt/app /opt/app
+USER user
+WORKDIR /opt/app
+ENTRYPOINT ["python", "inference.py"]

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Write the Grand Challenge upload artifacts (default folder: export/, which git ignores):
+#
+#   <tag>_<date>.tar.gz   the image (docker save | gzip)  -> the algorithm's Containers page
+#   model-<task>.tar.gz   for each ensemble/<task>.toml: the spec and only the member folds it uses from
+#                         weights/, checkpoints stripped to what inference needs, and a weights.sha256
+#                         manifest -> the algorithm's Models page; GC extracts it to /opt/ml/model, and the
+#                         image runs from that alone
+#
+#   ./export.sh [--tag TAG] [--out DIR] [--models-only | --image-only]
+#
+# Needs the built image (./build.sh): it also strips the checkpoints, with the image's own torch.
+# Prints each artifact's size and sha256.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+tag="panther-ensemble:latest"
+out="export"
+do_image=1
+do_models=1
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
+        --out) out="${2:?--out needs a value}"; shift 2 ;;
+        --models-only) do_image=0; shift ;;
+        --image-only) do_models=0; shift ;;
+        -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
+        *) echo "export.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+    esac
+done
+docker image inspect "$tag" >/dev/null 2>&1 || { echo "export.sh: no image '$tag'; run ./build.sh first" >&2; exit 1; }
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+
+report() {  # name, role
+    printf '%-48s %9s  sha256 %s  (%s)\n' "$(basename "$1")" "$(du -h "$1" | cut -f1)" \
+        "$(sha256sum "$1" | cut -d' ' -f1)" "$2"
+}
+
+# Copy the spec and the folds it names into a staging folder, checkpoints stripped (copied as they are when
+# there is nothing to strip), and write the weights manifest the product verifies; runs inside the image.
+STRIP_PY='
+import shutil, sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, "/opt/app/src")
+from panther_ensemble.errors import PantherError
+from panther_ensemble.manifest import write_manifest
+from panther_ensemble.members import load_checkpoint
+from panther_ensemble.spec import check_against_weights, load_spec
+
+KEEP = {"network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch",
+        "_best_ema"}
+spec_file, weights, stage = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+try:
+    spec = load_spec(spec_file)
+    check_against_weights(spec, weights)
+    shutil.copy(spec_file, stage / spec_file.name)
+    for member in spec.members:
+        source, target = member.checkpoint_path(weights), member.checkpoint_path(stage)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for name in ("plans.json", "dataset.json"):
+            shutil.copy(weights / member.model / name, stage / member.model / name)
+        checkpoint = load_checkpoint(source)
+        if set(checkpoint) <= KEEP:
+            shutil.copy(source, target)
+            print(f"   {member.name}: {target.stat().st_size / 1e6:.1f} MB")
+        else:
+            torch.save({k: v for k, v in checkpoint.items() if k in KEEP}, target)
+            print(f"   {member.name}: {source.stat().st_size / 1e6:.1f} MB, stripped to {target.stat().st_size / 1e6:.1f} MB")
+    print(f"   {write_manifest(stage).name}: sha256 of every file")
+except PantherError as e:
+    sys.exit(f"error: {e}")
+'
+
+work="$(mktemp -d /tmp/panther-export.XXXXXX)"
+partial=""
+trap 'rm -rf "$work" ${partial:+"$partial"}' EXIT
+artifacts=()
+if [[ $do_models == 1 ]]; then
+    specs=(ensemble/*.toml)
+    [[ -e "${specs[0]}" ]] || { echo "export.sh: no ensemble/*.toml" >&2; exit 1; }
+    for spec in "${specs[@]}"; do
+        task="$(basename "$spec" .toml)"
+        stage="$work/$task"
+        mkdir "$stage"
+        echo "== model-$task.tar.gz from $spec"
+        docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python \
+            -v "$PWD/ensemble:/in/ensemble:ro" -v "$PWD/weights:/in/weights:ro" -v "$stage:/stage" \
+            "$tag" -c "$STRIP_PY" "/in/ensemble/$task.toml" /in/weights /stage
+        (cd "$stage" && tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
+            --mode=u+rw,go+r,go-w,a+X -c -- *) | gzip -n > "$work/model-$task.tar.gz"
+        mv "$work/model-$task.tar.gz" "$out/"
+        artifacts+=("$out/model-$task.tar.gz|Models page; GC extracts it to /opt/ml/model")
+    done
+fi
+if [[ $do_image == 1 ]]; then
+    image_file="${tag//[:\/]/-}_$(date +%Y-%m-%d_%H-%M-%S).tar.gz"
+    echo "== $image_file (docker save | gzip)"
+    start=$SECONDS
+    compress=(gzip -c)
+    if command -v pigz >/dev/null; then compress=(pigz -c); fi
+    partial="$out/.$image_file.partial"
+    docker save "$tag" | "${compress[@]}" > "$partial"
+    mv "$partial" "$out/$image_file"
+    echo "   written in $((SECONDS - start)) s"
+    artifacts+=("$out/$image_file|Containers page (image $tag)")
+fi
+
+echo "== artifacts in $out"
+for entry in "${artifacts[@]}"; do
+    report "${entry%%|*}" "${entry#*|}"
+done
