@@ -95,3 +95,4 @@ def test_first_member_always_completes(workspace, tmp_path, budget, capsys):
     log = capsys.readouterr().out
     assert written[0].exists()
     assert "summary case.mha: 1/6 members used, 5 dropped" in log
+    assert "even one member cannot finish within the budget" in log

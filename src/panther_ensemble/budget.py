@@ -28,6 +28,7 @@ class Deadline:
         self.finish_seconds_per_member = INITIAL_FINISH_SECONDS_PER_MEMBER
         self.write_seconds = INITIAL_WRITE_SECONDS
         self.preprocess_seconds = 0.0
+        self.overrun = False  # set once the first member is projected to end past the budget
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
@@ -58,7 +59,10 @@ class Deadline:
         for k in range(members, 0, -1):
             if tiles_left * self.tile_seconds_per_member * k + self.finish_seconds_per_member * k <= left:
                 return k
-        return 1 if completed == 0 else 0
+        if completed == 0:
+            self.overrun = True
+            return 1
+        return 0
 
     def another_group_fits(self, completed: int) -> bool:
         """Whether a new preprocessing group could still add a member (always, before any completed)."""

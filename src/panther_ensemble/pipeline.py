@@ -100,7 +100,12 @@ class Ensemble:
                     deadline.record_tile(seconds, 1)
                     if finished == active:
                         log_tile_progress(label, tile + 1, total)
-                    return deadline.members_that_fit(total - tile - (finished == active), active, completed)
+                    warned = deadline.overrun
+                    keep = deadline.members_that_fit(total - tile - (finished == active), active, completed)
+                    if deadline.overrun and not warned:
+                        log("budget: even one member cannot finish within the budget; completing the first "
+                            "one anyway and writing its result as soon as it is done")
+                    return keep
 
                 with timer.stage("forward"):
                     logits = sliding_window_logits(
