@@ -15,22 +15,35 @@ from panther_ensemble.run import budget_seconds, predict_folder
 from panther_ensemble.synthetic import ALL_ROUNDER, BOUNDARY, VOLUME
 
 
-def deadline_with(seconds, elapsed, tile_rate=None) -> Deadline:
+def deadline_with(seconds, elapsed, rate=None) -> Deadline:
     deadline = Deadline(seconds, start=time.perf_counter() - elapsed)
-    if tile_rate is not None:
-        deadline.record_tile(tile_rate, 1)
+    if rate is not None:
+        deadline.record_forward(rate, warm_up=False)
     return deadline
 
 
 def test_members_that_fit():
-    assert deadline_with(None, 1000, 1.0).members_that_fit(100, 5, 0) == 5  # no budget
-    assert deadline_with(10, 0).members_that_fit(100, 5, 0) == 5  # nothing measured yet
+    assert deadline_with(None, 1000, 1.0).members_that_fit(100, 5, 0, 0) == 5  # no budget
+    assert deadline_with(10, 0).members_that_fit(100, 5, 0, 0) == 5  # nothing measured yet
     # 20 s left, 1 s for writing; 4 tiles left at 1 s per member-tile, 1 s to finish a member: k * 5 <= 19
-    assert deadline_with(30, 10, 1.0).members_that_fit(4, 5, 0) == 3
-    assert deadline_with(30, 29, 1.0).members_that_fit(4, 5, 0) == 1  # none fits: the first still completes
-    assert deadline_with(30, 29, 1.0).members_that_fit(4, 5, 2) == 0  # ... unless one already did
+    assert deadline_with(30, 10, 1.0).members_that_fit(4, 5, 0, 0) == 3
+    assert deadline_with(30, 29, 1.0).members_that_fit(4, 5, 0, 0) == 1  # none fits: the first still completes
+    assert deadline_with(30, 29, 1.0).members_that_fit(4, 5, 0, 2) == 0  # ... unless one already did
     assert not deadline_with(30, 29.5).another_group_fits(completed=1)
     assert deadline_with(30, 29.5).another_group_fits(completed=0)
+
+
+def test_slow_warm_up_does_not_drop_members():
+    """A GPU's first forwards are slow (kernel selection); they must not set the projected rate."""
+    deadline = deadline_with(270, 5)
+    deadline.record_forward(8.0, warm_up=True)  # first tile of the first network
+    assert deadline.members_that_fit(99, 6, 1, 0) == 6  # 255 s left: the next forward fits
+    deadline.record_forward(0.3, warm_up=False)
+    assert deadline.members_that_fit(98, 6, 0, 0) == 6  # 98 tiles x 0.3 s x 6 = 176 s < 264 s
+    # but a forward that cannot end in time is not started, even while warming up
+    late = deadline_with(10, 5)
+    late.record_forward(6.0, warm_up=True)
+    assert late.members_that_fit(10, 6, 2, 1) == 2
 
 
 def test_budget_resolution():

@@ -24,7 +24,8 @@ class Deadline:
     def __init__(self, seconds: float | None, start: float | None = None) -> None:
         self.seconds = seconds
         self.start = time.perf_counter() if start is None else start
-        self.tile_seconds_per_member: float | None = None
+        self.tile_seconds_per_member: float | None = None  # steady rate, from forwards after warm-up
+        self.slowest_forward = 0.0
         self.finish_seconds_per_member = INITIAL_FINISH_SECONDS_PER_MEMBER
         self.write_seconds = INITIAL_WRITE_SECONDS
         self.preprocess_seconds = 0.0
@@ -36,11 +37,14 @@ class Deadline:
     def left(self) -> float:
         return math.inf if self.seconds is None else self.seconds - self.elapsed()
 
-    def record_tile(self, seconds: float, members: int) -> None:
-        """One tile's forward through `members` networks took `seconds`."""
-        rate = seconds / members
-        previous = self.tile_seconds_per_member
-        self.tile_seconds_per_member = rate if previous is None else 0.7 * previous + 0.3 * rate
+    def record_forward(self, seconds: float, warm_up: bool) -> None:
+        """One network's forward on one tile took `seconds`. Warm-up forwards (a tile group's first tile:
+        kernel selection and allocations make it slow on a GPU) bound the next forward but do not set the
+        rate projected over the remaining tiles, so they cannot make the run drop members it has time for."""
+        self.slowest_forward = max(self.slowest_forward, seconds)
+        if not warm_up:
+            previous = self.tile_seconds_per_member
+            self.tile_seconds_per_member = seconds if previous is None else 0.7 * previous + 0.3 * seconds
 
     def record_finish(self, seconds: float) -> None:
         self.finish_seconds_per_member = max(self.finish_seconds_per_member * 0.5, seconds)
@@ -48,21 +52,27 @@ class Deadline:
     def record_preprocess(self, seconds: float) -> None:
         self.preprocess_seconds = max(self.preprocess_seconds, seconds)
 
-    def members_that_fit(self, tiles_left: int, members: int, completed: int) -> int:
-        """How many of `members` (run together on the remaining tiles) can finish within the budget.
-
-        Never 0 while no member has completed: the first one always runs to the end.
-        """
-        if self.seconds is None or self.tile_seconds_per_member is None:
+    def members_that_fit(self, tiles_left: int, members: int, finished: int, completed: int) -> int:
+        """How many of `members` (run together on the remaining tiles; `finished` of them are done with the
+        current one) can finish within the budget. Never 0 while no member has completed: the first one
+        always runs to the end."""
+        if self.seconds is None:
             return members
         left = self.left() - self.write_seconds
-        for k in range(members, 0, -1):
-            if tiles_left * self.tile_seconds_per_member * k + self.finish_seconds_per_member * k <= left:
-                return k
-        if completed == 0:
+        if self.tile_seconds_per_member is None:
+            # still warming up: only stop before a forward that could not end in time
+            fits = finished >= members or left - self.finish_seconds_per_member * (finished + 1) >= \
+                self.slowest_forward
+            keep = members if fits else finished
+        else:
+            keep = 0
+            for k in range(members, 0, -1):
+                if tiles_left * self.tile_seconds_per_member * k + self.finish_seconds_per_member * k <= left:
+                    keep = k
+                    break
+        if completed == 0 and (keep == 0 or left < 0):
             self.overrun = True
-            return 1
-        return 0
+        return max(keep, 1) if completed == 0 else keep
 
     def another_group_fits(self, completed: int) -> bool:
         """Whether a new preprocessing group could still add a member (always, before any completed)."""

@@ -97,11 +97,13 @@ class Ensemble:
 
                 def on_forward(tile: int, total: int, finished: int, active: int, seconds: float, label=label,
                                completed=completed) -> int:
-                    deadline.record_tile(seconds, 1)
+                    deadline.record_forward(seconds, warm_up=tile == 0)
                     if finished == active:
                         log_tile_progress(label, tile + 1, total)
                     warned = deadline.overrun
-                    keep = deadline.members_that_fit(total - tile - (finished == active), active, completed)
+                    tile_done = finished == active
+                    keep = deadline.members_that_fit(total - tile - tile_done, active, 0 if tile_done else finished,
+                                                     completed)
                     if deadline.overrun and not warned:
                         log("budget: even one member cannot finish within the budget; completing the first "
                             "one anyway and writing its result as soon as it is done")
