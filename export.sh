@@ -48,11 +48,10 @@ import torch
 sys.path.insert(0, "/opt/app/src")
 from panther_ensemble.errors import PantherError
 from panther_ensemble.manifest import write_manifest
-from panther_ensemble.members import load_checkpoint
+from panther_ensemble.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint
 from panther_ensemble.spec import check_against_weights, load_spec
 
-KEEP = {"network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch",
-        "_best_ema"}
+KEEP = set(INFERENCE_CHECKPOINT_KEYS)
 spec_file, weights, stage = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
 try:
     spec = load_spec(spec_file)

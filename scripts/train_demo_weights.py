@@ -50,8 +50,6 @@ SCHEDULE = [
     (T2, "nnUNetTrainerDA5Segord0", 3, 100, (T2, "nnUNetTrainerDA5Segord0", 0), 1e-3),
 ]
 ITERATIONS_PER_EPOCH = 50
-CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes",
-                   "current_epoch", "_best_ema")
 
 
 def log(message: str) -> None:
@@ -158,6 +156,7 @@ def export(weights: Path) -> None:
     """The folds the specs use, checkpoints stripped of optimizer state and training logs."""
     import torch
 
+    from panther_ensemble.members import INFERENCE_CHECKPOINT_KEYS
     from panther_ensemble.spec import load_spec
 
     for spec_file in ("task1.toml", "task2.toml"):
@@ -169,7 +168,7 @@ def export(weights: Path) -> None:
                 shutil.copy(source / name, target / name)
             checkpoint = torch.load(source / f"fold_{member.fold}" / member.checkpoint, map_location="cpu",
                                     weights_only=False)
-            torch.save({k: checkpoint[k] for k in CHECKPOINT_KEYS}, member.checkpoint_path(weights))
+            torch.save({k: checkpoint[k] for k in INFERENCE_CHECKPOINT_KEYS}, member.checkpoint_path(weights))
     log(f"exported to {weights}")
 
 

@@ -15,7 +15,7 @@ import torch
 from .combine import SoftmaxMean, tumor_mask
 from .errors import PantherError
 from .evaluate import aggregate, tumor_metrics
-from .io import IMAGE_SUFFIXES, image_stem, read_image
+from .io import IMAGE_SUFFIXES, image_files_by_id, read_image
 from .pipeline import Ensemble
 from .spec import EnsembleSpec, MemberSpec
 from .timing import StageTimer, log
@@ -31,18 +31,9 @@ def member_label(member: MemberSpec) -> str:
     return f"{trainer} fold {member.fold} ({Path(member.checkpoint).stem.removeprefix('checkpoint_')})"
 
 
-def _case_id(path: Path) -> str:
-    stem = image_stem(path)
-    return stem[: -len("_0000")] if stem.endswith("_0000") else stem  # nnU-Net's channel suffix
-
-
 def labelled_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
-    def files(folder: Path) -> dict[str, Path]:
-        if not folder.is_dir():
-            raise PantherError(f"{folder}: folder does not exist")
-        return {_case_id(p): p for p in sorted(folder.iterdir()) if p.name.endswith(IMAGE_SUFFIXES)}
-
-    images, labels = files(Path(images_dir)), files(Path(labels_dir))
+    images = image_files_by_id(images_dir, "_0000")  # nnU-Net's channel suffix
+    labels = image_files_by_id(labels_dir, "_0000")
     missing = sorted(set(images) - set(labels))
     if missing:
         raise PantherError(f"{labels_dir}: no label for {', '.join(missing[:5])}")

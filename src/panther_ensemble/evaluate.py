@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from surface_distance import metrics as sd
 
 from .errors import PantherError
-from .io import IMAGE_SUFFIXES, image_stem
+from .io import IMAGE_SUFFIXES, image_files_by_id
 
 SURFACE_TOLERANCE_MM = 5.0
 TUMOR_LABEL = 1
@@ -63,21 +63,6 @@ def aggregate(per_subject: dict[str, dict]) -> dict:
     }
 
 
-def _subject_id(path: Path) -> str:
-    stem = image_stem(path)
-    return stem[: -len("_seg")] if stem.endswith("_seg") else stem
-
-
-def _mask_files(folder: Path) -> dict[str, Path]:
-    if not Path(folder).is_dir():
-        raise PantherError(f"{folder}: folder does not exist")
-    files = {}
-    for path in sorted(Path(folder).iterdir()):
-        if path.is_file() and path.name.endswith(IMAGE_SUFFIXES):
-            files[_subject_id(path)] = path
-    return files
-
-
 def _read(path: Path) -> sitk.Image:
     try:
         return sitk.ReadImage(str(path))
@@ -100,7 +85,7 @@ def evaluate_pair(prediction_file: Path, truth_file: Path, tumor_label: int = TU
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path, tumor_label: int = TUMOR_LABEL) -> dict:
     """{'per_subject': {id: metrics}, 'aggregates': {...}} over every ground truth with a prediction."""
-    predictions, truths = _mask_files(pred_dir), _mask_files(gt_dir)
+    predictions, truths = image_files_by_id(pred_dir, "_seg"), image_files_by_id(gt_dir, "_seg")
     missing = sorted(set(truths) - set(predictions))
     if missing:
         raise PantherError(f"{pred_dir}: no prediction for {len(missing)} ground truth case(s): "

@@ -55,6 +55,14 @@ def image_stem(path: Path) -> str:
     return path.stem
 
 
+def image_files_by_id(folder: Path, drop_suffix: str) -> dict[str, Path]:
+    """Image files of a folder keyed by stem, `drop_suffix` (e.g. nnU-Net's "_0000", a "_seg") removed."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise PantherError(f"{folder}: folder does not exist")
+    return {image_stem(p).removesuffix(drop_suffix): p for p in _image_files(folder)}
+
+
 def _image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
 

@@ -30,6 +30,10 @@ except ImportError:  # numpy < 2
     from numpy.core.multiarray import scalar as _numpy_scalar
 _SAFE_GLOBALS.append(_numpy_scalar)
 
+# What inference needs of a checkpoint; export strips the rest (optimizer state, training log).
+INFERENCE_CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes",
+                             "current_epoch", "_best_ema")
+
 # Plans may only name network classes and layers from these packages (they are imported by name).
 _ARCH_PACKAGES = ("dynamic_network_architectures.",)
 _LAYER_PACKAGES = ("torch.nn.",)
@@ -97,6 +101,20 @@ def _configuration_name(member: MemberSpec, checkpoint: dict, plans: dict, plans
     return name
 
 
+def network_from_plans(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                       dataset_json: dict) -> torch.nn.Module:
+    """The inference network (no deep supervision, no init) that the plans' architecture entry describes."""
+    return get_network_from_plans(
+        configuration_manager.network_arch_class_name,
+        configuration_manager.network_arch_init_kwargs,
+        configuration_manager.network_arch_init_kwargs_req_import,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+        allow_init=False,
+        deep_supervision=False,
+    )
+
+
 def load_member(weights_root: Path, member: MemberSpec) -> Member:
     folder = weights_root / member.model
     plans_path = folder / "plans.json"
@@ -114,15 +132,7 @@ def load_member(weights_root: Path, member: MemberSpec) -> Member:
     arch = plans["configurations"][configuration_name].get("architecture") or {}
     _check_importable_names(plans_path, arch)
 
-    network = get_network_from_plans(
-        configuration_manager.network_arch_class_name,
-        configuration_manager.network_arch_init_kwargs,
-        configuration_manager.network_arch_init_kwargs_req_import,
-        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
-        label_manager.num_segmentation_heads,
-        allow_init=False,
-        deep_supervision=False,
-    )
+    network = network_from_plans(plans_manager, configuration_manager, dataset_json)
     try:
         network.load_state_dict(checkpoint["network_weights"])
     except RuntimeError as e:

@@ -14,10 +14,9 @@ import numpy as np
 import torch
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
-from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
-from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+from .members import network_from_plans
 from .spec import EnsembleSpec, MemberSpec
 
 
@@ -36,12 +35,7 @@ def stock_predictor(weights_root: Path, member: MemberSpec, device: torch.device
     plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
     dataset_json = json.loads((folder / "dataset.json").read_text())
     configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
-    network = get_network_from_plans(
-        configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-        configuration.network_arch_init_kwargs_req_import,
-        determine_num_input_channels(plans_manager, configuration, dataset_json),
-        plans_manager.get_label_manager(dataset_json).num_segmentation_heads, allow_init=False,
-        deep_supervision=False)
+    network = network_from_plans(plans_manager, configuration, dataset_json)
     network.load_state_dict(checkpoint["network_weights"])
     predictor.manual_initialization(network, plans_manager, configuration, [checkpoint["network_weights"]],
                                     dataset_json, checkpoint["trainer_name"],
