@@ -26,6 +26,7 @@ class Deadline:
         self.start = time.perf_counter() if start is None else start
         self.tile_seconds_per_member: float | None = None  # steady rate, from forwards after warm-up
         self.slowest_forward = 0.0
+        self.steady_seconds, self.steady_forwards = 0.0, 0
         self.finish_seconds_per_member = INITIAL_FINISH_SECONDS_PER_MEMBER
         self.write_seconds = INITIAL_WRITE_SECONDS
         self.preprocess_seconds = 0.0
@@ -42,9 +43,10 @@ class Deadline:
         kernel selection and allocations make it slow on a GPU) bound the next forward but do not set the
         rate projected over the remaining tiles, so they cannot make the run drop members it has time for."""
         self.slowest_forward = max(self.slowest_forward, seconds)
-        if not warm_up:
-            previous = self.tile_seconds_per_member
-            self.tile_seconds_per_member = seconds if previous is None else 0.7 * previous + 0.3 * seconds
+        if not warm_up:  # a running mean: one slow forward on a busy machine must not drop members
+            self.steady_seconds += seconds
+            self.steady_forwards += 1
+            self.tile_seconds_per_member = self.steady_seconds / self.steady_forwards
 
     def record_finish(self, seconds: float) -> None:
         self.finish_seconds_per_member = max(self.finish_seconds_per_member * 0.5, seconds)
