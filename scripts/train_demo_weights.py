@@ -21,8 +21,9 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
+
+from panther_ensemble.resenc import shrink_plans
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = "nnUNetResEncUNetDemoPlans"
@@ -75,18 +76,10 @@ def write_raw_dataset(task) -> None:
     log(f"{name}: {len(TRAIN_SEEDS[flavour])} phantoms written")
 
 
-def shrink_plans(plans: dict) -> dict:
+def demo_plans(plans: dict) -> dict:
     """The planner's ResEnc network, cut to 4 stages of 8-64 features and one block each, patch ~32x64x64."""
-    configuration = plans["configurations"][CONFIGURATION]
-    kwargs = configuration["architecture"]["arch_kwargs"]
-    n = 4
-    kwargs.update(n_stages=n, features_per_stage=[8, 16, 32, 64], n_blocks_per_stage=[1] * n,
-                  n_conv_per_stage_decoder=[1] * (n - 1), kernel_sizes=kwargs["kernel_sizes"][:n],
-                  strides=kwargs["strides"][:n])
-    divisor = np.prod(np.array(kwargs["strides"]), axis=0)
-    target = np.array([32, 64, 64])
-    configuration["patch_size"] = [int(max(d, t // d * d)) for d, t in zip(divisor, target)]
-    configuration["batch_size"] = 2
+    plans = shrink_plans(plans, features=(8, 16, 32, 64), patch_target=(32, 64, 64))
+    plans["configurations"][CONFIGURATION]["batch_size"] = 2
     plans["plans_name"] = PLANS
     return plans
 
@@ -107,16 +100,19 @@ def plan_and_preprocess() -> None:
         extract_fingerprints([T1[0], T2[0]], num_processes=2, check_dataset_integrity=True, clean=True,
                              verbose=False)
         plan_experiments([T1[0]], "nnUNetPlannerResEncM", overwrite_plans_name=PLANS)
-        t1_plans.write_text(json.dumps(shrink_plans(json.loads(t1_plans.read_text())), indent=2))
-        preprocess([T1[0]], PLANS, (CONFIGURATION,), (2,), verbose=False)
+        t1_plans.write_text(json.dumps(demo_plans(json.loads(t1_plans.read_text())), indent=2))
         configuration = json.loads(t1_plans.read_text())["configurations"][CONFIGURATION]
-        log(f"planned and preprocessed {T1[1]}: spacing {configuration['spacing']}, "
-            f"patch {configuration['patch_size']}")
-    if not (preprocessed / T2[1] / f"{PLANS}.json").exists():
-        move_plans_between_datasets(T1[0], T2[0], PLANS, PLANS)
-        shutil.copy(Path(os.environ["nnUNet_raw"]) / T2[1] / "dataset.json", preprocessed / T2[1] / "dataset.json")
-        preprocess([T2[0]], PLANS, (CONFIGURATION,), (2,), verbose=False)
-        log(f"moved plans to {T2[1]} and preprocessed")
+        log(f"planned {T1[1]}: spacing {configuration['spacing']}, patch {configuration['patch_size']}")
+    for task in (T1, T2):
+        done = preprocessed / task[1] / ".preprocessed"  # written last: an interrupted preprocessing is redone
+        if done.exists():
+            continue
+        if task is T2:  # fine-tuning across datasets needs the same plans (nnU-Net's pretraining recipe)
+            move_plans_between_datasets(T1[0], T2[0], PLANS, PLANS)
+            shutil.copy(Path(os.environ["nnUNet_raw"]) / T2[1] / "dataset.json", preprocessed / T2[1] / "dataset.json")
+        preprocess([task[0]], PLANS, (CONFIGURATION,), (2,), verbose=False)
+        done.touch()
+        log(f"preprocessed {task[1]}")
 
 
 def result_folder(task, trainer: str) -> Path:
@@ -140,9 +136,15 @@ def train(task, trainer_name: str, fold: int | str, iterations: int, init_from, 
     trainer.num_iterations_per_epoch = ITERATIONS_PER_EPOCH
     trainer.num_val_iterations_per_epoch = 10
     trainer.num_epochs = max(1, iterations // ITERATIONS_PER_EPOCH)
+    trainer.save_every = 5  # checkpoint_latest often enough that an interruption costs minutes
     trainer.initial_lr = lr
     trainer.initialize()
-    if init_from is not None:
+    # an interrupted run resumes from its own latest checkpoint, as nnU-Net's --c does
+    resume = next((output / n for n in ("checkpoint_latest.pth", "checkpoint_best.pth") if (output / n).exists()), None)
+    if resume is not None:
+        trainer.load_checkpoint(str(resume))
+        log(f"{task[1]} {trainer_name} fold {fold}: resuming from {resume.name}, epoch {trainer.current_epoch}")
+    elif init_from is not None:
         source_task, source_trainer, source_fold = init_from
         source = result_folder(source_task, source_trainer) / f"fold_{source_fold}" / "checkpoint_final.pth"
         load_pretrained_weights(trainer.network, str(source), verbose=False)
