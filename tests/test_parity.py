@@ -36,23 +36,26 @@ def assert_parity(ours: np.ndarray, reference: np.ndarray) -> None:
 @pytest.mark.parametrize("spec_name", ["t1_spec", "mixed_spec"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ensemble_mask_equals_stock_nnunet(workspace, tmp_path, spec_name, case):
+    """Both resampling modes against one stock reference: the exact one to the voxel, the fast one within the bound."""
     spec_path = getattr(workspace, spec_name)
     input_dir = gc_input(tmp_path, "abdominal-t1-mri", {f"{case}.mha": CASES[case]})
-    written = predict_folder(input_dir, tmp_path / "output", ensemble=spec_path, weights=workspace.weights,
-                             device="cpu")
-    ours, ours_image = read_mask(written[0])
     image_file = input_dir / "images" / "abdominal-t1-mri" / f"{case}.mha"
     reference = stock_ensemble_mask(image_file, workspace.weights, load_spec(spec_path))
-
-    assert_parity(ours, reference)
     # the test means something only if the random members disagree with each other and find tumor
     assert 0.005 < reference.mean() < 0.8, f"reference tumor fraction {reference.mean():.3f}"
     image = read_image(image_file)
-    assert ours_image.GetSize() == image.array.shape[::-1]
-    assert ours_image.GetSpacing() == image.spacing
-    assert ours_image.GetOrigin() == image.origin
-    assert ours_image.GetDirection() == image.direction
-    assert ours_image.GetPixelIDValue() == 1  # sitkUInt8
+    for resampling in ("exact", "fast"):
+        written = predict_folder(input_dir, tmp_path / resampling, ensemble=spec_path, weights=workspace.weights,
+                                 device="cpu", resampling=resampling)
+        ours, ours_image = read_mask(written[0])
+        assert_parity(ours, reference)
+        if resampling == "exact":
+            assert int((ours != reference).sum()) == 0
+        assert ours_image.GetSize() == image.array.shape[::-1]
+        assert ours_image.GetSpacing() == image.spacing
+        assert ours_image.GetOrigin() == image.origin
+        assert ours_image.GetDirection() == image.direction
+        assert ours_image.GetPixelIDValue() == 1  # sitkUInt8
 
 
 def test_each_member_probabilities_match_stock(workspace, tmp_path):
@@ -66,10 +69,14 @@ def test_each_member_probabilities_match_stock(workspace, tmp_path):
         prepared = preprocess(image, member)
         logits, = sliding_window_logits(prepared.data, [member.network], member.configuration_manager.patch_size,
                                         3, torch.device("cpu"))
-        ours = probabilities_on_input_grid(logits, member, prepared.properties).numpy()
         stock = stock_member_probabilities(image_file, workspace.weights, member_spec)
-        assert ours.shape == stock.shape == (3, *image.array.shape)
-        np.testing.assert_allclose(ours, stock, atol=1e-5, err_msg=member_spec.name)
+        exact = probabilities_on_input_grid(logits, member, prepared.properties, "exact").numpy()
+        assert exact.shape == stock.shape == (3, *image.array.shape)
+        np.testing.assert_allclose(exact, stock, atol=1e-5, err_msg=member_spec.name)
+        # torch's linear resampling of the same logits: close everywhere, not bit-equal
+        fast = probabilities_on_input_grid(logits, member, prepared.properties, "fast").numpy()
+        assert np.abs(fast - stock).max() < 0.05, member_spec.name
+        assert np.abs(fast - stock).mean() < 1e-3, member_spec.name
 
 
 def test_members_sharing_preprocessing_run_it_once(workspace, tmp_path, monkeypatch):
@@ -77,8 +84,8 @@ def test_members_sharing_preprocessing_run_it_once(workspace, tmp_path, monkeypa
 
     calls = []
     original = pipeline.preprocess
-    monkeypatch.setattr(pipeline, "preprocess", lambda image, member: calls.append(member.spec.name) or
-                        original(image, member))
+    monkeypatch.setattr(pipeline, "preprocess", lambda image, member, device: calls.append(member.spec.name) or
+                        original(image, member, device))
     input_dir = gc_input(tmp_path, "abdominal-t1-mri", {"case.mha": CASES["tiny_axis_aligned"]})
     predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights, device="cpu")
     # 6 members: all-rounder and volume folds share plans (one group), the boundary model has its own

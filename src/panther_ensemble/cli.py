@@ -37,6 +37,10 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-case time budget: members that would finish past it are dropped and the "
                              "ensemble of those done is written (default: the spec's budget_seconds, else "
                              "270 = GC's 300 s minus a safety margin; 0: no limit)")
+    parser.add_argument("--resampling", choices=("fast", "exact"), default="fast",
+                        help="fast (default): nnU-Net's resampling arithmetic on the device, the image's (cubic "
+                             "B-spline as matrices) and the logits' (nnU-Net's torch resampling), within the parity "
+                             "bound; exact: the plans' functions on the host, bit-equal to stock nnU-Net")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +78,22 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--mask", type=Path, required=True, help="the predicted mask")
     preview.add_argument("--gt", type=Path, help="a ground-truth label map")
     preview.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    benchmark = commands.add_parser(
+        "benchmark", help="time the stock nnU-Net chain against this product, alternated in one run",
+        description="Random-weight members with nnU-Net's ResEncL architecture (its own planner; 1 mm isotropic, "
+                    "patch 192^3 in the gpu preset, cut down in cpu and smoke), the paper's 3+2+1 (t1) and 1+4 "
+                    "(t2) compositions, PANTHER-sized inputs. Runs (a) one stock nnUNetPredictor per model "
+                    "folder and (b) this product, alternated; prints whole-case and per-stage medians, the "
+                    "ratio a/b, peak memory and (b)'s parity against the per-member reference; writes JSON.")
+    benchmark.add_argument("--preset", choices=("gpu", "cpu", "smoke"), default="cpu",
+                           help="gpu: full ResEncL; cpu: a 4-stage cut at 2 mm; smoke: seconds (default: cpu)")
+    benchmark.add_argument("--case", action="append", choices=("t1", "t2"), help="only these cases")
+    benchmark.add_argument("--repeats", type=int, help="alternated runs per path (default: the preset's)")
+    benchmark.add_argument("--max-minutes", type=float, default=60.0,
+                           help="start no new repeat or case after this (default: 60)")
+    benchmark.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    benchmark.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    benchmark.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON report")
     return parser
 
 
@@ -89,7 +109,7 @@ def run_predict(args: argparse.Namespace) -> None:
     from .run import predict_folder  # heavy imports (torch, nnunetv2) only once the arguments are fine
 
     predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
-                   budget=args.budget)
+                   budget=args.budget, resampling=args.resampling)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -128,6 +148,22 @@ def run_preview(args: argparse.Namespace) -> None:
     print(f"wrote {write_preview(args.image, args.mask, args.out, args.gt)}")
 
 
+def run_benchmark(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .benchmark import format_report, run_benchmark, write_report
+    from .run import select_device
+
+    if args.repeats is not None and args.repeats < 1:
+        raise PantherError(f"--repeats must be at least 1, got {args.repeats}")
+    with tempfile.TemporaryDirectory(prefix="panther-benchmark-") as scratch:
+        report = run_benchmark(args.preset, args.work or Path(scratch), select_device(args.device), args.case,
+                               args.repeats, args.max_minutes)
+    write_report(report, args.out)
+    print(format_report(report))
+    print(f"wrote {args.out}")
+
+
 def _run(action, args: argparse.Namespace) -> int:
     try:
         action(args)
@@ -139,7 +175,8 @@ def _run(action, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return _run({"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview}[args.command], args)
+    actions = {"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview, "benchmark": run_benchmark}
+    return _run(actions[args.command], args)
 
 
 def inference_main(argv: list[str] | None = None) -> int:

@@ -44,17 +44,20 @@ def group_members(members: list[Member]) -> list[list[TileGroup]]:
 
 
 class Ensemble:
-    def __init__(self, spec: EnsembleSpec, members: list[Member], device: torch.device) -> None:
+    def __init__(self, spec: EnsembleSpec, members: list[Member], device: torch.device, resampling: str = "fast",
+                 ) -> None:
         self.spec = spec
         self.members = members
         self.device = device
+        self.resampling = resampling  # combine.RESAMPLING
         self.groups = group_members(members)
 
     @classmethod
-    def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer) -> Ensemble:
+    def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer, resampling: str = "fast",
+             ) -> Ensemble:
         with timer.stage("load"):
             members = [load_member(weights_root, m) for m in spec.members]
-        ensemble = cls(spec, members, device)
+        ensemble = cls(spec, members, device, resampling)
         log(f"loaded {len(members)} members from {weights_root} in {len(ensemble.groups)} preprocessing "
             f"group(s) on {device} in {timer.last['load']:.1f}s")
         return ensemble
@@ -88,7 +91,8 @@ class Ensemble:
                 continue
             started = time.perf_counter()
             with timer.stage("preprocess"):
-                prepared = preprocess(image, tile_groups[0].members[0])
+                prepared = preprocess(image, tile_groups[0].members[0],
+                                      self.device if self.resampling == "fast" else None)
             deadline.record_preprocess(time.perf_counter() - started)
             log(f"group {g}: preprocessed {tuple(image.array.shape)} -> {tuple(prepared.data.shape[1:])} "
                 f"in {timer.last['preprocess']:.1f}s")
@@ -118,7 +122,8 @@ class Ensemble:
                 for member, member_logits in zip(group.members, logits):
                     started = time.perf_counter()
                     with timer.stage("resample"):
-                        probabilities = probabilities_on_input_grid(member_logits, member, prepared.properties)
+                        probabilities = probabilities_on_input_grid(member_logits, member, prepared.properties,
+                                                                    self.resampling)
                     log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
                     yield member, probabilities
                     deadline.record_finish(time.perf_counter() - started)

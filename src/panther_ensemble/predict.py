@@ -41,8 +41,9 @@ def tile_slicers(image_size: Sequence[int], patch_size: Sequence[int], step: flo
 def sliding_window_logits(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size: Sequence[int],
                           num_classes: int, device: torch.device, on_forward: OnForward | None = None,
                           ) -> list[torch.Tensor]:
-    """fp16 logits (num_classes, *data.shape[1:]) on the CPU, one tensor per network that ran every tile
-    (the first networks of the list; `on_forward` may drop the others on the way)."""
+    """fp16 logits (num_classes, *data.shape[1:]), one tensor per network that ran every tile (the first networks
+    of the list; `on_forward` may drop the others on the way). They stay where they were accumulated: on the
+    device, or on the host after a device out-of-memory fallback."""
     try:
         return _predict(data, networks, patch_size, num_classes, device, device, on_forward)
     except torch.OutOfMemoryError:
@@ -107,4 +108,4 @@ def _predict(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size
         torch.div(accumulator, n_predictions, out=accumulator)
         if torch.isinf(accumulator).any():
             raise RuntimeError("inf in the accumulated fp16 logits")
-    return [accumulator[keep].cpu() for accumulator in logits]
+    return [accumulator[keep] for accumulator in logits]

@@ -5,11 +5,13 @@ from __future__ import annotations
 import json
 from copy import deepcopy
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 import torch
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
+from . import resample
 from .io import Image
 from .members import Member
 
@@ -50,10 +52,43 @@ def resampled_shape(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], 
     return tuple(int(n) for n in compute_new_shape(shape, spacing, target))
 
 
-def preprocess(image: Image, member: Member) -> Preprocessed:
-    """Run the member's own nnU-Net preprocessor (transpose, crop to nonzero, normalize, resample)."""
+class DeviceResampling:
+    """A member's ConfigurationManager whose image resampling runs on the device (resample.resample_image),
+    where the plans name nnU-Net's default one; everything else is the member's own."""
+
+    def __init__(self, configuration_manager, device: torch.device) -> None:
+        self._configuration_manager = configuration_manager
+        self._device = device
+
+    def __getattr__(self, name: str):
+        return getattr(self._configuration_manager, name)
+
+    @property
+    def resampling_fn_data(self):
+        configuration = self._configuration_manager.configuration
+        kwargs = configuration["resampling_fn_data_kwargs"]
+        if configuration["resampling_fn_data"] != "resample_data_or_seg_to_shape" or not resample.supports(kwargs):
+            return self._configuration_manager.resampling_fn_data
+        return partial(resample.resample_image, device=self._device, **kwargs)
+
+    @property
+    def resampling_fn_seg(self):
+        # at inference nnU-Net resamples the nonzero mask and never uses it afterwards: skip that work
+        return lambda seg, *args, **kwargs: seg
+
+
+def preprocess(image: Image, member: Member, device: torch.device | None = None) -> Preprocessed:
+    """Run the member's own nnU-Net preprocessor (transpose, crop to nonzero, normalize, resample).
+
+    With a device, the resampling (the costly step) runs there with nnU-Net's arithmetic and the data stays
+    there; without, everything is stock nnU-Net on the host.
+    """
     data, properties = image.nnunet_input()
     preprocessor = member.configuration_manager.preprocessor_class(verbose=False)
+    configuration = member.configuration_manager if device is None else \
+        DeviceResampling(member.configuration_manager, device)
     data, _, properties = preprocessor.run_case_npy(data, None, deepcopy(properties), member.plans_manager,
-                                                    member.configuration_manager, member.dataset_json)
+                                                    configuration, member.dataset_json)
+    if isinstance(data, torch.Tensor):
+        return Preprocessed(data, properties)
     return Preprocessed(torch.from_numpy(np.ascontiguousarray(data)), properties)
