@@ -8,6 +8,7 @@ nnU-Net itself cannot find their trainer; everything after that is the stock pre
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,26 +21,29 @@ from .members import network_from_plans
 from .spec import EnsembleSpec, MemberSpec
 
 
-def stock_predictor(weights_root: Path, member: MemberSpec, device: torch.device) -> nnUNetPredictor:
+def stock_predictor(folder: Path, folds: Sequence[int | str], checkpoint_name: str,
+                    device: torch.device) -> nnUNetPredictor:
+    """nnUNetPredictor for a model folder and its folds (no mirroring, tile step 0.5), as a user sets it up."""
     predictor = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                                 perform_everything_on_device=device.type == "cuda", device=device,
                                 verbose=False, allow_tqdm=False)
-    folder = weights_root / member.model
     try:
-        predictor.initialize_from_trained_model_folder(str(folder), use_folds=(member.fold,),
-                                                       checkpoint_name=member.checkpoint)
+        predictor.initialize_from_trained_model_folder(str(folder), use_folds=tuple(folds),
+                                                       checkpoint_name=checkpoint_name)
         return predictor
     except RuntimeError:  # nnunetv2 cannot find (or import) the trainer class named in the checkpoint
         pass
-    checkpoint = torch.load(member.checkpoint_path(weights_root), map_location="cpu", weights_only=False)
+    checkpoints = [torch.load(Path(folder) / f"fold_{fold}" / checkpoint_name, map_location="cpu",
+                              weights_only=False) for fold in folds]
     plans_manager = PlansManager(json.loads((folder / "plans.json").read_text()))
     dataset_json = json.loads((folder / "dataset.json").read_text())
-    configuration = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+    configuration = plans_manager.get_configuration(checkpoints[0]["init_args"]["configuration"])
     network = network_from_plans(plans_manager, configuration, dataset_json)
-    network.load_state_dict(checkpoint["network_weights"])
-    predictor.manual_initialization(network, plans_manager, configuration, [checkpoint["network_weights"]],
-                                    dataset_json, checkpoint["trainer_name"],
-                                    checkpoint.get("inference_allowed_mirroring_axes"))
+    network.load_state_dict(checkpoints[0]["network_weights"])
+    predictor.manual_initialization(network, plans_manager, configuration,
+                                    [c["network_weights"] for c in checkpoints], dataset_json,
+                                    checkpoints[0]["trainer_name"],
+                                    checkpoints[0].get("inference_allowed_mirroring_axes"))
     return predictor
 
 
@@ -47,7 +51,8 @@ def stock_member_probabilities(image_file: Path, weights_root: Path, member: Mem
                                device: torch.device | None = None) -> np.ndarray:
     """(classes, z, y, x) probabilities of one member on the input grid, by the stock predictor."""
     data, properties = SimpleITKIO().read_images([str(image_file)])
-    predictor = stock_predictor(weights_root, member, device or torch.device("cpu"))
+    predictor = stock_predictor(weights_root / member.model, (member.fold,), member.checkpoint,
+                                device or torch.device("cpu"))
     _, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
     return probabilities
 

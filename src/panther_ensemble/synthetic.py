@@ -43,6 +43,7 @@ class ModelConfig:
     checkpoints: tuple[str, ...] = ("checkpoint_final.pth", "checkpoint_best.pth")
     labels: dict = field(default_factory=lambda: dict(LABELS))
     seed: int = 0
+    plans: dict | None = None  # a planner's plans (the benchmark's); the fields above then only name the folder
 
     @property
     def folder_name(self) -> str:
@@ -82,6 +83,8 @@ T1_MEMBERS = [
 
 
 def make_plans(config: ModelConfig) -> dict:
+    if config.plans is not None:
+        return {**config.plans, "dataset_name": config.dataset, "plans_name": config.plans_name}
     n_stages = len(config.features)
     arch_kwargs = {
         "n_stages": n_stages,

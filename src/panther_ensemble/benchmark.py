@@ -1,0 +1,332 @@
+"""The stock nnU-Net chain against this product on PANTHER-sized cases, alternated in one process run.
+
+(a) stock: one nnUNetPredictor per model folder with its folds (no mirroring, tile step 0.5), probabilities
+    returned by nnU-Net's own export, weighted by each folder's fold count and averaged, argmax, written;
+(b) this product: `predict` on the same case in the GC layout (budget off).
+Both are timed as a whole process would be (models loaded, image read, mask written) with per-stage times,
+peak host RSS and peak device memory; runs alternate a-b, b-a, ... and the report takes medians. (b)'s mask
+is compared with the per-member reference (DESIGN.md) once, outside the timing.
+
+Members are random-weight nnU-Net folders with the ResEncL architecture that nnU-Net's own planner
+(nnUNetPlannerResEncL) designs for 1 mm isotropic spacing, patch 192^3 as in the paper; presets cut the
+network and spacing down to what a CPU or a smoke test can run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .resenc import fit_patch, plan_resenc, shrink_plans
+from .synthetic import ModelConfig, make_model_folder, write_gc_input, write_spec
+from .timing import StageTimer, log
+
+PLANNER, PLANS_NAME = "nnUNetPlannerResEncL", "nnUNetResEncUNetLPlans"
+T1_GEOMETRY = dict(shape_zyx=(72, 260, 320), spacing_xyz=(1.19, 1.19, 3.0))  # PANTHER Task 1 (issue 5)
+T2_GEOMETRY = dict(shape_zyx=(96, 300, 300), spacing_xyz=(1.2, 1.2, 1.7))  # an MR-Linac-like T2 volume
+# dense fp16 tensor-core peaks (NVIDIA data sheets), for the T4 projection
+PEAK_FP16_TFLOPS = {"H100 PCIe": 756.0, "H100": 989.4, "H200": 989.4, "A100": 312.0, "L4": 121.0, "T4": 65.0}
+T4_PEAK_TFLOPS = 65.0
+STAGES = ("load", "read", "preprocess", "forward", "resample", "combine", "write")
+
+
+@dataclass(frozen=True)
+class Preset:
+    target_spacing: tuple[float, float, float]
+    patch_size: tuple[int, int, int]
+    features: tuple[int, ...] | None  # None: the planner's full ResEncL
+    cases: dict[str, dict]
+    repeats: int
+
+
+PRESETS = {
+    "gpu": Preset((1.0, 1.0, 1.0), (192, 192, 192), None, {"t1": T1_GEOMETRY, "t2": T2_GEOMETRY}, repeats=2),
+    "cpu": Preset((2.0, 2.0, 2.0), (64, 64, 64), (8, 16, 32, 64), {"t1": T1_GEOMETRY, "t2": T2_GEOMETRY}, 3),
+    "smoke": Preset((3.0, 3.0, 3.0), (32, 32, 32), (4, 8, 16),
+                    {"t1": dict(shape_zyx=(20, 72, 88), spacing_xyz=(1.19, 1.19, 3.0))}, repeats=1),
+}
+# The paper's compositions: Task 1 3 + 2 + 1 folds of three models, Task 2 1 + 4 folds of two.
+COMPOSITIONS = {
+    "t1": ("Dataset901_PantherT1", [("nnUNetTrainer", (0, 1, 2), "checkpoint_best.pth"),
+                                    ("nnUNetTrainerDA5", (0, 1), "checkpoint_final.pth"),
+                                    ("nnUNetTrainerDA5ord0", (0,), "checkpoint_best.pth")]),
+    "t2": ("Dataset902_PantherT2", [("nnUNetTrainerDA5", (0,), "checkpoint_best.pth"),
+                                    ("nnUNetTrainerDA5Segord0", (0, 1, 2, 3), "checkpoint_best.pth")]),
+}
+SOCKETS = {"t1": "abdominal-t1-mri", "t2": "abdominal-t2-mri"}
+IMAGE_SEEDS = {"t1": 41, "t2": 42}
+
+
+@dataclass
+class Setup:
+    spec: Path
+    weights: Path
+    input_dir: Path
+    image: Path
+    folders: list[tuple[Path, tuple, str]]  # (model folder, folds, checkpoint) per stock predictor
+
+
+def bench_plans(work: Path, preset: Preset) -> dict:
+    plans = plan_resenc(work / "planning", PLANNER, T1_GEOMETRY["spacing_xyz"][::-1], T1_GEOMETRY["shape_zyx"],
+                        preset.target_spacing, PLANS_NAME)
+    if preset.features is None:
+        return fit_patch(plans, preset.patch_size)
+    return shrink_plans(plans, preset.features, preset.patch_size)
+
+
+def set_up(work: Path, preset: Preset, case: str, plans: dict) -> Setup:
+    """Random-weight member folders, the spec and the GC-layout input for one case."""
+    dataset, models = COMPOSITIONS[case]
+    weights, members, folders = work / "weights", [], []
+    for seed, (trainer, folds, checkpoint) in enumerate(models, start=1):
+        config = ModelConfig(dataset=dataset, trainer=trainer, plans_name=PLANS_NAME, folds=folds,
+                             checkpoints=(checkpoint,), seed=seed, plans=plans)
+        folders.append((make_model_folder(weights, config), folds, checkpoint))
+        members += [(config, fold, checkpoint, 1.0) for fold in folds]
+    spec = write_spec(work / f"{case}.toml", members, input_socket=SOCKETS[case])
+    input_dir = write_gc_input(work / f"input-{case}", SOCKETS[case], {f"{case}.mha": dict(
+        **preset.cases[case], seed=IMAGE_SEEDS[case])})
+    return Setup(spec, weights, input_dir, input_dir / "images" / SOCKETS[case] / f"{case}.mha", folders)
+
+
+class PeakRSS:
+    """Peak resident memory of this process while the block runs (sampled every 10 ms from /proc)."""
+
+    def __enter__(self) -> PeakRSS:
+        self.peak, self._stop = self._rss(), threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.01):
+            self.peak = max(self.peak, self._rss())
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * 4096
+
+
+def run_stock(setup: Setup, device: torch.device, output: Path) -> tuple[StageTimer, np.ndarray]:
+    """(a): the chain a user of stock nnU-Net would write, split into its stages with nnU-Net's own calls
+    (those predict_single_npy_array makes)."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
+
+    from .reference import stock_predictor
+
+    timer = StageTimer()
+    with timer.stage("load"):
+        predictors = [(stock_predictor(folder, folds, checkpoint, device), len(folds))
+                      for folder, folds, checkpoint in setup.folders]
+    with timer.stage("read"):
+        data, properties = SimpleITKIO().read_images([str(setup.image)])
+    total, weight = None, 0
+    for predictor, folds in predictors:
+        with timer.stage("preprocess"):
+            prepared = next(PreprocessAdapterFromNpy(
+                [data], [None], [properties], [None], predictor.plans_manager, predictor.dataset_json,
+                predictor.configuration_manager, num_threads_in_multithreaded=1))
+        with timer.stage("forward"):
+            logits = predictor.predict_logits_from_preprocessed_data(prepared["data"]).cpu()
+        with timer.stage("resample"):
+            _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
+                prepared["data_properties"], return_probabilities=True)
+        with timer.stage("combine"):
+            total = probabilities * folds if total is None else total + probabilities * folds
+            weight += folds
+    with timer.stage("combine"):
+        mask = (np.argmax(total / weight, axis=0) == 1).astype(np.uint8)
+    with timer.stage("write"):
+        SimpleITKIO().write_seg(mask, str(output / "stock.mha"), properties)
+    return timer, mask
+
+
+def run_ours(setup: Setup, device: torch.device, output: Path) -> tuple[StageTimer, np.ndarray]:
+    """(b): this product's predict, as `panther-ensemble predict --budget 0` runs it."""
+    import SimpleITK as sitk
+
+    from .run import predict_folder
+
+    timer = StageTimer()
+    written = predict_folder(setup.input_dir, output / "ours", ensemble=setup.spec, weights=setup.weights,
+                             device=device.type, budget=0, timer=timer)
+    return timer, sitk.GetArrayFromImage(sitk.ReadImage(str(written[0])))
+
+
+def measure(run, setup: Setup, device: torch.device, output: Path) -> tuple[dict, np.ndarray]:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    with PeakRSS() as rss, contextlib.redirect_stdout(io.StringIO()):
+        timer, mask = run(setup, device, output)
+    result = {"wall_s": timer.elapsed(), "stages_s": {stage: timer.seconds.get(stage, 0.0) for stage in STAGES},
+              "peak_host_gib": rss.peak / 1024 ** 3}
+    if device.type == "cuda":
+        result["peak_device_gib"] = torch.cuda.max_memory_allocated() / 1024 ** 3
+    return result, mask
+
+
+def forward_flops(setup: Setup, plans: dict, device: torch.device) -> tuple[float, int]:
+    """FLOPs of one network forward on one tile (counted on the meta device) and the forwards a case needs."""
+    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from .io import read_image
+    from .members import load_member
+    from .predict import tile_slicers
+    from .preprocess import preprocess
+    from .spec import load_spec
+
+    spec = load_spec(setup.spec)
+    member = load_member(setup.weights, spec.members[0])
+    patch = member.configuration_manager.patch_size
+    architecture = plans["configurations"]["3d_fullres"]["architecture"]
+    with torch.device("meta"):
+        network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
+                                         architecture["_kw_requires_import"], 1, 3, allow_init=False,
+                                         deep_supervision=False)
+        with FlopCounterMode(display=False) as counter:
+            network(torch.empty(1, 1, *patch))
+    shape = preprocess(read_image(setup.image), member, device).data.shape[1:]
+    tiles = len(tile_slicers([max(s, p) for s, p in zip(shape, patch)], patch))
+    return float(counter.get_total_flops()), tiles * len(spec.members)
+
+
+def device_peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_FP16_TFLOPS.items() if key in name), None)
+
+
+def summarize(runs: list[dict]) -> dict:
+    return {"wall_s": statistics.median(r["wall_s"] for r in runs),
+            "stages_s": {s: statistics.median(r["stages_s"][s] for r in runs) for s in STAGES},
+            "peak_host_gib": max(r["peak_host_gib"] for r in runs),
+            **({"peak_device_gib": max(r["peak_device_gib"] for r in runs)} if "peak_device_gib" in runs[0] else {}),
+            "runs_wall_s": [round(r["wall_s"], 2) for r in runs]}
+
+
+def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: torch.device, repeats: int,
+                   deadline: float) -> dict:
+    from .reference import stock_ensemble_mask
+    from .spec import load_spec
+
+    setup = set_up(work / case, preset, case, plans)
+    flops, forwards = forward_flops(setup, plans, device)
+    runs: dict[str, list[dict]] = {"stock": [], "ours": []}
+    masks = {}
+    for r in range(repeats):
+        if r and time.monotonic() > deadline:
+            log(f"{case}: time limit reached after {r} repeat(s)")
+            break
+        for name in (("stock", "ours") if r % 2 == 0 else ("ours", "stock")):
+            output = work / case / f"out-{name}-{r}"
+            output.mkdir(parents=True, exist_ok=True)
+            result, masks[name] = measure(run_stock if name == "stock" else run_ours, setup, device, output)
+            runs[name].append(result)
+            log(f"{case} repeat {r + 1}: {name} {result['wall_s']:.1f}s")
+    reference = stock_ensemble_mask(setup.image, setup.weights, load_spec(setup.spec), device)
+    stock, ours = summarize(runs["stock"]), summarize(runs["ours"])
+    result = {"case": {**{k: list(v) for k, v in preset.cases[case].items()},
+                       "members": len(load_spec(setup.spec).members)},
+              "stock": stock, "ours": ours, "ratio": stock["wall_s"] / ours["wall_s"],
+              "forward_share_ours": ours["stages_s"]["forward"] / ours["wall_s"],
+              "parity_vs_reference": parity(masks["ours"], reference),
+              "stock_chain_vs_reference": parity(masks["stock"], reference),
+              "flops_per_forward": flops, "forwards": forwards}
+    peak = device_peak_tflops(device)
+    achieved = flops * forwards / ours["stages_s"]["forward"] / 1e12
+    result["achieved_tflops"] = achieved
+    if peak is not None:
+        t4_forward = flops * forwards / 1e12 / (achieved / peak * T4_PEAK_TFLOPS)
+        result["t4_projection"] = {
+            "device_peak_tflops": peak, "utilization": achieved / peak, "forward_s": t4_forward,
+            "case_s": t4_forward + ours["wall_s"] - ours["stages_s"]["forward"],
+            "note": "projection: the forward at this device's fraction of its fp16 peak, scaled to the T4's "
+                    "65 TFLOP/s; every other stage as measured here"}
+    return result
+
+
+def parity(mask: np.ndarray, reference: np.ndarray) -> dict:
+    overlap = 2 * int(np.logical_and(mask, reference).sum())
+    size = int(mask.sum()) + int(reference.sum())
+    return {"dice": 1.0 if size == 0 else overlap / size, "differing_fraction": float((mask != reference).mean())}
+
+
+def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: list[str] | None = None,
+                  repeats: int | None = None, max_minutes: float = 60.0) -> dict:
+    preset = PRESETS[preset_name]
+    deadline = time.monotonic() + 60 * max_minutes
+    log(f"benchmark {preset_name} on {device_name(device)}: planning members with nnU-Net's {PLANNER}")
+    plans = bench_plans(work, preset)
+    report = {"preset": preset_name, "device": device_name(device), "torch": torch.__version__,
+              "threads": torch.get_num_threads(), "date": datetime.datetime.now().isoformat(timespec="seconds"),
+              "target_spacing": list(preset.target_spacing),
+              "patch_size": plans["configurations"]["3d_fullres"]["patch_size"],
+              "features": plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"],
+              "cases": {}}
+    for case in cases or list(preset.cases):
+        if report["cases"] and time.monotonic() > deadline:
+            log(f"time limit reached: {case} not run")
+            break
+        report["cases"][case] = benchmark_case(work, preset, case, plans, device, repeats or preset.repeats,
+                                               deadline)
+    return report
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({torch.get_num_threads()} threads)"
+
+
+def format_report(report: dict) -> str:
+    lines = [f"benchmark {report['preset']} on {report['device']} ({report['date']}), ResEnc features "
+             f"{report['features']}, patch {report['patch_size']}, target spacing {report['target_spacing']} mm"]
+    header = "| case | path | wall s | " + " | ".join(STAGES) + " | peak host GiB | peak device GiB |"
+    lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
+    for case, result in report["cases"].items():
+        for name in ("stock", "ours"):
+            r = result[name]
+            device_peak = f"{r['peak_device_gib']:.2f}" if "peak_device_gib" in r else "-"
+            lines.append(f"| {case} | {name} | {r['wall_s']:.1f} | " +
+                         " | ".join(f"{r['stages_s'][s]:.1f}" for s in STAGES) +
+                         f" | {r['peak_host_gib']:.2f} | {device_peak} |")
+    lines.append("")
+    for case, result in report["cases"].items():
+        line = (f"{case}: stock/ours = {result['ratio']:.2f}x (medians of {len(result['ours']['runs_wall_s'])} "
+                f"alternated runs), forward {result['forward_share_ours']:.0%} of ours, parity vs the per-member "
+                f"reference: Dice {result['parity_vs_reference']['dice']:.5f}, "
+                f"{result['parity_vs_reference']['differing_fraction']:.4%} voxels differ; "
+                f"{result['forwards']} forwards x {result['flops_per_forward'] / 1e12:.3f} TFLOP at "
+                f"{result['achieved_tflops']:.2f} TFLOP/s")
+        if "t4_projection" in result:
+            t4 = result["t4_projection"]
+            line += (f"; T4 projection (not a measurement): forward {t4['forward_s']:.0f}s, case "
+                     f"{t4['case_s']:.0f}s of 300s")
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def write_report(report: dict, out: Path) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")

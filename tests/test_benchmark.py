@@ -1,0 +1,53 @@
+"""The benchmark runs both paths alternated and reports what issue 5 asks; a smoke preset keeps it quick."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from panther_ensemble import cli
+from panther_ensemble.benchmark import STAGES, format_report, run_benchmark
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    return run_benchmark("smoke", tmp_path_factory.mktemp("bench"), torch.device("cpu"), repeats=2)
+
+
+def test_both_paths_timed_alternated_with_stage_times(report):
+    result = report["cases"]["t1"]
+    assert report["features"] == [4, 8, 16]  # the planner's ResEnc, cut to the smoke preset
+    assert result["case"]["members"] == 6  # the paper's 3 + 2 + 1
+    for path in ("stock", "ours"):
+        assert len(result[path]["runs_wall_s"]) == 2
+        stages = result[path]["stages_s"]
+        assert set(stages) == set(STAGES)
+        assert stages["forward"] > 0 and stages["load"] > 0 and stages["preprocess"] > 0
+        assert sum(stages.values()) <= result[path]["wall_s"] * 1.01
+        assert result[path]["peak_host_gib"] > 0.1
+    assert result["ratio"] == pytest.approx(result["stock"]["wall_s"] / result["ours"]["wall_s"])
+    assert result["forwards"] % 6 == 0 and result["flops_per_forward"] > 1e6
+
+
+def test_ours_is_within_the_parity_bound(report):
+    parity = report["cases"]["t1"]["parity_vs_reference"]
+    assert parity["dice"] >= 0.999 and parity["differing_fraction"] <= 0.0005
+
+
+def test_report_table_and_cli(report, tmp_path, monkeypatch, capsys):
+    table = format_report(report)
+    assert "| t1 | stock |" in table and "| t1 | ours |" in table and "stock/ours" in table
+    import panther_ensemble.benchmark as benchmark
+
+    monkeypatch.setattr(benchmark, "run_benchmark", lambda *args, **kwargs: report)
+    out = tmp_path / "bench.json"
+    assert cli.main(["benchmark", "--preset", "smoke", "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["cases"]["t1"]["ratio"] == report["cases"]["t1"]["ratio"]
+    assert "stock/ours" in capsys.readouterr().out
+
+
+def test_bad_repeats_is_one_line_error(capsys):
+    assert cli.main(["benchmark", "--repeats", "0"]) == 1
+    assert capsys.readouterr().err.strip() == "error: --repeats must be at least 1, got 0"
