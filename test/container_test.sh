@@ -13,6 +13,9 @@
 #    it at /opt/ml/model: the product runs from the tarball's layout alone;
 # 5. failures (a corrupt input image; the weightless image without a tarball): exit 1, one line on stderr,
 #    no output file.
+# The baked runs' masks stay in test/output/<task>/ (git-ignored; $CONTAINER_TEST_RESULTS elsewhere) with one
+# preview PNG per case in test/output/<task>/preview/, drawn by the image's `panther-ensemble preview` for a
+# person to look at. On GC nothing but the masks is written into /output.
 # Every run: --network none, read-only root filesystem and /input, an empty /tmp volume, a non-root user
 # that the image does not know, --shm-size 64m, 16 GB of memory, at most 4 CPUs; --gpus all when a GPU is here.
 # Without a GPU the runs get --budget 0, so that the product's deadline drops no member on a slow CPU and
@@ -158,12 +161,32 @@ for want_file in expected:
 sys.exit(0 if ok else 1)
 '
 
+# keep_with_previews TASK: the baked run's masks into $results/TASK, a preview PNG per case beside them.
+results="${CONTAINER_TEST_RESULTS:-$repo/test/output}"
+keep_with_previews() {
+    local task="$1" mask name image
+    rm -rf "${results:?}/$task" && mkdir -p "$results/$task/preview"
+    cp -r "$work/$task-baked/output/." "$results/$task/"
+    chmod -R a+rwX "$results/$task"
+    for mask in "$results/$task/images/$OUTPUT_SOCKET"/*.mha; do
+        name="$(basename "$mask" .mha)"
+        image="$(cd "test/input/$task" && find images -name "$name.*" | head -1)"
+        docker run --rm --network none --read-only --user "$run_user" --tmpfs /tmp --entrypoint python \
+            --env PYTHONPATH=/opt/app/src --volume "$repo/test/input/$task:/input:ro" \
+            --volume "$results/$task:/results" "$TAG" -m panther_ensemble.cli preview --image "/input/$image" \
+            --mask "/results/images/$OUTPUT_SOCKET/$name.mha" --out "/results/preview/$name.png" >/dev/null \
+            || fail "$task: the preview of $name could not be drawn"
+        echo "   preview: ${results#"$repo/"}/$task/preview/$name.png"
+    done
+}
+
 # --- 3. baked-in weights
 times=()
 for task in "${tasks[@]}"; do
     echo "== $task: baked-in weights ($TAG)"
     gc_run "$task-baked" "$TAG" "$repo/test/input/$task"
     check_case "$task-baked" "$task"
+    keep_with_previews "$task"
 done
 
 # --- 4. weights only from the model tarball, at /opt/ml/model
