@@ -126,10 +126,8 @@ def run_stock(setup: Setup, device: torch.device, output: Path) -> tuple[StageTi
     """(a): the chain a user of stock nnU-Net would write, split into its stages with nnU-Net's own calls
     (those predict_single_npy_array makes)."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-    from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
-    from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 
-    from .reference import stock_predictor
+    from .reference import stock_export, stock_logits, stock_predictor, stock_preprocess
 
     timer = StageTimer()
     with timer.stage("load"):
@@ -140,15 +138,11 @@ def run_stock(setup: Setup, device: torch.device, output: Path) -> tuple[StageTi
     total, weight = None, 0
     for predictor, folds in predictors:
         with timer.stage("preprocess"):
-            prepared = next(PreprocessAdapterFromNpy(
-                [data], [None], [properties], [None], predictor.plans_manager, predictor.dataset_json,
-                predictor.configuration_manager, num_threads_in_multithreaded=1))
+            prepared = stock_preprocess(predictor, data, properties)
         with timer.stage("forward"):
-            logits = predictor.predict_logits_from_preprocessed_data(prepared["data"]).cpu()
+            logits = stock_logits(predictor, prepared)
         with timer.stage("resample"):
-            _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
-                prepared["data_properties"], return_probabilities=True)
+            probabilities = stock_export(predictor, logits, prepared)
         with timer.stage("combine"):
             total = probabilities * folds if total is None else total + probabilities * folds
             weight += folds
@@ -244,7 +238,8 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
             result, masks[name] = measure(run_stock if name == "stock" else run_ours, setup, device, output)
             runs[name].append(result)
             log(f"{case} repeat {r + 1}: {name} {result['wall_s']:.1f}s")
-    reference = stock_ensemble_mask(setup.image, setup.weights, load_spec(setup.spec), device)
+    with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's own prints
+        reference = stock_ensemble_mask(setup.image, setup.weights, load_spec(setup.spec), device)
     stock, ours = summarize(runs["stock"]), summarize(runs["ours"])
     result = {"case": {**{k: list(v) for k, v in preset.cases[case].items()},
                        "members": len(load_spec(setup.spec).members)},
@@ -317,8 +312,8 @@ def format_report(report: dict) -> str:
                 f"alternated runs), forward {result['forward_share_ours']:.0%} of ours, parity vs the per-member "
                 f"reference: Dice {result['parity_vs_reference']['dice']:.5f}, "
                 f"{result['parity_vs_reference']['differing_fraction']:.4%} voxels differ; "
-                f"{result['forwards']} forwards x {result['flops_per_forward'] / 1e12:.3f} TFLOP at "
-                f"{result['achieved_tflops']:.2f} TFLOP/s")
+                f"{result['forwards']} forwards x {result['flops_per_forward'] / 1e9:.1f} GFLOP at "
+                f"{result['achieved_tflops']:.3f} TFLOP/s")
         if "t4_projection" in result:
             t4 = result["t4_projection"]
             line += (f"; T4 projection (not a measurement): forward {t4['forward_s']:.0f}s, case "

@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.inference.data_iterators import PreprocessAdapterFromNpy
+from nnunetv2.inference.export_prediction import convert_predicted_logits_to_segmentation_with_correct_shape
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -47,6 +49,26 @@ def stock_predictor(folder: Path, folds: Sequence[int | str], checkpoint_name: s
     return predictor
 
 
+def stock_preprocess(predictor: nnUNetPredictor, data: np.ndarray, properties: dict) -> dict:
+    """nnU-Net's preprocessing of one case for this predictor, as predict_single_npy_array runs it."""
+    return next(PreprocessAdapterFromNpy([data], [None], [properties], [None], predictor.plans_manager,
+                                         predictor.dataset_json, predictor.configuration_manager,
+                                         num_threads_in_multithreaded=1))
+
+
+def stock_logits(predictor: nnUNetPredictor, prepared: dict) -> torch.Tensor:
+    """The predictor's logits (its folds' mean) on the preprocessed grid, as predict_single_npy_array computes them."""
+    return predictor.predict_logits_from_preprocessed_data(prepared["data"]).cpu()
+
+
+def stock_export(predictor: nnUNetPredictor, logits: torch.Tensor, prepared: dict) -> np.ndarray:
+    """nnU-Net's export of the logits to the input grid, probabilities returned (classes, z, y, x)."""
+    _, probabilities = convert_predicted_logits_to_segmentation_with_correct_shape(
+        logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager,
+        prepared["data_properties"], return_probabilities=True)
+    return probabilities
+
+
 def stock_member_probabilities(image_file: Path, weights_root: Path, member: MemberSpec,
                                device: torch.device | None = None) -> np.ndarray:
     """(classes, z, y, x) probabilities of one member on the input grid, by the stock predictor."""
@@ -59,10 +81,22 @@ def stock_member_probabilities(image_file: Path, weights_root: Path, member: Mem
 
 def stock_ensemble_mask(image_file: Path, weights_root: Path, spec: EnsembleSpec,
                         device: torch.device | None = None) -> np.ndarray:
-    """The reference tumor mask (z, y, x) uint8: weighted mean of stock per-member probabilities."""
+    """The reference tumor mask (z, y, x) uint8: weighted mean of stock per-member probabilities.
+
+    Each member is its own stock predictor, run through predict_single_npy_array's three steps; the
+    preprocessing, which depends only on the plans, is run once per distinct plans and configuration.
+    """
+    data, properties = SimpleITKIO().read_images([str(image_file)])
+    prepared: dict[str, dict] = {}
     total = None
     for member in spec.members:
-        weighted = stock_member_probabilities(image_file, weights_root, member, device) * member.weight
+        predictor = stock_predictor(weights_root / member.model, (member.fold,), member.checkpoint,
+                                    device or torch.device("cpu"))
+        key = json.dumps([predictor.plans_manager.plans, predictor.configuration_manager.configuration],
+                         sort_keys=True)
+        if key not in prepared:
+            prepared[key] = stock_preprocess(predictor, data, properties)
+        weighted = stock_export(predictor, stock_logits(predictor, prepared[key]), prepared[key]) * member.weight
         total = weighted if total is None else total + weighted
     labels = np.argmax(total / sum(m.weight for m in spec.members), axis=0)
     return (labels == spec.tumor_label).astype(np.uint8)
