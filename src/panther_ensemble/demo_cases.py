@@ -24,7 +24,7 @@ class DemoCase:
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"panther-ensemble/{self.task}/{self.seed}"))
 
 
-SAMPLE_CASES = (DemoCase("task1", "t1", 9101, "abdominal-t1-mri"), DemoCase("task2", "t2", 9201, "abdominal-t2-mri"))
+SAMPLE_CASES = (DemoCase("task1", "t1", 9101, "abdominal-t1-mri"), DemoCase("task2", "t2", 9207, "abdominal-t2-mri"))
 # never used in training (training seeds are 1000-1039 for t1 and 2000-2023 for t2)
 HELD_OUT_SEEDS = {"t1": range(5000, 5012), "t2": range(6000, 6012)}
 
