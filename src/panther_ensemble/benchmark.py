@@ -51,7 +51,7 @@ class Preset:
 
 PRESETS = {
     "gpu": Preset((1.0, 1.0, 1.0), (192, 192, 192), None, {"t1": T1_GEOMETRY, "t2": T2_GEOMETRY}, repeats=2),
-    "cpu": Preset((2.0, 2.0, 2.0), (64, 64, 64), (8, 16, 32, 64), {"t1": T1_GEOMETRY, "t2": T2_GEOMETRY}, 3),
+    "cpu": Preset((2.0, 2.0, 2.0), (64, 64, 64), (4, 8, 16, 32), {"t1": T1_GEOMETRY, "t2": T2_GEOMETRY}, 3),
     "smoke": Preset((3.0, 3.0, 3.0), (32, 32, 32), (4, 8, 16),
                     {"t1": dict(shape_zyx=(20, 72, 88), spacing_xyz=(1.19, 1.19, 3.0))}, repeats=1),
 }
