@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from .resenc import fit_patch, plan_resenc, shrink_plans
+from .spec import EnsembleSpec, load_spec
 from .synthetic import ModelConfig, make_model_folder, write_gc_input, write_spec
 from .timing import StageTimer, log
 
@@ -178,25 +179,19 @@ def measure(run, setup: Setup, device: torch.device, output: Path) -> tuple[dict
     return result, mask
 
 
-def forward_flops(setup: Setup, plans: dict, device: torch.device) -> tuple[float, int]:
+def forward_flops(setup: Setup, spec: EnsembleSpec, device: torch.device) -> tuple[float, int]:
     """FLOPs of one network forward on one tile (counted on the meta device) and the forwards a case needs."""
-    from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
     from torch.utils.flop_counter import FlopCounterMode
 
     from .io import read_image
-    from .members import load_member
+    from .members import load_member, network_from_plans
     from .predict import tile_slicers
     from .preprocess import preprocess
-    from .spec import load_spec
 
-    spec = load_spec(setup.spec)
     member = load_member(setup.weights, spec.members[0])
     patch = member.configuration_manager.patch_size
-    architecture = plans["configurations"]["3d_fullres"]["architecture"]
     with torch.device("meta"):
-        network = get_network_from_plans(architecture["network_class_name"], architecture["arch_kwargs"],
-                                         architecture["_kw_requires_import"], 1, 3, allow_init=False,
-                                         deep_supervision=False)
+        network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
         with FlopCounterMode(display=False) as counter:
             network(torch.empty(1, 1, *patch))
     shape = preprocess(read_image(setup.image), member, device).data.shape[1:]
@@ -222,10 +217,10 @@ def summarize(runs: list[dict]) -> dict:
 def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: torch.device, repeats: int,
                    deadline: float) -> dict:
     from .reference import stock_ensemble_mask
-    from .spec import load_spec
 
     setup = set_up(work / case, preset, case, plans)
-    flops, forwards = forward_flops(setup, plans, device)
+    spec = load_spec(setup.spec)
+    flops, forwards = forward_flops(setup, spec, device)
     runs: dict[str, list[dict]] = {"stock": [], "ours": []}
     masks = {}
     for r in range(repeats):
@@ -239,10 +234,10 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
             runs[name].append(result)
             log(f"{case} repeat {r + 1}: {name} {result['wall_s']:.1f}s")
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's own prints
-        reference = stock_ensemble_mask(setup.image, setup.weights, load_spec(setup.spec), device)
+        reference = stock_ensemble_mask(setup.image, setup.weights, spec, device)
     stock, ours = summarize(runs["stock"]), summarize(runs["ours"])
     result = {"case": {**{k: list(v) for k, v in preset.cases[case].items()},
-                       "members": len(load_spec(setup.spec).members)},
+                       "members": len(spec.members)},
               "stock": stock, "ours": ours, "ratio": stock["wall_s"] / ours["wall_s"],
               "forward_share_ours": ours["stages_s"]["forward"] / ours["wall_s"],
               "parity_vs_reference": parity(masks["ours"], reference),

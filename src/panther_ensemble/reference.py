@@ -75,8 +75,8 @@ def stock_member_probabilities(image_file: Path, weights_root: Path, member: Mem
     data, properties = SimpleITKIO().read_images([str(image_file)])
     predictor = stock_predictor(weights_root / member.model, (member.fold,), member.checkpoint,
                                 device or torch.device("cpu"))
-    _, probabilities = predictor.predict_single_npy_array(data, properties, None, None, True)
-    return probabilities
+    prepared = stock_preprocess(predictor, data, properties)
+    return stock_export(predictor, stock_logits(predictor, prepared), prepared)
 
 
 def stock_ensemble_mask(image_file: Path, weights_root: Path, spec: EnsembleSpec,
