@@ -13,7 +13,11 @@ from panther_ensemble.benchmark import STAGES, format_report, run_benchmark
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    return run_benchmark("smoke", tmp_path_factory.mktemp("bench"), torch.device("cpu"), repeats=2)
+    work = tmp_path_factory.mktemp("bench")
+    result = run_benchmark("smoke", work, torch.device("cpu"), repeats=2, out=work / "report.json")
+    # written after each case, so a run stopped from outside keeps the cases it finished
+    assert json.loads((work / "report.json").read_text()) == json.loads(json.dumps(result))
+    return result
 
 
 def test_both_paths_timed_alternated_with_stage_times(report):
@@ -41,7 +45,11 @@ def test_report_table_and_cli(report, tmp_path, monkeypatch, capsys):
     assert "| t1 | stock |" in table and "| t1 | ours |" in table and "stock/ours" in table
     import panther_ensemble.benchmark as benchmark
 
-    monkeypatch.setattr(benchmark, "run_benchmark", lambda *args, **kwargs: report)
+    # the CLI's whole run with the measured case standing in for a new measurement
+    plans = {"configurations": {"3d_fullres": {"patch_size": report["patch_size"],
+                                               "architecture": {"arch_kwargs": {"features_per_stage": [4]}}}}}
+    monkeypatch.setattr(benchmark, "bench_plans", lambda *args: plans)
+    monkeypatch.setattr(benchmark, "benchmark_case", lambda *args: report["cases"]["t1"])
     out = tmp_path / "bench.json"
     assert cli.main(["benchmark", "--preset", "smoke", "--out", str(out)]) == 0
     assert json.loads(out.read_text())["cases"]["t1"]["ratio"] == report["cases"]["t1"]["ratio"]

@@ -5,7 +5,8 @@
 (b) this product: `predict` on the same case in the GC layout (budget off).
 Both are timed as a whole process would be (models loaded, image read, mask written) with per-stage times,
 peak host RSS and peak device memory; runs alternate a-b, b-a, ... and the report takes medians. (b)'s mask
-is compared with the per-member reference (DESIGN.md) once, outside the timing.
+is compared with the per-member reference (DESIGN.md) once, outside the timing. On a GPU one untimed tile
+forward comes first, so that the first timed run does not pay alone for CUDA's start and cuDNN's autotuning.
 
 Members are random-weight nnU-Net folders with the ResEncL architecture that nnU-Net's own planner
 (nnUNetPlannerResEncL) designs for 1 mm isotropic spacing, patch 192^3 as in the paper; presets cut the
@@ -199,6 +200,20 @@ def forward_flops(setup: Setup, spec: EnsembleSpec, device: torch.device) -> tup
     return float(counter.get_total_flops()), tiles * len(spec.members)
 
 
+def warm_up(setup: Setup, spec: EnsembleSpec, device: torch.device) -> float:
+    """One untimed tile forward, so that neither path's first run pays for CUDA's start and cuDNN's choice of
+    convolutions (both paths run the same network shapes under fp16 autocast). Seconds it took."""
+    from .members import load_member, network_from_plans
+
+    started = time.perf_counter()
+    member = load_member(setup.weights, spec.members[0])
+    network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json).to(device)
+    with torch.inference_mode(), torch.autocast(device.type):
+        network(torch.zeros(1, 1, *member.configuration_manager.patch_size, device=device))
+    torch.cuda.synchronize(device)
+    return time.perf_counter() - started
+
+
 def device_peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -221,6 +236,7 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
     setup = set_up(work / case, preset, case, plans)
     spec = load_spec(setup.spec)
     flops, forwards = forward_flops(setup, spec, device)
+    warm_up_s = warm_up(setup, spec, device) if device.type == "cuda" else 0.0
     runs: dict[str, list[dict]] = {"stock": [], "ours": []}
     masks = {}
     for r in range(repeats):
@@ -232,7 +248,8 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
             output.mkdir(parents=True, exist_ok=True)
             result, masks[name] = measure(run_stock if name == "stock" else run_ours, setup, device, output)
             runs[name].append(result)
-            log(f"{case} repeat {r + 1}: {name} {result['wall_s']:.1f}s")
+            stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in result["stages_s"].items())
+            log(f"{case} repeat {r + 1}: {name} {result['wall_s']:.1f}s ({stages})")
     with contextlib.redirect_stdout(io.StringIO()):  # nnU-Net's own prints
         reference = stock_ensemble_mask(setup.image, setup.weights, spec, device)
     stock, ours = summarize(runs["stock"]), summarize(runs["ours"])
@@ -242,7 +259,7 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
               "forward_share_ours": ours["stages_s"]["forward"] / ours["wall_s"],
               "parity_vs_reference": parity(masks["ours"], reference),
               "stock_chain_vs_reference": parity(masks["stock"], reference),
-              "flops_per_forward": flops, "forwards": forwards}
+              "flops_per_forward": flops, "forwards": forwards, "warm_up_s": warm_up_s}
     peak = device_peak_tflops(device)
     achieved = flops * forwards / ours["stages_s"]["forward"] / 1e12
     result["achieved_tflops"] = achieved
@@ -263,7 +280,8 @@ def parity(mask: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: list[str] | None = None,
-                  repeats: int | None = None, max_minutes: float = 60.0) -> dict:
+                  repeats: int | None = None, max_minutes: float = 60.0, out: Path | None = None) -> dict:
+    """The report; written to `out` after each case too, so a run stopped from outside keeps what it measured."""
     preset = PRESETS[preset_name]
     deadline = time.monotonic() + 60 * max_minutes
     log(f"benchmark {preset_name} on {device_name(device)}: planning members with nnU-Net's {PLANNER}")
@@ -280,6 +298,8 @@ def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: lis
             break
         report["cases"][case] = benchmark_case(work, preset, case, plans, device, repeats or preset.repeats,
                                                deadline)
+        if out is not None:
+            write_report(report, out)
     return report
 
 
@@ -309,6 +329,8 @@ def format_report(report: dict) -> str:
                 f"{result['parity_vs_reference']['differing_fraction']:.4%} voxels differ; "
                 f"{result['forwards']} forwards x {result['flops_per_forward'] / 1e9:.1f} GFLOP at "
                 f"{result['achieved_tflops']:.3f} TFLOP/s")
+        if result["warm_up_s"]:
+            line += f"; untimed warm-up {result['warm_up_s']:.1f}s"
         if "t4_projection" in result:
             t4 = result["t4_projection"]
             line += (f"; T4 projection (not a measurement): forward {t4['forward_s']:.0f}s, case "

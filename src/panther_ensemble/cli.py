@@ -151,15 +151,14 @@ def run_preview(args: argparse.Namespace) -> None:
 def run_benchmark(args: argparse.Namespace) -> None:
     import tempfile
 
-    from .benchmark import format_report, run_benchmark, write_report
+    from .benchmark import format_report, run_benchmark
     from .run import select_device
 
     if args.repeats is not None and args.repeats < 1:
         raise PantherError(f"--repeats must be at least 1, got {args.repeats}")
     with tempfile.TemporaryDirectory(prefix="panther-benchmark-") as scratch:
         report = run_benchmark(args.preset, args.work or Path(scratch), select_device(args.device), args.case,
-                               args.repeats, args.max_minutes)
-    write_report(report, args.out)
+                               args.repeats, args.max_minutes, args.out)
     print(format_report(report))
     print(f"wrote {args.out}")
 

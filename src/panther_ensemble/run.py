@@ -20,9 +20,11 @@ from .timing import StageTimer, log
 
 def select_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
         raise PantherError("--device cuda: no CUDA device is available")
+    if name == "cuda":
+        torch.backends.cudnn.benchmark = True  # the fastest convolution per shape, as nnU-Net's predictor sets it
     return torch.device(name)
 
 
