@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurement in one script (issue 5): stock nnU-Net chain vs this product, full ResEncL members,
 # alternated, on a machine whose Python has torch but not the other dependencies: they come from .whl/
-# (benchmarks/fetch_wheels.sh). Usage, from the repo root:  bash benchmarks/gpu.sh OUT_DIR [PRESET]
+# (benchmarks/fetch_wheels.sh). Usage, from the repo root:  bash benchmarks/gpu.sh OUT_DIR [PRESET [BENCHMARK OPTIONS]]
 # PRESET is gpu (default) or cpu/smoke to exercise the script without a GPU. Writes OUT_DIR/benchmark-<preset>.json
 # and OUT_DIR/benchmark-<preset>.log (the JSON after each case). Sized to finish in <= 8 minutes on an H100/H200:
 # --max-minutes 5 starts no new repeat or case after 5 minutes.
@@ -23,4 +23,4 @@ python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.i
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 python3 -m panther_ensemble.cli benchmark --preset "$preset" --max-minutes 5 --work /tmp/panther-benchmark \
-    --out "$out/benchmark-$preset.json" 2>&1 | tee "$out/benchmark-$preset.log"
+    --out "$out/benchmark-$preset.json" "${@:3}" 2>&1 | tee "$out/benchmark-$preset.log"

@@ -114,3 +114,38 @@ def test_sha256_manifest_is_verified_when_present(workspace, tmp_path):
     (root / MANIFEST_NAME).write_text("")
     with pytest.raises(PantherError, match="does not list"):
         verify_manifest(root, files)
+
+
+def rewrite_checkpoint(root, change, **save_kwargs) -> None:
+    path = root / ALL_ROUNDER.model / "fold_0" / "checkpoint_final.pth"
+    checkpoint = torch.load(path, weights_only=False)
+    change(checkpoint)
+    torch.save(checkpoint, path, **save_kwargs)
+
+
+def test_half_precision_and_legacy_format_checkpoints_load_as_nnunet_loads_them(copied):
+    """The network gets fp32 weights as load_state_dict's copy gives them; torch's pre-zip format is read (not
+    memory-mapped)."""
+    def to_half(checkpoint):
+        checkpoint["network_weights"] = {k: v.half() for k, v in checkpoint["network_weights"].items()}
+
+    rewrite_checkpoint(copied, to_half, _use_new_zipfile_serialization=False)
+    loaded = load_member(copied, member(ALL_ROUNDER))
+    saved = torch.load(copied / ALL_ROUNDER.model / "fold_0" / "checkpoint_final.pth", weights_only=False)
+    for name, tensor in loaded.network.state_dict().items():
+        assert tensor.dtype == torch.float32 and torch.equal(tensor, saved["network_weights"][name].float()), name
+
+
+def test_network_with_an_unsaved_buffer_is_a_clear_error(copied, monkeypatch):
+    import panther_ensemble.members as members
+
+    build = members.network_from_plans
+
+    def with_unsaved_buffer(*args):
+        network = build(*args)
+        network.register_buffer("scale", torch.ones(1), persistent=False)
+        return network
+
+    monkeypatch.setattr(members, "network_from_plans", with_unsaved_buffer)
+    with pytest.raises(PantherError, match="weights do not fit .*no value for scale"):
+        load_member(copied, member(ALL_ROUNDER))
