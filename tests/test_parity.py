@@ -36,7 +36,7 @@ def assert_parity(ours: np.ndarray, reference: np.ndarray) -> None:
 @pytest.mark.parametrize("spec_name", ["t1_spec", "mixed_spec"])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_ensemble_mask_equals_stock_nnunet(workspace, tmp_path, spec_name, case):
-    """Both resampling modes against one stock reference: the exact one to the voxel, the fast one within the bound."""
+    """Both modes against one stock reference: the exact one to the voxel, the fast one within the bound."""
     spec_path = getattr(workspace, spec_name)
     input_dir = gc_input(tmp_path, "abdominal-t1-mri", {f"{case}.mha": CASES[case]})
     image_file = input_dir / "images" / "abdominal-t1-mri" / f"{case}.mha"
@@ -44,12 +44,12 @@ def test_ensemble_mask_equals_stock_nnunet(workspace, tmp_path, spec_name, case)
     # the test means something only if the random members disagree with each other and find tumor
     assert 0.005 < reference.mean() < 0.8, f"reference tumor fraction {reference.mean():.3f}"
     image = read_image(image_file)
-    for resampling in ("exact", "fast"):
-        written = predict_folder(input_dir, tmp_path / resampling, ensemble=spec_path, weights=workspace.weights,
-                                 device="cpu", resampling=resampling)
+    for mode in ("exact", "fast"):
+        written = predict_folder(input_dir, tmp_path / mode, ensemble=spec_path, weights=workspace.weights,
+                                 device="cpu", mode=mode)
         ours, ours_image = read_mask(written[0])
         assert_parity(ours, reference)
-        if resampling == "exact":
+        if mode == "exact":
             assert int((ours != reference).sum()) == 0
         assert ours_image.GetSize() == image.array.shape[::-1]
         assert ours_image.GetSpacing() == image.spacing

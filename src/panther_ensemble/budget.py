@@ -26,7 +26,7 @@ class Deadline:
         self.start = time.perf_counter() if start is None else start
         self.tile_seconds_per_member: float | None = None  # steady rate, from forwards after warm-up
         self.slowest_forward = 0.0
-        self.steady_seconds, self.steady_forwards = 0.0, 0
+        self.steady_seconds, self.steady_tiles = 0.0, 0
         self.finish_seconds_per_member = INITIAL_FINISH_SECONDS_PER_MEMBER
         self.write_seconds = INITIAL_WRITE_SECONDS
         self.preprocess_seconds = 0.0
@@ -38,15 +38,15 @@ class Deadline:
     def left(self) -> float:
         return math.inf if self.seconds is None else self.seconds - self.elapsed()
 
-    def record_forward(self, seconds: float, warm_up: bool) -> None:
-        """One network's forward on one tile took `seconds`. Warm-up forwards (a tile group's first tile:
-        kernel selection and allocations make it slow on a GPU) bound the next forward but do not set the
+    def record_forward(self, seconds: float, warm_up: bool, tiles: int = 1) -> None:
+        """One network's forward on `tiles` tiles took `seconds`. Warm-up forwards (a tile group's first tiles:
+        kernel selection and allocations make them slow on a GPU) bound the next forward but do not set the
         rate projected over the remaining tiles, so they cannot make the run drop members it has time for."""
         self.slowest_forward = max(self.slowest_forward, seconds)
         if not warm_up:  # a running mean: one slow forward on a busy machine must not drop members
             self.steady_seconds += seconds
-            self.steady_forwards += 1
-            self.tile_seconds_per_member = self.steady_seconds / self.steady_forwards
+            self.steady_tiles += tiles
+            self.tile_seconds_per_member = self.steady_seconds / self.steady_tiles
 
     def record_finish(self, seconds: float) -> None:
         self.finish_seconds_per_member = max(self.finish_seconds_per_member * 0.5, seconds)

@@ -37,10 +37,11 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="per-case time budget: members that would finish past it are dropped and the "
                              "ensemble of those done is written (default: the spec's budget_seconds, else "
                              "270 = GC's 300 s minus a safety margin; 0: no limit)")
-    parser.add_argument("--resampling", choices=("fast", "exact"), default="fast",
+    parser.add_argument("--mode", choices=("fast", "exact"), default="fast",
                         help="fast (default): nnU-Net's resampling arithmetic on the device, the image's (cubic "
-                             "B-spline as matrices) and the logits' (nnU-Net's torch resampling), within the parity "
-                             "bound; exact: the plans' functions on the host, bit-equal to stock nnU-Net")
+                             "B-spline as matrices) and the logits' (nnU-Net's torch resampling), and on a CPU small "
+                             "tiles a few per forward, within the parity bound; exact: stock nnU-Net step by step "
+                             "(the plans' resampling on the host, one tile per forward), bit-equal to it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -109,7 +110,7 @@ def run_predict(args: argparse.Namespace) -> None:
     from .run import predict_folder  # heavy imports (torch, nnunetv2) only once the arguments are fine
 
     predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
-                   budget=args.budget, resampling=args.resampling)
+                   budget=args.budget, mode=args.mode)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:

@@ -17,10 +17,14 @@ from .budget import Deadline
 from .combine import SoftmaxMean, probabilities_on_input_grid, tumor_mask
 from .io import Image
 from .members import Member, load_member
-from .predict import sliding_window_logits
+from .predict import sliding_window_logits, tiles_per_forward
 from .preprocess import preprocess, preprocessing_key, resampled_shape
 from .spec import EnsembleSpec
 from .timing import StageTimer, log, log_tile_progress
+
+# fast: resampling on the device and, on a CPU, small tiles a few per forward, inside DESIGN.md's parity bound;
+# exact: stock nnU-Net's arithmetic step by step (the plans' resampling on the host, one tile per forward).
+MODES = ("fast", "exact")
 
 
 @dataclass
@@ -44,20 +48,22 @@ def group_members(members: list[Member]) -> list[list[TileGroup]]:
 
 
 class Ensemble:
-    def __init__(self, spec: EnsembleSpec, members: list[Member], device: torch.device, resampling: str = "fast",
+    def __init__(self, spec: EnsembleSpec, members: list[Member], device: torch.device, mode: str = "fast",
                  ) -> None:
         self.spec = spec
         self.members = members
         self.device = device
-        self.resampling = resampling  # combine.RESAMPLING
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+        self.mode = mode
         self.groups = group_members(members)
 
     @classmethod
-    def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer, resampling: str = "fast",
+    def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer, mode: str = "fast",
              ) -> Ensemble:
         with timer.stage("load"):
             members = [load_member(weights_root, m) for m in spec.members]
-        ensemble = cls(spec, members, device, resampling)
+        ensemble = cls(spec, members, device, mode)
         log(f"loaded {len(members)} members from {weights_root} in {len(ensemble.groups)} preprocessing "
             f"group(s) on {device} in {timer.last['load']:.1f}s")
         return ensemble
@@ -92,22 +98,22 @@ class Ensemble:
             started = time.perf_counter()
             with timer.stage("preprocess"):
                 prepared = preprocess(image, tile_groups[0].members[0],
-                                      self.device if self.resampling == "fast" else None)
+                                      self.device if self.mode == "fast" else None)
             deadline.record_preprocess(time.perf_counter() - started)
             log(f"group {g}: preprocessed {tuple(image.array.shape)} -> {tuple(prepared.data.shape[1:])} "
                 f"in {timer.last['preprocess']:.1f}s")
             for group in tile_groups:
                 label = f"group {g}, {len(group.members)} member(s), patch {group.patch_size}"
 
-                def on_forward(tile: int, total: int, finished: int, active: int, seconds: float, label=label,
+                def on_forward(tiles: range, total: int, finished: int, active: int, seconds: float, label=label,
                                completed=completed) -> int:
-                    deadline.record_forward(seconds, warm_up=tile == 0)
-                    if finished == active:
-                        log_tile_progress(label, tile + 1, total)
+                    deadline.record_forward(seconds, warm_up=tiles.start == 0, tiles=len(tiles))
+                    batch_done = finished == active
+                    if batch_done:
+                        log_tile_progress(label, tiles.stop, total, len(tiles))
                     warned = deadline.overrun
-                    tile_done = finished == active
-                    keep = deadline.members_that_fit(total - tile - tile_done, active, 0 if tile_done else finished,
-                                                     completed)
+                    keep = deadline.members_that_fit(total - (tiles.stop if batch_done else tiles.start), active,
+                                                     0 if batch_done else finished, completed)
                     if deadline.overrun and not warned:
                         log("budget: even one member cannot finish within the budget; completing the first "
                             "one anyway and writing its result as soon as it is done")
@@ -116,14 +122,15 @@ class Ensemble:
                 with timer.stage("forward"):
                     logits = sliding_window_logits(
                         prepared.data, [m.network for m in group.members], group.patch_size,
-                        group.members[0].label_manager.num_segmentation_heads, self.device, on_forward)
+                        group.members[0].label_manager.num_segmentation_heads, self.device, on_forward,
+                        tiles_per_forward(group.patch_size, self.device) if self.mode == "fast" else 1)
                 log(f"{label}: forward in {timer.last['forward']:.1f}s")
                 self._drop(group.members[len(logits):], "projected to finish past the budget")
                 for member, member_logits in zip(group.members, logits):
                     started = time.perf_counter()
                     with timer.stage("resample"):
                         probabilities = probabilities_on_input_grid(member_logits, member, prepared.properties,
-                                                                    self.resampling)
+                                                                    self.mode)
                     log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
                     yield member, probabilities
                     deadline.record_finish(time.perf_counter() - started)

@@ -67,7 +67,7 @@ def budget_seconds(cli_budget: float | None, spec_budget: float | None) -> float
 
 
 def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = None, weights: Path | None = None,
-                   device: str = "auto", budget: float | None = None, resampling: str = "fast",
+                   device: str = "auto", budget: float | None = None, mode: str = "fast",
                    timer: StageTimer | None = None) -> list[Path]:
     """Predict every image of the input socket; returns the written mask paths."""
     timer = timer or StageTimer()
@@ -87,7 +87,7 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     seconds = budget_seconds(budget, spec.budget_seconds)
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(inputs.files)} image(s)")
 
-    model = Ensemble.load(spec, weights_root, torch_device, timer, resampling)
+    model = Ensemble.load(spec, weights_root, torch_device, timer, mode)
     for file, (shape, spacing) in headers.items():
         check_memory(file, model.peak_bytes(shape, spacing))
     written = []

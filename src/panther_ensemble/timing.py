@@ -41,7 +41,8 @@ class StageTimer:
         return f"timing: {stages} | total {self.elapsed():.2f}s"
 
 
-def log_tile_progress(label: str, done: int, total: int) -> None:
-    """A plain progress line at every tenth of the tiles (no carriage returns: GC logs are files)."""
-    if done == total or (done * 10) // total != ((done - 1) * 10) // total:
+def log_tile_progress(label: str, done: int, total: int, step: int = 1) -> None:
+    """A plain progress line at every tenth of the tiles, `done` having grown by `step` (no carriage returns:
+    GC logs are files)."""
+    if done == total or (done * 10) // total != ((done - step) * 10) // total:
         log(f"  {label}: tile {done}/{total}")

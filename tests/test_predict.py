@@ -1,0 +1,50 @@
+"""The sliding window: several tiles per forward on a CPU give nnU-Net's logits, one tile per forward on a GPU."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from dynamic_network_architectures.architectures.unet import PlainConvUNet
+
+from panther_ensemble.predict import sliding_window_logits, tile_slicers, tiles_per_forward
+
+
+def test_tiles_per_forward():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert tiles_per_forward((64, 64, 64), cpu) == 4
+    assert tiles_per_forward((32, 64, 64), cpu) == 4
+    assert tiles_per_forward((128, 128, 128), cpu) == 1  # large tiles take oneDNN one at a time already
+    assert tiles_per_forward((192, 192, 192), cuda) == 1 == tiles_per_forward((32, 32, 32), cuda)
+
+
+def small_network(seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    network = PlainConvUNet(1, 3, (8, 16, 32), torch.nn.Conv3d, 3, (1, 2, 2), 1, 3, 1,
+                            norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"affine": True},
+                            nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True})
+    return network.eval()
+
+
+@pytest.mark.parametrize("batch", [2, 4])
+def test_batched_tiles_equal_one_tile_at_a_time(batch):
+    data = torch.randn(1, 30, 40, 45, generator=torch.Generator().manual_seed(3))
+    networks = [small_network(1), small_network(2)]
+    calls = []
+
+    def on_forward(tiles, total, finished, active, seconds):
+        calls.append((tiles, finished))
+        return active
+
+    one = sliding_window_logits(data, networks, (16, 32, 32), 3, torch.device("cpu"))
+    batched = sliding_window_logits(data, networks, (16, 32, 32), 3, torch.device("cpu"), on_forward, batch)
+    for a, b in zip(one, batched, strict=True):
+        assert a.dtype == b.dtype == torch.half and a.shape == (3, 30, 40, 45)
+        # oneDNN's float sums differ from the reference loop's in the last bits, which the fp16 accumulation
+        # of overlapping tiles rounds to a few fp16 steps at most (0.002 each near 2.0)
+        difference = (a.float() - b.float()).abs()
+        assert difference.max() < 0.02 and difference.mean() < 1e-4
+        assert (a.argmax(0) != b.argmax(0)).float().mean() <= 0.0005  # DESIGN.md's voxel bound
+    tiles = len(tile_slicers(data.shape[1:], (16, 32, 32)))
+    assert tiles > batch  # several batches, the last one possibly partial
+    covered = [t for r, finished in calls if finished == 2 for t in r]
+    assert covered == list(range(tiles)) and all(len(r) <= batch for r, _ in calls)
