@@ -7,7 +7,7 @@
 # --max-minutes 5 starts no new repeat or case after 5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=${1:?usage: benchmarks/gpu.sh OUT_DIR [gpu|cpu|smoke]}
+out=${1:?usage: benchmarks/gpu.sh OUT_DIR [gpu|cpu|smoke [BENCHMARK OPTIONS]]}
 preset=${2:-gpu}
 mkdir -p "$out"
 if ! python3 -c "import nnunetv2, SimpleITK" 2>/dev/null; then

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .members import Member, load_member
 from .resenc import fit_patch, plan_resenc, shrink_plans
-from .spec import EnsembleSpec, load_spec
+from .spec import load_spec
 from .synthetic import ModelConfig, make_model_folder, write_gc_input, write_spec
 from .timing import StageTimer, log
 
@@ -180,16 +181,15 @@ def measure(run, setup: Setup, device: torch.device, output: Path) -> tuple[dict
     return result, mask
 
 
-def forward_flops(setup: Setup, spec: EnsembleSpec, device: torch.device) -> tuple[float, int]:
+def forward_flops(setup: Setup, member: Member, members: int, device: torch.device) -> tuple[float, int]:
     """FLOPs of one network forward on one tile (counted on the meta device) and the forwards a case needs."""
     from torch.utils.flop_counter import FlopCounterMode
 
     from .io import read_image
-    from .members import load_member, network_from_plans
+    from .members import network_from_plans
     from .predict import tile_slicers
     from .preprocess import preprocess
 
-    member = load_member(setup.weights, spec.members[0])
     patch = member.configuration_manager.patch_size
     with torch.device("meta"):
         network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
@@ -197,19 +197,17 @@ def forward_flops(setup: Setup, spec: EnsembleSpec, device: torch.device) -> tup
             network(torch.empty(1, 1, *patch))
     shape = preprocess(read_image(setup.image), member, device).data.shape[1:]
     tiles = len(tile_slicers([max(s, p) for s, p in zip(shape, patch)], patch))
-    return float(counter.get_total_flops()), tiles * len(spec.members)
+    return float(counter.get_total_flops()), tiles * members
 
 
-def warm_up(setup: Setup, spec: EnsembleSpec, device: torch.device) -> float:
+def warm_up(member: Member, device: torch.device) -> float:
     """One untimed tile forward, so that neither path's first run pays for CUDA's start and cuDNN's choice of
     convolutions (both paths run the same network shapes under fp16 autocast). Seconds it took."""
-    from .members import load_member, network_from_plans
-
     started = time.perf_counter()
-    member = load_member(setup.weights, spec.members[0])
-    network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json).to(device)
+    network = member.network.to(device)
     with torch.inference_mode(), torch.autocast(device.type):
         network(torch.zeros(1, 1, *member.configuration_manager.patch_size, device=device))
+    network.to("cpu")  # off the device again: the timed runs' peak device memory is theirs alone
     torch.cuda.synchronize(device)
     return time.perf_counter() - started
 
@@ -235,8 +233,9 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
 
     setup = set_up(work / case, preset, case, plans)
     spec = load_spec(setup.spec)
-    flops, forwards = forward_flops(setup, spec, device)
-    warm_up_s = warm_up(setup, spec, device) if device.type == "cuda" else 0.0
+    member = load_member(setup.weights, spec.members[0])
+    flops, forwards = forward_flops(setup, member, len(spec.members), device)
+    warm_up_s = warm_up(member, device) if device.type == "cuda" else 0.0
     runs: dict[str, list[dict]] = {"stock": [], "ours": []}
     masks = {}
     for r in range(repeats):
