@@ -22,7 +22,8 @@ from .timing import log
 TILE_STEP_SIZE = 0.5
 # PyTorch runs a CPU 3-D convolution through oneDNN only when the batch or the input is large enough; one small
 # tile takes its slow reference loop instead. Measured on the cpu benchmark preset's network (64^3 tiles, 2
-# cores): 1.55 s per tile one at a time, 0.60 s two at a time, 0.41 s four at a time, outputs equal to 6e-8.
+# cores that a training shared): 1.55 s per tile one at a time, 0.60 s two at a time, 0.41 s four at a time,
+# outputs equal to 6e-8.
 CPU_TILES_PER_FORWARD = 4
 CPU_BATCH_VOXELS = 2 ** 20  # at most this many tile voxels per forward: large tiles already take oneDNN
 
