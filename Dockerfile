@@ -30,7 +30,7 @@ RUN python -c "import importlib.metadata as m; print('\n'.join(f'{d}=={m.version
  && echo "base image: Python $(python -c 'import platform; print(platform.python_version())'), $(tr '\n' ' ' < /tmp/base-torch.txt)" \
  && PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
     python -m pip install --no-cache-dir --progress-bar off -r /tmp/requirements-container.txt -c /tmp/base-torch.txt \
- && python -c "import nnunetv2, SimpleITK, surface_distance, torch; print('torch', torch.__version__)" \
+ && python -c "import nnunetv2, onnxruntime, onnxscript, SimpleITK, surface_distance, torch; print('torch', torch.__version__, '| onnxruntime', onnxruntime.__version__, *onnxruntime.get_available_providers())" \
  && rm /tmp/requirements-container.txt /tmp/base-torch.txt
 
 RUN groupadd --system user && useradd --system --gid user --no-log-init --create-home user

@@ -5,9 +5,11 @@
 #   model-<task>.tar.gz   for each ensemble/<task>.toml: the spec and only the member folds it uses from
 #                         weights/, checkpoints stripped to what inference needs, and a weights.sha256
 #                         manifest -> the algorithm's Models page; GC extracts it to /opt/ml/model, and the
-#                         image runs from that alone
+#                         image runs from that alone. With --onnx the tarball holds the members as ONNX models
+#                         instead (`panther-ensemble export-onnx`: no checkpoints, the spec says
+#                         backend = "onnxruntime", onnx_manifest.json beside weights.sha256)
 #
-#   ./export.sh [--tag TAG] [--out DIR] [--models-only | --image-only]
+#   ./export.sh [--tag TAG] [--out DIR] [--models-only | --image-only] [--onnx]
 #
 # Needs the built image (./build.sh): it also strips the checkpoints, with the image's own torch.
 # Prints each artifact's size and sha256.
@@ -18,12 +20,14 @@ tag="panther-ensemble:latest"
 out="export"
 do_image=1
 do_models=1
+onnx=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
         --out) out="${2:?--out needs a value}"; shift 2 ;;
         --models-only) do_image=0; shift ;;
         --image-only) do_models=0; shift ;;
+        --onnx) onnx=1; shift ;;
         -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;;
         *) echo "export.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
@@ -85,10 +89,19 @@ if [[ $do_models == 1 ]]; then
         task="$(basename "$spec" .toml)"
         stage="$work/$task"
         mkdir "$stage"
-        echo "== model-$task.tar.gz from $spec"
-        docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python \
-            -v "$PWD/ensemble:/in/ensemble:ro" -v "$PWD/weights:/in/weights:ro" -v "$stage:/stage" \
-            "$tag" -c "$STRIP_PY" "/in/ensemble/$task.toml" /in/weights /stage
+        if ((onnx)); then echo "== model-$task.tar.gz from $spec, members as ONNX models"
+        else echo "== model-$task.tar.gz from $spec"; fi
+        mounts=(-v "$PWD/ensemble:/in/ensemble:ro" -v "$PWD/weights:/in/weights:ro" -v "$stage:/stage")
+        if ((onnx)); then
+            # export-onnx writes a new folder beside which it stages: /stage/model, then tar that
+            docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python --env PYTHONPATH=/opt/app/src \
+                "${mounts[@]}" "$tag" -m panther_ensemble.cli export-onnx --ensemble "/in/ensemble/$task.toml" \
+                --weights /in/weights --out /stage/model
+            stage="$stage/model"
+        else
+            docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python "${mounts[@]}" \
+                "$tag" -c "$STRIP_PY" "/in/ensemble/$task.toml" /in/weights /stage
+        fi
         (cd "$stage" && tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
             --mode=u+rw,go+r,go-w,a+X -c -- *) | gzip -n > "$work/model-$task.tar.gz"
         mv "$work/model-$task.tar.gz" "$out/"

@@ -10,7 +10,8 @@
 # 3. runs the baked image on each test/input/<task> and compares the masks with test/expected_output/<task>
 #    (Dice >= 0.999, identical geometry), printing each case's wall time against GC's 5-minute budget;
 # 4. exports the model tarballs (export.sh --models-only), extracts each and runs the weightless image with
-#    it at /opt/ml/model: the product runs from the tarball's layout alone;
+#    it at /opt/ml/model: the product runs from the tarball's layout alone; then the same with the members as
+#    ONNX models (export.sh --models-only --onnx: the image's own export-onnx, its ONNX Runtime backend);
 # 5. failures (a corrupt input image; the weightless image without a tarball): exit 1, one line on stderr,
 #    no output file.
 # The baked runs' masks stay in test/output/<task>/ (git-ignored; $CONTAINER_TEST_RESULTS elsewhere) with one
@@ -200,6 +201,18 @@ for task in "${tasks[@]}"; do
     grep -q "/opt/ml/model/$task.toml" "$work/$task-tarball/stdout" \
         || { show_logs "$task-tarball"; fail "$task-tarball: the spec was not taken from /opt/ml/model"; }
     check_case "$task-tarball" "$task"
+done
+./export.sh --tag "$TAG" --out "$work/export-onnx" --models-only --onnx
+for task in "${tasks[@]}"; do
+    echo "== $task: model-$task.tar.gz with ONNX members at /opt/ml/model ($TAG_NO_WEIGHTS, onnxruntime backend)"
+    model="$work/model-$task-onnx"
+    mkdir "$model"
+    tar -xzf "$work/export-onnx/model-$task.tar.gz" -C "$model"
+    [[ -z "$(find "$model" -name '*.pth')" ]] || fail "the ONNX tarball of $task holds checkpoints"
+    gc_run "$task-onnx" "$TAG_NO_WEIGHTS" "$repo/test/input/$task" --volume "$model:/opt/ml/model:ro"
+    grep -q "members (onnxruntime) from /opt/ml/model" "$work/$task-onnx/stdout" \
+        || { show_logs "$task-onnx"; fail "$task-onnx: the members did not run on ONNX Runtime from /opt/ml/model"; }
+    check_case "$task-onnx" "$task"
 done
 
 # --- 5. failures: exit 1, one 'error:' line on stderr, no output file

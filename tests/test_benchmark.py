@@ -1,4 +1,5 @@
-"""The benchmark runs both paths alternated and reports what issue 5 asks; a smoke preset keeps it quick."""
+"""The benchmark runs the stock chain and this product (torch and onnxruntime backends) alternated and reports
+what issues 5 and 8 ask; a smoke preset keeps it quick."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ def test_both_paths_timed_alternated_with_stage_times(report):
     result = report["cases"]["t1"]
     assert report["features"] == [4, 8, 16]  # the planner's ResEnc, cut to the smoke preset
     assert result["case"]["members"] == 6  # the paper's 3 + 2 + 1
-    for path in ("stock", "ours"):
+    for path in ("stock", "ours", "onnxruntime"):
         assert len(result[path]["runs_wall_s"]) == 2
         stages = result[path]["stages_s"]
         assert set(stages) == set(STAGES)
@@ -32,17 +33,22 @@ def test_both_paths_timed_alternated_with_stage_times(report):
         assert sum(stages.values()) <= result[path]["wall_s"] * 1.01
         assert result[path]["peak_host_gib"] > 0.1
     assert result["ratio"] == pytest.approx(result["stock"]["wall_s"] / result["ours"]["wall_s"])
+    onnx = result["onnxruntime"]
+    assert onnx["ratio"] == pytest.approx(result["stock"]["wall_s"] / onnx["wall_s"])
+    assert onnx["export_s"] > 0 and 0 < onnx["forward_share"] < 1
     assert result["forwards"] % 6 == 0 and result["flops_per_forward"] > 1e6
 
 
 def test_ours_is_within_the_parity_bound(report):
-    parity = report["cases"]["t1"]["parity_vs_reference"]
-    assert parity["dice"] >= 0.999 and parity["differing_fraction"] <= 0.0005
+    for parity in (report["cases"]["t1"]["parity_vs_reference"],
+                   report["cases"]["t1"]["onnxruntime"]["parity_vs_reference"]):
+        assert parity["dice"] >= 0.999 and parity["differing_fraction"] <= 0.0005
 
 
 def test_report_table_and_cli(report, tmp_path, monkeypatch, capsys):
     table = format_report(report)
-    assert "| t1 | stock |" in table and "| t1 | ours |" in table and "stock/ours" in table
+    assert "| t1 | stock |" in table and "| t1 | ours |" in table and "| t1 | onnxruntime |" in table
+    assert "stock/ours" in table and "stock/onnxruntime" in table
     import panther_ensemble.benchmark as benchmark
 
     # the CLI's whole run with the measured case standing in for a new measurement

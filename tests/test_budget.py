@@ -72,8 +72,8 @@ def test_output_before_the_budget_when_the_ensemble_needs_ten_times_more(workspa
     original = pipeline.load_member
     loaded = []
 
-    def slow_member(weights_root, member):
-        result = original(weights_root, member)
+    def slow_member(weights_root, member, backend, device):
+        result = original(weights_root, member, backend, device)
         result.network = SlowNetwork(result.network, 0.05 if not loaded else 1.0)
         loaded.append(result)
         return result

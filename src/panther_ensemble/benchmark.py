@@ -2,10 +2,12 @@
 
 (a) stock: one nnUNetPredictor per model folder with its folds (no mirroring, tile step 0.5), probabilities
     returned by nnU-Net's own export, weighted by each folder's fold count and averaged, argmax, written;
-(b) this product: `predict` on the same case in the GC layout (budget off).
-Both are timed as a whole process would be (models loaded, image read, mask written) with per-stage times,
-peak host RSS and peak device memory; runs alternate a-b, b-a, ... and the report takes medians. (b)'s mask
-is compared with the per-member reference (DESIGN.md) once, outside the timing. On a GPU one untimed tile
+(b) this product: `predict` on the same case in the GC layout (budget off), with its torch backend and, where
+    ONNX Runtime is installed (and on CUDA has its CUDA provider), with the onnxruntime backend on the same
+    members exported by export-onnx (the export timed apart, once).
+All are timed as a whole process would be (models loaded, image read, mask written) with per-stage times,
+peak host RSS and peak device memory; runs alternate (a-b-c, b-c-a, c-a-b, ...) and the report takes medians.
+(b)'s masks are compared with the per-member reference (DESIGN.md) once, outside the timing. On a GPU one untimed tile
 forward comes first, so that the first timed run does not pay alone for CUDA's start and cuDNN's autotuning.
 
 Members are random-weight nnU-Net folders with the ResEncL architecture that nnU-Net's own planner
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import io
 import json
 import statistics
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .errors import PantherError
 from .members import Member, load_member
 from .resenc import fit_patch, plan_resenc, shrink_plans
 from .spec import load_spec
@@ -77,6 +81,7 @@ class Setup:
     input_dir: Path
     image: Path
     folders: list[tuple[Path, tuple, str]]  # (model folder, folds, checkpoint) per stock predictor
+    onnx_spec: Path | None = None  # the members exported by export-onnx, and their spec
 
 
 def bench_plans(work: Path, preset: Preset) -> dict:
@@ -156,16 +161,34 @@ def run_stock(setup: Setup, device: torch.device, output: Path) -> tuple[StageTi
     return timer, mask
 
 
-def run_ours(setup: Setup, device: torch.device, output: Path) -> tuple[StageTimer, np.ndarray]:
-    """(b): this product's predict, as `panther-ensemble predict --budget 0` runs it."""
+def run_ours(setup: Setup, device: torch.device, output: Path, backend: str = "torch",
+             ) -> tuple[StageTimer, np.ndarray]:
+    """(b): this product's predict, as `panther-ensemble predict --budget 0 --backend B` runs it."""
     import SimpleITK as sitk
 
     from .run import predict_folder
 
     timer = StageTimer()
-    written = predict_folder(setup.input_dir, output / "ours", ensemble=setup.spec, weights=setup.weights,
-                             device=device.type, budget=0, timer=timer)
+    spec = setup.onnx_spec if backend == "onnxruntime" else setup.spec
+    written = predict_folder(setup.input_dir, output / "ours", ensemble=spec, weights=spec.parent if
+                             backend == "onnxruntime" else setup.weights, device=device.type, budget=0,
+                             backend=backend, timer=timer)
     return timer, sitk.GetArrayFromImage(sitk.ReadImage(str(written[0])))
+
+
+def onnxruntime_runs_on(device: torch.device) -> bool:
+    """Whether ONNX Runtime is installed with a provider for the device (the reason logged where not)."""
+    try:
+        from .onnx_network import providers
+
+        providers(device)
+        return True
+    except PantherError as e:
+        log(f"onnxruntime backend not benchmarked: {e}")
+        return False
+
+
+PATHS = {"stock": run_stock, "ours": run_ours, "onnxruntime": functools.partial(run_ours, backend="onnxruntime")}
 
 
 def measure(run, setup: Setup, device: torch.device, output: Path) -> tuple[dict, np.ndarray]:
@@ -228,7 +251,7 @@ def summarize(runs: list[dict]) -> dict:
 
 
 def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: torch.device, repeats: int,
-                   deadline: float) -> dict:
+                   deadline: float, with_onnxruntime: bool) -> dict:
     from .reference import stock_ensemble_mask
 
     setup = set_up(work / case, preset, case, plans)
@@ -236,16 +259,26 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
     member = load_member(setup.weights, spec.members[0])
     flops, forwards = forward_flops(setup, member, len(spec.members), device)
     warm_up_s = warm_up(member, device) if device.type == "cuda" else 0.0
-    runs: dict[str, list[dict]] = {"stock": [], "ours": []}
+    names = ["stock", "ours"] + (["onnxruntime"] if with_onnxruntime else [])
+    export_s = None
+    if with_onnxruntime:
+        from .onnx_export import export_ensemble
+
+        started = time.perf_counter()
+        with contextlib.redirect_stdout(io.StringIO()):
+            setup.onnx_spec = export_ensemble(spec, setup.weights, work / case / "onnx", verify=False)
+        export_s = time.perf_counter() - started
+        log(f"{case}: exported {len(spec.members)} members to ONNX in {export_s:.1f}s (not timed in the runs)")
+    runs: dict[str, list[dict]] = {name: [] for name in names}
     masks = {}
     for r in range(repeats):
         if r and time.monotonic() > deadline:
             log(f"{case}: time limit reached after {r} repeat(s)")
             break
-        for name in (("stock", "ours") if r % 2 == 0 else ("ours", "stock")):
+        for name in names[r % len(names):] + names[:r % len(names)]:  # each path first in turn
             output = work / case / f"out-{name}-{r}"
             output.mkdir(parents=True, exist_ok=True)
-            result, masks[name] = measure(run_stock if name == "stock" else run_ours, setup, device, output)
+            result, masks[name] = measure(PATHS[name], setup, device, output)
             runs[name].append(result)
             stages = ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in result["stages_s"].items())
             log(f"{case} repeat {r + 1}: {name} {result['wall_s']:.1f}s ({stages})")
@@ -259,6 +292,12 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
               "parity_vs_reference": parity(masks["ours"], reference),
               "stock_chain_vs_reference": parity(masks["stock"], reference),
               "flops_per_forward": flops, "forwards": forwards, "warm_up_s": warm_up_s}
+    if with_onnxruntime:
+        onnx = summarize(runs["onnxruntime"])
+        result["onnxruntime"] = {**onnx, "ratio": stock["wall_s"] / onnx["wall_s"],
+                                 "forward_share": onnx["stages_s"]["forward"] / onnx["wall_s"],
+                                 "parity_vs_reference": parity(masks["onnxruntime"], reference),
+                                 "export_s": export_s}
     peak = device_peak_tflops(device)
     achieved = flops * forwards / ours["stages_s"]["forward"] / 1e12
     result["achieved_tflops"] = achieved
@@ -279,9 +318,12 @@ def parity(mask: np.ndarray, reference: np.ndarray) -> dict:
 
 
 def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: list[str] | None = None,
-                  repeats: int | None = None, max_minutes: float = 60.0, out: Path | None = None) -> dict:
-    """The report; written to `out` after each case too, so a run stopped from outside keeps what it measured."""
+                  repeats: int | None = None, max_minutes: float = 60.0, out: Path | None = None,
+                  onnxruntime: bool = True) -> dict:
+    """The report; written to `out` after each case too, so a run stopped from outside keeps what it measured.
+    `onnxruntime`: also run this product with its onnxruntime backend, where ONNX Runtime can run it."""
     preset = PRESETS[preset_name]
+    with_onnxruntime = onnxruntime and onnxruntime_runs_on(device)
     deadline = time.monotonic() + 60 * max_minutes
     log(f"benchmark {preset_name} on {device_name(device)}: planning members with nnU-Net's {PLANNER}")
     plans = bench_plans(work, preset)
@@ -296,7 +338,7 @@ def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: lis
             log(f"time limit reached: {case} not run")
             break
         report["cases"][case] = benchmark_case(work, preset, case, plans, device, repeats or preset.repeats,
-                                               deadline)
+                                               deadline, with_onnxruntime)
         if out is not None:
             write_report(report, out)
     return report
@@ -314,7 +356,9 @@ def format_report(report: dict) -> str:
     header = "| case | path | wall s | " + " | ".join(STAGES) + " | peak host GiB | peak device GiB |"
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
     for case, result in report["cases"].items():
-        for name in ("stock", "ours"):
+        for name in ("stock", "ours", "onnxruntime"):
+            if name not in result:
+                continue
             r = result[name]
             device_peak = f"{r['peak_device_gib']:.2f}" if "peak_device_gib" in r else "-"
             lines.append(f"| {case} | {name} | {r['wall_s']:.1f} | " +
@@ -335,6 +379,14 @@ def format_report(report: dict) -> str:
             line += (f"; T4 projection (not a measurement): forward {t4['forward_s']:.0f}s, case "
                      f"{t4['case_s']:.0f}s of 300s")
         lines.append(line)
+        if "onnxruntime" in result:
+            onnx = result["onnxruntime"]
+            lines.append(f"{case}: stock/onnxruntime = {onnx['ratio']:.2f}x, ours torch/onnxruntime = "
+                         f"{result['ours']['wall_s'] / onnx['wall_s']:.2f}x, forward "
+                         f"{onnx['forward_share']:.0%} of the onnxruntime run, parity vs the per-member reference: "
+                         f"Dice {onnx['parity_vs_reference']['dice']:.5f}, "
+                         f"{onnx['parity_vs_reference']['differing_fraction']:.4%} voxels differ; ONNX export "
+                         f"{onnx['export_s']:.1f}s (once, not in the runs)")
     return "\n".join(lines)
 
 

@@ -42,6 +42,10 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "B-spline as matrices) and the logits' (nnU-Net's torch resampling), and on a CPU small "
                              "tiles a few per forward, within the parity bound; exact: stock nnU-Net step by step "
                              "(the plans' resampling on the host, one tile per forward), bit-equal to it")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"),
+                        help="what runs the member networks: torch (the checkpoints) or onnxruntime (members "
+                             "written by export-onnx, beside the checkpoints they came from) (default: the spec's "
+                             "backend, else torch)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,13 +83,27 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--mask", type=Path, required=True, help="the predicted mask")
     preview.add_argument("--gt", type=Path, help="a ground-truth label map")
     preview.add_argument("--out", type=Path, required=True, help="the PNG to write")
+    export_onnx = commands.add_parser(
+        "export-onnx", help="write every member of a spec as an ONNX model, for --backend onnxruntime",
+        description="Export each member of the spec to ONNX (torch.export-based exporter, dynamic batch axis, the "
+                    "plans' patch size; weights in a .onnx.data file beside the model when the network exceeds "
+                    "100 MB), checked with onnx.checker and, run by ONNX Runtime on a random tile, against the "
+                    "checkpoint's network. OUT becomes a weights root of its own: each model folder's plans.json "
+                    "and dataset.json, fold_<f>/<checkpoint stem>.onnx, the spec with backend = \"onnxruntime\", "
+                    "onnx_manifest.json (member, fold, checkpoint, sha256 of every file) and weights.sha256. "
+                    "Run it with: predict --ensemble OUT/<spec>.toml --weights OUT.")
+    export_onnx.add_argument("--ensemble", type=Path, required=True, help="the ensemble spec (TOML)")
+    export_onnx.add_argument("--weights", type=Path, help="weights root (default as for predict)")
+    export_onnx.add_argument("--out", type=Path, required=True, help="a new (or empty) folder to write")
+    export_onnx.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 17 (default: 18)")
     benchmark = commands.add_parser(
         "benchmark", help="time the stock nnU-Net chain against this product, alternated in one run",
         description="Random-weight members with nnU-Net's ResEncL architecture (its own planner; 1 mm isotropic, "
                     "patch 192^3 in the gpu preset, cut down in cpu and smoke), the paper's 3+2+1 (t1) and 1+4 "
                     "(t2) compositions, PANTHER-sized inputs. Runs (a) one stock nnUNetPredictor per model "
-                    "folder and (b) this product, alternated; prints whole-case and per-stage medians, the "
-                    "ratio a/b, peak memory and (b)'s parity against the per-member reference; writes JSON.")
+                    "folder and (b) this product (torch backend, and onnxruntime where it can run), alternated; "
+                    "prints whole-case and per-stage medians, the ratio a/b, peak memory and (b)'s parity against "
+                    "the per-member reference; writes JSON.")
     benchmark.add_argument("--preset", choices=("gpu", "cpu", "smoke"), default="cpu",
                            help="gpu: full ResEncL; cpu: a 4-stage cut at 2 mm; smoke: seconds (default: cpu)")
     benchmark.add_argument("--case", action="append", choices=("t1", "t2"), help="only these cases")
@@ -93,6 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--max-minutes", type=float, default=60.0,
                            help="start no new repeat or case after this (default: 60)")
     benchmark.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    benchmark.add_argument("--no-onnxruntime", action="store_true",
+                           help="skip this product's onnxruntime backend (default: run it too where ONNX Runtime "
+                                "has a provider for the device)")
     benchmark.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     benchmark.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON report")
     return parser
@@ -110,7 +131,7 @@ def run_predict(args: argparse.Namespace) -> None:
     from .run import predict_folder  # heavy imports (torch, nnunetv2) only once the arguments are fine
 
     predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
-                   budget=args.budget, mode=args.mode)
+                   budget=args.budget, mode=args.mode, backend=args.backend)
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -149,6 +170,16 @@ def run_preview(args: argparse.Namespace) -> None:
     print(f"wrote {write_preview(args.image, args.mask, args.out, args.gt)}")
 
 
+def run_export_onnx(args: argparse.Namespace) -> None:
+    from .onnx_export import export_ensemble
+    from .spec import load_spec, resolve_weights_root
+
+    spec = load_spec(args.ensemble)
+    written = export_ensemble(spec, resolve_weights_root(spec, args.weights), args.out, args.opset)
+    print(f"wrote {len(spec.members)} ONNX members to {args.out}; run them with: panther-ensemble predict "
+          f"--ensemble {written} --weights {args.out}")
+
+
 def run_benchmark(args: argparse.Namespace) -> None:
     import tempfile
 
@@ -159,7 +190,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
         raise PantherError(f"--repeats must be at least 1, got {args.repeats}")
     with tempfile.TemporaryDirectory(prefix="panther-benchmark-") as scratch:
         report = run_benchmark(args.preset, args.work or Path(scratch), select_device(args.device), args.case,
-                               args.repeats, args.max_minutes, args.out)
+                               args.repeats, args.max_minutes, args.out, not args.no_onnxruntime)
     print(format_report(report))
     print(f"wrote {args.out}")
 
@@ -175,7 +206,8 @@ def _run(action, args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    actions = {"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview, "benchmark": run_benchmark}
+    actions = {"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview, "benchmark": run_benchmark,
+               "export-onnx": run_export_onnx}
     return _run(actions[args.command], args)
 
 

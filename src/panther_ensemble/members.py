@@ -13,6 +13,7 @@ import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -41,6 +42,14 @@ _ARCH_PACKAGES = ("dynamic_network_architectures.",)
 _LAYER_PACKAGES = ("torch.nn.",)
 
 
+class Network(Protocol):
+    """What predict runs: a torch module, or an exported member run by ONNX Runtime (onnx_network)."""
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor: ...
+
+    def to(self, device: torch.device) -> Network: ...
+
+
 @dataclass
 class Member:
     """One ensemble member, ready to predict: its spec entry, nnU-Net managers and network in eval mode."""
@@ -53,7 +62,13 @@ class Member:
     configuration_manager: ConfigurationManager
     dataset_json: dict
     label_manager: LabelManager
-    network: torch.nn.Module
+    network: Network
+
+    @property
+    def input_shape(self) -> list[int]:
+        """(channels, *patch) of one tile."""
+        channels = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
+        return [channels, *self.configuration_manager.patch_size]
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -96,9 +111,8 @@ def _check_importable_names(plans_path: Path, arch: dict) -> None:
             raise PantherError(f"{plans_path}: architecture kwarg '{key}' = '{name}' is not a torch.nn class")
 
 
-def _configuration_name(member: MemberSpec, checkpoint: dict, plans: dict, plans_path: Path) -> str:
-    init_args = checkpoint.get("init_args") or {}
-    name = init_args.get("configuration") or Path(member.model).name.split("__")[-1]
+def _configuration_name(member: MemberSpec, recorded: str | None, plans: dict, plans_path: Path) -> str:
+    name = recorded or Path(member.model).name.split("__")[-1]
     if name not in plans.get("configurations", {}):
         raise PantherError(f"{plans_path}: has no configuration '{name}' (named by {member.name})")
     return name
@@ -138,15 +152,27 @@ def _network_with_weights(plans_manager: PlansManager, configuration_manager: Co
     return network
 
 
-def load_member(weights_root: Path, member: MemberSpec) -> Member:
+def load_member(weights_root: Path, member: MemberSpec, backend: str = "torch",
+                device: torch.device | None = None) -> Member:
+    """The member ready to predict: with the torch backend its checkpoint's network (on the host; predict moves
+    it), with onnxruntime its exported model in a session on `device`."""
     folder = weights_root / member.model
     plans_path = folder / "plans.json"
     plans = json.loads(plans_path.read_text())
     dataset_json = json.loads((folder / "dataset.json").read_text())
-    checkpoint = load_checkpoint(member.checkpoint_path(weights_root))
+    if backend == "onnxruntime":
+        from .onnx_network import OnnxNetwork
+
+        network = OnnxNetwork(member.onnx_path(weights_root), device or torch.device("cpu"))
+        trainer_name, recorded_configuration = network.metadata.get("trainer_name"), \
+            network.metadata.get("configuration")
+    else:
+        checkpoint = load_checkpoint(member.checkpoint_path(weights_root))
+        trainer_name = checkpoint.get("trainer_name")
+        recorded_configuration = (checkpoint.get("init_args") or {}).get("configuration")
 
     plans_manager = PlansManager(plans)
-    configuration_name = _configuration_name(member, checkpoint, plans, plans_path)
+    configuration_name = _configuration_name(member, recorded_configuration, plans, plans_path)
     configuration_manager = plans_manager.get_configuration(configuration_name)
     if configuration_manager.previous_stage_name is not None:
         raise PantherError(f"{plans_path}: configuration '{configuration_name}' is a cascade stage; "
@@ -155,9 +181,23 @@ def load_member(weights_root: Path, member: MemberSpec) -> Member:
     arch = plans["configurations"][configuration_name].get("architecture") or {}
     _check_importable_names(plans_path, arch)
 
-    network = _network_with_weights(plans_manager, configuration_manager, dataset_json, checkpoint["network_weights"],
-                                    f"{member.checkpoint_path(weights_root)}: weights do not fit the architecture "
-                                    f"in {plans_path}")
-    network.eval()
-    return Member(member, folder, checkpoint.get("trainer_name", "unknown"), configuration_name, plans_manager,
-                  configuration_manager, dataset_json, label_manager, network)
+    if backend != "onnxruntime":
+        network = _network_with_weights(plans_manager, configuration_manager, dataset_json,
+                                        checkpoint["network_weights"],
+                                        f"{member.checkpoint_path(weights_root)}: weights do not fit the "
+                                        f"architecture in {plans_path}")
+        network.eval()
+    loaded = Member(member, folder, trainer_name or "unknown", configuration_name, plans_manager,
+                    configuration_manager, dataset_json, label_manager, network)
+    if backend == "onnxruntime":
+        _check_onnx_fits(loaded, plans_path)
+    return loaded
+
+
+def _check_onnx_fits(member: Member, plans_path: Path) -> None:
+    """The exported model takes the plans' patch and channels and gives one output per label."""
+    network, classes = member.network, member.label_manager.num_segmentation_heads
+    if list(network.input_shape[1:]) != member.input_shape or network.num_classes != classes:
+        raise PantherError(f"{network.path}: the model takes {list(network.input_shape[1:])} and gives "
+                           f"{network.num_classes} classes, but {plans_path} asks for {member.input_shape} "
+                           f"(channels, patch) and {classes} classes: exported from another model?")

@@ -60,12 +60,12 @@ class Ensemble:
 
     @classmethod
     def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer, mode: str = "fast",
-             ) -> Ensemble:
+             backend: str = "torch") -> Ensemble:
         with timer.stage("load"):
-            members = [load_member(weights_root, m) for m in spec.members]
+            members = [load_member(weights_root, m, backend, device) for m in spec.members]
         ensemble = cls(spec, members, device, mode)
-        log(f"loaded {len(members)} members from {weights_root} in {len(ensemble.groups)} preprocessing "
-            f"group(s) on {device} in {timer.last['load']:.1f}s")
+        log(f"loaded {len(members)} members ({backend}) from {weights_root} in {len(ensemble.groups)} "
+            f"preprocessing group(s) on {device} in {timer.last['load']:.1f}s")
         return ensemble
 
     def peak_bytes(self, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:

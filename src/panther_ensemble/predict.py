@@ -17,6 +17,7 @@ import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
+from .members import Network
 from .timing import log
 
 TILE_STEP_SIZE = 0.5
@@ -53,7 +54,7 @@ def tile_slicers(image_size: Sequence[int], patch_size: Sequence[int], step: flo
 
 
 @torch.inference_mode()
-def sliding_window_logits(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size: Sequence[int],
+def sliding_window_logits(data: torch.Tensor, networks: Sequence[Network], patch_size: Sequence[int],
                           num_classes: int, device: torch.device, on_forward: OnForward | None = None,
                           batch: int = 1) -> list[torch.Tensor]:
     """fp16 logits (num_classes, *data.shape[1:]), one tensor per network that ran every tile (the first networks
@@ -89,7 +90,7 @@ def _empty_cache(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _predict(data: torch.Tensor, networks: Sequence[torch.nn.Module], patch_size: Sequence[int],
+def _predict(data: torch.Tensor, networks: Sequence[Network], patch_size: Sequence[int],
              num_classes: int, device: torch.device, results_device: torch.device,
              on_forward: OnForward | None, batch: int) -> list[torch.Tensor]:
     padded, revert_padding = pad_nd_image(data, patch_size, "constant", {"value": 0}, True, None)

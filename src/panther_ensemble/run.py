@@ -14,7 +14,16 @@ from .errors import PantherError
 from .io import check_image, check_writable, find_inputs, output_path, read_image, write_mask
 from .manifest import MANIFEST_NAME, verify_manifest
 from .pipeline import Ensemble
-from .spec import check_against_weights, find_spec, load_spec, member_files, resolve_weights_root, spec_dirs
+from .spec import (
+    BACKENDS,
+    EnsembleSpec,
+    check_against_weights,
+    find_spec,
+    load_spec,
+    member_files,
+    resolve_weights_root,
+    spec_dirs,
+)
 from .timing import StageTimer, log
 
 
@@ -66,9 +75,20 @@ def budget_seconds(cli_budget: float | None, spec_budget: float | None) -> float
     return None if seconds == 0 else seconds
 
 
+def choose_backend(cli_backend: str | None, spec: EnsembleSpec, mode: str) -> str:
+    """--backend, else the spec's, else torch; exact mode is nnU-Net's own torch forward."""
+    backend = cli_backend or spec.backend or "torch"
+    if backend not in BACKENDS:
+        raise PantherError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
+    if backend == "onnxruntime" and mode == "exact":
+        raise PantherError("--mode exact runs stock nnU-Net's torch forward; the onnxruntime backend needs "
+                           "--mode fast")
+    return backend
+
+
 def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = None, weights: Path | None = None,
                    device: str = "auto", budget: float | None = None, mode: str = "fast",
-                   timer: StageTimer | None = None) -> list[Path]:
+                   backend: str | None = None, timer: StageTimer | None = None) -> list[Path]:
     """Predict every image of the input socket; returns the written mask paths."""
     timer = timer or StageTimer()
     inputs = find_inputs(input_dir)
@@ -76,10 +96,11 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     if spec.input_socket != inputs.socket:
         raise PantherError(f"{spec.path}: is for input socket '{spec.input_socket}', but the input is "
                            f"'{inputs.socket}'")
+    backend = choose_backend(backend, spec, mode)
     weights_root = resolve_weights_root(spec, weights)
-    check_against_weights(spec, weights_root)
+    check_against_weights(spec, weights_root, backend)
     with timer.stage("verify"):
-        if verify_manifest(weights_root, member_files(spec, weights_root)):
+        if verify_manifest(weights_root, member_files(spec, weights_root, backend)):
             log(f"weights match {weights_root / MANIFEST_NAME}")
     headers = {file: check_image(file) for file in inputs.files}
     check_writable(output_path(output_dir, spec.output_socket, inputs.files[0]).parent)
@@ -87,7 +108,7 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     seconds = budget_seconds(budget, spec.budget_seconds)
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(inputs.files)} image(s)")
 
-    model = Ensemble.load(spec, weights_root, torch_device, timer, mode)
+    model = Ensemble.load(spec, weights_root, torch_device, timer, mode, backend)
     for file, (shape, spacing) in headers.items():
         check_memory(file, model.peak_bytes(shape, spacing))
     written = []

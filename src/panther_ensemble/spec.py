@@ -18,10 +18,12 @@ from .errors import PantherError
 APP_DIR = Path(os.environ.get("PANTHER_APP_DIR", Path(__file__).resolve().parents[2]))
 GC_MODEL_DIR = Path("/opt/ml/model")
 
-TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "budget_seconds", "member"}
+TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "budget_seconds", "backend", "member"}
 MEMBER_KEYS = {"model", "fold", "checkpoint", "weight"}
 REQUIRED_TOP = ("input_socket", "output_socket", "tumor_label")
 REQUIRED_MEMBER = ("model", "fold", "checkpoint")
+# torch: the checkpoints, run by PyTorch; onnxruntime: the members exported by `panther-ensemble export-onnx`
+BACKENDS = ("torch", "onnxruntime")
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,13 @@ class MemberSpec:
     def checkpoint_path(self, weights_root: Path) -> Path:
         return weights_root / self.model / f"fold_{self.fold}" / self.checkpoint
 
+    def onnx_path(self, weights_root: Path) -> Path:
+        """Where export-onnx writes this member: beside its checkpoint, named after it."""
+        return self.checkpoint_path(weights_root).with_suffix(".onnx")
+
+    def network_file(self, weights_root: Path, backend: str) -> Path:
+        return self.onnx_path(weights_root) if backend == "onnxruntime" else self.checkpoint_path(weights_root)
+
 
 @dataclass(frozen=True)
 class EnsembleSpec:
@@ -47,6 +56,7 @@ class EnsembleSpec:
     tumor_label: int
     members: tuple[MemberSpec, ...]
     budget_seconds: float | None = None  # per case; None: the GC default
+    backend: str | None = None  # None: the command line's choice, else torch
 
 
 def _unknown_key_error(path: Path, where: str, key: str, known: set[str]) -> PantherError:
@@ -83,6 +93,10 @@ def load_spec(path: Path) -> EnsembleSpec:
     if budget is not None and (_expect(path, "the top level", "budget_seconds", budget, (int, float),
                                        "a number of seconds") <= 0):
         raise PantherError(f"{path}: 'budget_seconds' must be positive, got {budget}")
+    backend = raw.get("backend")
+    if backend is not None and _expect(path, "the top level", "backend", backend, str, "a backend name") \
+            not in BACKENDS:
+        raise PantherError(f"{path}: 'backend' must be one of {', '.join(BACKENDS)}, got '{backend}'")
     entries = raw.get("member", [])
     if not isinstance(entries, list) or not entries:
         raise PantherError(f"{path}: needs at least one [[member]] table")
@@ -109,7 +123,7 @@ def load_spec(path: Path) -> EnsembleSpec:
             raise PantherError(f"{path}: 'model' in {where} must be a relative path under the weights root")
         members.append(MemberSpec(model, fold, checkpoint, float(weight)))
     return EnsembleSpec(path, raw["input_socket"], raw["output_socket"], tumor_label, tuple(members),
-                        None if budget is None else float(budget))
+                        None if budget is None else float(budget), backend)
 
 
 def _load_json(path: Path) -> dict:
@@ -122,19 +136,26 @@ def _load_json(path: Path) -> dict:
         raise PantherError(f"{path}: not valid JSON ({e})") from None
 
 
-def check_against_weights(spec: EnsembleSpec, weights_root: Path) -> None:
-    """Every member's folder, fold and checkpoint exist; all members share one label map holding tumor_label."""
+def check_against_weights(spec: EnsembleSpec, weights_root: Path, backend: str = "torch") -> None:
+    """Every member's folder, fold and network file (checkpoint, or ONNX model for the onnxruntime backend) exist;
+    all members share one label map holding tumor_label."""
     first_labels: dict | None = None
     for member in spec.members:
         folder = weights_root / member.model
         if not folder.is_dir():
             raise PantherError(f"{spec.path}: model folder '{member.model}' not found under {weights_root}")
-        checkpoint = member.checkpoint_path(weights_root)
-        if not checkpoint.parent.is_dir():
+        network_file = member.network_file(weights_root, backend)
+        if not network_file.parent.is_dir():
             raise PantherError(f"{spec.path}: fold {member.fold} of '{member.model}' not found "
-                               f"({checkpoint.parent} is missing)")
-        if not checkpoint.is_file():
-            raise PantherError(f"{spec.path}: checkpoint '{member.checkpoint}' not found in {checkpoint.parent}")
+                               f"({network_file.parent} is missing)")
+        if backend == "onnxruntime" and not network_file.is_file():
+            raise PantherError(f"{spec.path}: ONNX model '{network_file.name}' not found in {network_file.parent} "
+                               "(the onnxruntime backend runs members written by `panther-ensemble export-onnx`)")
+        if not network_file.is_file():
+            hint = " (this folder holds ONNX models: use --backend onnxruntime)" \
+                if member.onnx_path(weights_root).is_file() else ""
+            raise PantherError(f"{spec.path}: checkpoint '{member.checkpoint}' not found in {network_file.parent}"
+                               f"{hint}")
         dataset = _load_json(folder / "dataset.json")
         plans = _load_json(folder / "plans.json")
         labels = dataset.get("labels")
@@ -156,12 +177,15 @@ def check_against_weights(spec: EnsembleSpec, weights_root: Path) -> None:
                                f"{labels}, '{spec.members[0].model}' has {first_labels}")
 
 
-def member_files(spec: EnsembleSpec, weights_root: Path) -> list[Path]:
-    """Every file the ensemble reads from the weights root."""
+def member_files(spec: EnsembleSpec, weights_root: Path, backend: str = "torch") -> list[Path]:
+    """Every file the ensemble reads from the weights root (an ONNX model's external weights included)."""
     files = []
     for member in spec.members:
         folder = weights_root / member.model
-        files += [folder / "plans.json", folder / "dataset.json", member.checkpoint_path(weights_root)]
+        network_file = member.network_file(weights_root, backend)
+        external = network_file.with_name(network_file.name + ".data")
+        files += [folder / "plans.json", folder / "dataset.json", network_file] + ([external] if
+                                                                                   external.is_file() else [])
     return list(dict.fromkeys(files))
 
 

@@ -1,0 +1,147 @@
+"""`panther-ensemble export-onnx`: every member of a spec as an ONNX model, in a weights root of its own.
+
+The output folder mirrors the weights root (plans.json and dataset.json per model folder) with
+`fold_<f>/<checkpoint stem>.onnx` beside where the checkpoint was, the spec with `backend = "onnxruntime"`,
+`onnx_manifest.json` (member, fold, checkpoint, files with sha256, opset, the check against torch) and
+`weights.sha256`, which predict verifies. So `--weights OUT --ensemble OUT/<spec>` runs the ONNX members, and
+the folder is what a GC model tarball of ONNX members holds. It is built in a hidden sibling folder and renamed
+into place at the end: a failed export leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import io
+import json
+import os
+import re
+import shutil
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+from .errors import PantherError
+from .manifest import sha256, write_manifest
+from .members import Member, load_member
+from .onnx_network import INPUT_NAME, OUTPUT_NAME, OnnxNetwork
+from .spec import EnsembleSpec, check_against_weights, load_spec
+from .timing import log
+
+DEFAULT_OPSET = 18
+EXTERNAL_DATA_BYTES = 100 * 2 ** 20  # larger networks keep their weights in <model>.onnx.data (ResEncL: 409 MB)
+ONNX_MANIFEST = "onnx_manifest.json"
+
+
+def export_network(network: torch.nn.Module, input_shape: list[int], target: Path, opset: int,
+                   metadata: dict[str, str]) -> None:
+    """torch.export-based ONNX export with a dynamic batch axis and the plans' fixed patch, checked by onnx's
+    checker (the file path form, which follows external weights)."""
+    import onnx
+
+    parameter_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
+    example = torch.zeros(2, *input_shape)  # batch 2: an example batch of 1 would fix the axis at 1
+    try:  # the exporter narrates its steps on stdout and warns about its own internals: neither is the user's
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(network, (example,), dynamo=True, opset_version=opset,
+                                        input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                                        verbose=False)
+    except Exception as e:  # the exporter raises many types; the first line says what failed
+        raise PantherError(f"ONNX export failed ({str(e).strip().splitlines()[0][:200]})") from None
+    program.model.metadata_props.update(metadata)
+    program.save(target, external_data=parameter_bytes > EXTERNAL_DATA_BYTES)
+    onnx.checker.check_model(str(target), full_check=True)
+
+
+def max_difference(network: torch.nn.Module, exported: OnnxNetwork, input_shape: list[int]) -> float:
+    """The largest logit difference between torch and ONNX Runtime on one random tile (CPU, fp32)."""
+    tile = torch.randn((1, *input_shape), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = network(tile)
+    return float((exported(tile) - expected).abs().max()) / max(1.0, float(expected.abs().max()))
+
+
+def spec_text_with_backend(text: str, backend: str) -> str:
+    """The spec's text with its top-level `backend` set: replaced where it is, else added before the first
+    table."""
+    line = f'backend = "{backend}"'
+    first_table = re.search(r"^[ \t]*\[", text, flags=re.MULTILINE)
+    head, tail = (text[:first_table.start()], text[first_table.start():]) if first_table else (text, "")
+    if re.search(r"^backend\s*=.*$", head, flags=re.MULTILINE):
+        return re.sub(r"^backend\s*=.*$", line, head, count=1, flags=re.MULTILINE) + tail
+    return head + line + "\n\n" + tail
+
+
+def _export_member(member: Member, weights_root: Path, out: Path, opset: int, verify: bool) -> dict:
+    spec = member.spec
+    target = spec.onnx_path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    for name in ("plans.json", "dataset.json"):
+        shutil.copy(member.folder / name, out / spec.model / name)
+    input_shape = member.input_shape
+    source = spec.checkpoint_path(weights_root)
+    source_sha256 = sha256(source)
+    try:  # errors name the member: the files are in a staging folder the user never sees
+        export_network(member.network, input_shape, target, opset, {
+            "panther_member": spec.name, "trainer_name": member.trainer_name,
+            "configuration": member.configuration_name, "source_sha256": source_sha256})
+    except PantherError as e:
+        raise PantherError(f"{spec.name}: {e}") from None
+    entry = {"member": spec.name, "model": spec.model, "fold": spec.fold, "checkpoint": spec.checkpoint,
+             "onnx": target.relative_to(out).as_posix(), "source_sha256": source_sha256,
+             "input_shape": ["batch", *input_shape], "opset": opset}
+    if verify:
+        entry["max_relative_difference"] = max_difference(member.network, OnnxNetwork(target, torch.device("cpu")),
+                                                          input_shape)
+        if entry["max_relative_difference"] > 1e-3:
+            raise PantherError(f"{spec.name}: the exported model's logits differ from the checkpoint's by "
+                               f"{entry['max_relative_difference']:.2g} (relative), more than 1e-3")
+    entry["files"] = {f.relative_to(out).as_posix(): sha256(f) for f in sorted(target.parent.glob(target.name + "*"))}
+    return entry
+
+
+def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: int = DEFAULT_OPSET,
+                    verify: bool = True) -> Path:
+    """Export every member of the spec into `out` (which must not exist or be empty); returns the written
+    spec. With `verify`, each model is run by ONNX Runtime on a random tile against the checkpoint's network."""
+    import onnx
+
+    if opset < 17:
+        raise PantherError(f"--opset must be at least 17 (LayerNormalization and the exporter's ops), got {opset}")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise PantherError(f"{out}: exists and is not an empty folder; export-onnx writes a new one")
+    check_against_weights(spec, weights_root)
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        entries = []
+        for index, member_spec in enumerate(spec.members, start=1):
+            started = time.perf_counter()
+            member = load_member(weights_root, member_spec)
+            entries.append(_export_member(member, weights_root, staging, opset, verify))
+            check = (f", logits within {entries[-1]['max_relative_difference']:.1e} of torch's"
+                     if verify else "")
+            log(f"[{index}/{len(spec.members)}] {member_spec.name} -> {entries[-1]['onnx']} in "
+                f"{time.perf_counter() - started:.1f}s{check}")
+        written_spec = staging / spec.path.name
+        written_spec.write_text(spec_text_with_backend(spec.path.read_text(), "onnxruntime"))
+        load_spec(written_spec)  # still a valid spec
+        (staging / ONNX_MANIFEST).write_text(json.dumps({
+            "spec": spec.path.name, "backend": "onnxruntime", "opset": opset, "torch": torch.__version__,
+            "onnx": onnx.__version__, "created": datetime.datetime.now().isoformat(timespec="seconds"),
+            "members": entries}, indent=2) + "\n")
+        write_manifest(staging)
+        if out.exists():
+            out.rmdir()
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out / spec.path.name

@@ -1,0 +1,106 @@
+"""A member exported to ONNX, run by ONNX Runtime where predict runs a torch network: tiles in, logits out.
+
+The session is bound to its device when it is made: the CPU provider on a CPU; on CUDA, TensorRT where its
+libraries are installed (fp16, engines cached under $PANTHER_TRT_CACHE), then the CUDA provider. On CUDA
+the tiles and logits stay on the device (I/O binding to torch's memory), so the sliding window is unchanged.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import PantherError
+
+INPUT_NAME, OUTPUT_NAME = "image", "logits"
+# what export-onnx writes into each model's metadata, and load_member reads back
+METADATA_KEYS = ("panther_member", "trainer_name", "configuration", "source_sha256")
+TRT_CACHE_DEFAULT = "/tmp/panther-trt-cache"
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError:
+        raise PantherError("the onnxruntime backend needs ONNX Runtime: pip install 'panther-ensemble[onnx]' "
+                           "(onnxruntime-gpu for CUDA)") from None
+    return onnxruntime
+
+
+def _tensorrt_installed() -> bool:
+    """onnxruntime-gpu lists the TensorRT provider whether or not TensorRT itself is there to load."""
+    for name in ("libnvinfer.so.10", "libnvinfer.so.8"):
+        try:
+            ctypes.CDLL(name)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def providers(device: torch.device) -> list:
+    """Execution providers for the device, fastest first."""
+    if device.type == "cpu":
+        return ["CPUExecutionProvider"]
+    ort = import_onnxruntime()
+    available = ort.get_available_providers()
+    if "CUDAExecutionProvider" not in available:
+        raise PantherError(f"the onnxruntime backend on {device}: this ONNX Runtime has no CUDA provider (it has "
+                           f"{', '.join(available)}); install onnxruntime-gpu, or use --device cpu")
+    index = device.index or 0
+    chosen: list = []
+    if "TensorrtExecutionProvider" in available and _tensorrt_installed():
+        cache = os.environ.get("PANTHER_TRT_CACHE", TRT_CACHE_DEFAULT)
+        os.makedirs(cache, exist_ok=True)
+        chosen.append(("TensorrtExecutionProvider", {
+            "device_id": index, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": cache, "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}))
+    return [*chosen, ("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+
+
+class OnnxNetwork:
+    """Called like the member's torch network on a (tiles, channels, *patch) float tensor."""
+
+    def __init__(self, path: Path, device: torch.device) -> None:
+        ort = import_onnxruntime()
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = torch.get_num_threads()
+        options.log_severity_level = 3  # errors only: GC shows anything on stderr as a warning
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers(device))
+        except PantherError:
+            raise
+        except Exception as e:  # ONNX Runtime raises its own exception types for unreadable models
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+            raise PantherError(f"{path}: not a loadable ONNX model ({reason})") from None
+        self.path, self.device = path, device
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if [i.name for i in inputs] != [INPUT_NAME] or [o.name for o in outputs] != [OUTPUT_NAME]:
+            raise PantherError(f"{path}: not a member written by export-onnx (inputs {[i.name for i in inputs]}, "
+                               f"outputs {[o.name for o in outputs]}; expected ['{INPUT_NAME}'] and "
+                               f"['{OUTPUT_NAME}'])")
+        self.input_shape = inputs[0].shape  # (batch, channels, *patch); batch is symbolic
+        self.num_classes = outputs[0].shape[1]
+
+    def to(self, device: torch.device) -> OnnxNetwork:
+        """The session's device is fixed when it is made; tiles arrive there already."""
+        return self
+
+    def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
+        tiles = tiles.float().contiguous()
+        if self.device.type == "cpu":
+            return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: tiles.numpy()})[0])
+        logits = torch.empty((tiles.shape[0], self.num_classes, *tiles.shape[2:]), device=tiles.device)
+        binding = self.session.io_binding()
+        index = self.device.index or 0
+        binding.bind_input(INPUT_NAME, "cuda", index, np.float32, tuple(tiles.shape), tiles.data_ptr())
+        binding.bind_output(OUTPUT_NAME, "cuda", index, np.float32, tuple(logits.shape), logits.data_ptr())
+        torch.cuda.current_stream(tiles.device).synchronize()  # the tile is written before ONNX Runtime reads it
+        self.session.run_with_iobinding(binding)  # returns once the providers are synchronized
+        return logits
