@@ -15,7 +15,8 @@ done
 # blosc2's pydantic is left out: nothing the benchmark runs imports it, and the carry is tight
 for version in 3.12 3.13; do
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version $version --implementation cp \
-        "${platforms[@]}" -d .whl blosc2==4.14.1 ndindex==1.10.1 numexpr==2.14.2 simpleitk==2.5.7
+        "${platforms[@]}" -d .whl blosc2==4.14.1 ndindex==1.10.1 numexpr==2.14.2 simpleitk==2.5.7 \
+        connected-components-3d==4.1.1
 done
 # pure-Python packages (some are published as source only): built here into py3-none-any wheels
 python3 -m pip wheel -q --no-deps -w .whl nnunetv2==2.8.1 dynamic-network-architectures==0.4.4 acvl-utils==0.2.6 \

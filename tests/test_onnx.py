@@ -271,3 +271,20 @@ def test_check_against_weights_looks_for_the_backends_file(demo_onnx):
     check_against_weights(spec, demo_onnx["task2"], "onnxruntime")
     with pytest.raises(PantherError, match="use --backend onnxruntime"):
         check_against_weights(spec, demo_onnx["task2"], "torch")
+
+
+def test_onnx_runtime_out_of_memory_takes_predicts_fallback(synthetic_onnx):
+    """ONNX Runtime reports a failed allocation as its own error; the network raises torch's, so that
+    predict's out-of-memory fallback applies to both backends."""
+    from onnxruntime.capi.onnxruntime_pybind11_state import RuntimeException
+
+    member = load_member(synthetic_onnx, load_spec(synthetic_onnx / "mixed.toml").members[1], "onnxruntime")
+
+    class FullDevice:
+        def run(self, *args):
+            raise RuntimeException("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for "
+                                   "requested buffer of size 1073741824")
+
+    member.network.session = FullDevice()
+    with pytest.raises(torch.OutOfMemoryError, match="ONNX Runtime: .*Failed to allocate memory"):
+        member.network(torch.zeros(1, *member.input_shape))

@@ -93,7 +93,15 @@ class OnnxNetwork:
         return self
 
     def __call__(self, tiles: torch.Tensor) -> torch.Tensor:
-        tiles = tiles.float().contiguous()
+        try:
+            return self._run(tiles.float().contiguous())
+        except Exception as e:  # ONNX Runtime's own exception types derive from Exception only
+            if "Failed to allocate memory" in str(e) or "out of memory" in str(e).lower():
+                # as torch's: predict's fallback (fewer networks at once, host accumulation) takes it from here
+                raise torch.OutOfMemoryError(f"ONNX Runtime: {str(e).splitlines()[0][:200]}") from e
+            raise
+
+    def _run(self, tiles: torch.Tensor) -> torch.Tensor:
         if self.device.type == "cpu":
             return torch.from_numpy(self.session.run([OUTPUT_NAME], {INPUT_NAME: tiles.numpy()})[0])
         logits = torch.empty((tiles.shape[0], self.num_classes, *tiles.shape[2:]), device=tiles.device)
