@@ -110,5 +110,6 @@ class OnnxNetwork:
         binding.bind_input(INPUT_NAME, "cuda", index, np.float32, tuple(tiles.shape), tiles.data_ptr())
         binding.bind_output(OUTPUT_NAME, "cuda", index, np.float32, tuple(logits.shape), logits.data_ptr())
         torch.cuda.current_stream(tiles.device).synchronize()  # the tile is written before ONNX Runtime reads it
-        self.session.run_with_iobinding(binding)  # returns once the providers are synchronized
+        self.session.run_with_iobinding(binding)
+        binding.synchronize_outputs()  # the logits are written before torch's stream reads them
         return logits
