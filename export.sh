@@ -89,16 +89,16 @@ if [[ $do_models == 1 ]]; then
         task="$(basename "$spec" .toml)"
         stage="$work/$task"
         mkdir "$stage"
-        if ((onnx)); then echo "== model-$task.tar.gz from $spec, members as ONNX models"
-        else echo "== model-$task.tar.gz from $spec"; fi
         mounts=(-v "$PWD/ensemble:/in/ensemble:ro" -v "$PWD/weights:/in/weights:ro" -v "$stage:/stage")
         if ((onnx)); then
+            echo "== model-$task.tar.gz from $spec, members as ONNX models"
             # export-onnx writes a new folder beside which it stages: /stage/model, then tar that
             docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python --env PYTHONPATH=/opt/app/src \
                 "${mounts[@]}" "$tag" -m panther_ensemble.cli export-onnx --ensemble "/in/ensemble/$task.toml" \
                 --weights /in/weights --out /stage/model
             stage="$stage/model"
         else
+            echo "== model-$task.tar.gz from $spec"
             docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python "${mounts[@]}" \
                 "$tag" -c "$STRIP_PY" "/in/ensemble/$task.toml" /in/weights /stage
         fi

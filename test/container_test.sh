@@ -191,29 +191,32 @@ for task in "${tasks[@]}"; do
 done
 
 # --- 4. weights only from the model tarball, at /opt/ml/model
-./export.sh --tag "$TAG" --out "$work/export" --models-only
-for task in "${tasks[@]}"; do
-    echo "== $task: model-$task.tar.gz at /opt/ml/model, image without weights ($TAG_NO_WEIGHTS)"
-    model="$work/model-$task"
-    mkdir "$model"
-    tar -xzf "$work/export/model-$task.tar.gz" -C "$model"
-    gc_run "$task-tarball" "$TAG_NO_WEIGHTS" "$repo/test/input/$task" --volume "$model:/opt/ml/model:ro"
-    grep -q "/opt/ml/model/$task.toml" "$work/$task-tarball/stdout" \
-        || { show_logs "$task-tarball"; fail "$task-tarball: the spec was not taken from /opt/ml/model"; }
-    check_case "$task-tarball" "$task"
-done
-./export.sh --tag "$TAG" --out "$work/export-onnx" --models-only --onnx
-for task in "${tasks[@]}"; do
-    echo "== $task: model-$task.tar.gz with ONNX members at /opt/ml/model ($TAG_NO_WEIGHTS, onnxruntime backend)"
-    model="$work/model-$task-onnx"
-    mkdir "$model"
-    tar -xzf "$work/export-onnx/model-$task.tar.gz" -C "$model"
-    [[ -z "$(find "$model" -name '*.pth')" ]] || fail "the ONNX tarball of $task holds checkpoints"
-    gc_run "$task-onnx" "$TAG_NO_WEIGHTS" "$repo/test/input/$task" --volume "$model:/opt/ml/model:ro"
-    grep -q "members (onnxruntime) from /opt/ml/model" "$work/$task-onnx/stdout" \
-        || { show_logs "$task-onnx"; fail "$task-onnx: the members did not run on ONNX Runtime from /opt/ml/model"; }
-    check_case "$task-onnx" "$task"
-done
+# tarball_runs KIND BACKEND [export.sh options...]: export the model tarballs and run the weightless image on
+# each task with its tarball at /opt/ml/model; the log must show the spec and the members loaded from there by
+# BACKEND, and the masks must match. ONNX tarballs must hold no checkpoint.
+tarball_runs() {
+    local kind="$1" backend="$2" task name model
+    shift 2
+    ./export.sh --tag "$TAG" --out "$work/export-$kind" --models-only "$@"
+    for task in "${tasks[@]}"; do
+        name="$task-$kind"
+        echo "== $task: model-$task.tar.gz ($backend members) at /opt/ml/model, image without weights ($TAG_NO_WEIGHTS)"
+        model="$work/model-$name"
+        mkdir "$model"
+        tar -xzf "$work/export-$kind/model-$task.tar.gz" -C "$model"
+        if [[ $backend == onnxruntime && -n "$(find "$model" -name '*.pth')" ]]; then
+            fail "the ONNX tarball of $task holds checkpoints"
+        fi
+        gc_run "$name" "$TAG_NO_WEIGHTS" "$repo/test/input/$task" --volume "$model:/opt/ml/model:ro"
+        grep -q "/opt/ml/model/$task.toml" "$work/$name/stdout" \
+            || { show_logs "$name"; fail "$name: the spec was not taken from /opt/ml/model"; }
+        grep -q "members ($backend) from /opt/ml/model" "$work/$name/stdout" \
+            || { show_logs "$name"; fail "$name: the members were not loaded by $backend from /opt/ml/model"; }
+        check_case "$name" "$task"
+    done
+}
+tarball_runs tarball torch
+tarball_runs onnx onnxruntime --onnx
 
 # --- 5. failures: exit 1, one 'error:' line on stderr, no output file
 expect_failure() {  # NAME WHAT IMAGE INPUT [docker options...]

@@ -169,10 +169,11 @@ def run_ours(setup: Setup, device: torch.device, output: Path, backend: str = "t
     from .run import predict_folder
 
     timer = StageTimer()
-    spec = setup.onnx_spec if backend == "onnxruntime" else setup.spec
-    written = predict_folder(setup.input_dir, output / "ours", ensemble=spec, weights=spec.parent if
-                             backend == "onnxruntime" else setup.weights, device=device.type, budget=0,
-                             backend=backend, timer=timer)
+    # export-onnx writes the spec into the weights root it makes
+    spec, weights = (setup.onnx_spec, setup.onnx_spec.parent) if backend == "onnxruntime" else \
+        (setup.spec, setup.weights)
+    written = predict_folder(setup.input_dir, output / "ours", ensemble=spec, weights=weights, device=device.type,
+                             budget=0, backend=backend, timer=timer)
     return timer, sitk.GetArrayFromImage(sitk.ReadImage(str(written[0])))
 
 

@@ -66,9 +66,14 @@ class Member:
 
     @property
     def input_shape(self) -> list[int]:
-        """(channels, *patch) of one tile."""
-        channels = determine_num_input_channels(self.plans_manager, self.configuration_manager, self.dataset_json)
-        return [channels, *self.configuration_manager.patch_size]
+        return tile_shape(self.plans_manager, self.configuration_manager, self.dataset_json)
+
+
+def tile_shape(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+               dataset_json: dict) -> list[int]:
+    """(channels, *patch) of one tile."""
+    channels = determine_num_input_channels(plans_manager, configuration_manager, dataset_json)
+    return [channels, *configuration_manager.patch_size]
 
 
 def _unsafe_globals(path: Path) -> list[str]:
@@ -181,23 +186,21 @@ def load_member(weights_root: Path, member: MemberSpec, backend: str = "torch",
     arch = plans["configurations"][configuration_name].get("architecture") or {}
     _check_importable_names(plans_path, arch)
 
-    if backend != "onnxruntime":
+    if backend == "onnxruntime":
+        _check_onnx_fits(network, tile_shape(plans_manager, configuration_manager, dataset_json),
+                         label_manager.num_segmentation_heads, plans_path)
+    else:
         network = _network_with_weights(plans_manager, configuration_manager, dataset_json,
                                         checkpoint["network_weights"],
                                         f"{member.checkpoint_path(weights_root)}: weights do not fit the "
-                                        f"architecture in {plans_path}")
-        network.eval()
-    loaded = Member(member, folder, trainer_name or "unknown", configuration_name, plans_manager,
-                    configuration_manager, dataset_json, label_manager, network)
-    if backend == "onnxruntime":
-        _check_onnx_fits(loaded, plans_path)
-    return loaded
+                                        f"architecture in {plans_path}").eval()
+    return Member(member, folder, trainer_name or "unknown", configuration_name, plans_manager,
+                  configuration_manager, dataset_json, label_manager, network)
 
 
-def _check_onnx_fits(member: Member, plans_path: Path) -> None:
+def _check_onnx_fits(network, input_shape: list[int], classes: int, plans_path: Path) -> None:
     """The exported model takes the plans' patch and channels and gives one output per label."""
-    network, classes = member.network, member.label_manager.num_segmentation_heads
-    if list(network.input_shape[1:]) != member.input_shape or network.num_classes != classes:
+    if list(network.input_shape[1:]) != input_shape or network.num_classes != classes:
         raise PantherError(f"{network.path}: the model takes {list(network.input_shape[1:])} and gives "
-                           f"{network.num_classes} classes, but {plans_path} asks for {member.input_shape} "
+                           f"{network.num_classes} classes, but {plans_path} asks for {input_shape} "
                            f"(channels, patch) and {classes} classes: exported from another model?")

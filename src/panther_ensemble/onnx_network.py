@@ -17,8 +17,6 @@ import torch
 from .errors import PantherError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
-# what export-onnx writes into each model's metadata, and load_member reads back
-METADATA_KEYS = ("panther_member", "trainer_name", "configuration", "source_sha256")
 TRT_CACHE_DEFAULT = "/tmp/panther-trt-cache"
 
 
@@ -44,9 +42,9 @@ def _tensorrt_installed() -> bool:
 
 def providers(device: torch.device) -> list:
     """Execution providers for the device, fastest first."""
+    ort = import_onnxruntime()
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
-    ort = import_onnxruntime()
     available = ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         raise PantherError(f"the onnxruntime backend on {device}: this ONNX Runtime has no CUDA provider (it has "

@@ -148,14 +148,8 @@ def check_against_weights(spec: EnsembleSpec, weights_root: Path, backend: str =
         if not network_file.parent.is_dir():
             raise PantherError(f"{spec.path}: fold {member.fold} of '{member.model}' not found "
                                f"({network_file.parent} is missing)")
-        if backend == "onnxruntime" and not network_file.is_file():
-            raise PantherError(f"{spec.path}: ONNX model '{network_file.name}' not found in {network_file.parent} "
-                               "(the onnxruntime backend runs members written by `panther-ensemble export-onnx`)")
         if not network_file.is_file():
-            hint = " (this folder holds ONNX models: use --backend onnxruntime)" \
-                if member.onnx_path(weights_root).is_file() else ""
-            raise PantherError(f"{spec.path}: checkpoint '{member.checkpoint}' not found in {network_file.parent}"
-                               f"{hint}")
+            raise PantherError(_missing_network_file(spec, member, weights_root, backend))
         dataset = _load_json(folder / "dataset.json")
         plans = _load_json(folder / "plans.json")
         labels = dataset.get("labels")
@@ -177,15 +171,26 @@ def check_against_weights(spec: EnsembleSpec, weights_root: Path, backend: str =
                                f"{labels}, '{spec.members[0].model}' has {first_labels}")
 
 
+def _missing_network_file(spec: EnsembleSpec, member: MemberSpec, weights_root: Path, backend: str) -> str:
+    """What is missing, and the command or option that fixes it."""
+    network_file = member.network_file(weights_root, backend)
+    if backend == "onnxruntime":
+        return (f"{spec.path}: ONNX model '{network_file.name}' not found in {network_file.parent} (the "
+                "onnxruntime backend runs members written by `panther-ensemble export-onnx`)")
+    hint = " (this folder holds ONNX models: use --backend onnxruntime)" if member.onnx_path(weights_root).is_file() \
+        else ""
+    return f"{spec.path}: checkpoint '{member.checkpoint}' not found in {network_file.parent}{hint}"
+
+
 def member_files(spec: EnsembleSpec, weights_root: Path, backend: str = "torch") -> list[Path]:
     """Every file the ensemble reads from the weights root (an ONNX model's external weights included)."""
     files = []
     for member in spec.members:
         folder = weights_root / member.model
         network_file = member.network_file(weights_root, backend)
-        external = network_file.with_name(network_file.name + ".data")
-        files += [folder / "plans.json", folder / "dataset.json", network_file] + ([external] if
-                                                                                   external.is_file() else [])
+        external = network_file.with_name(network_file.name + ".data")  # export-onnx's name for large weights
+        files += [folder / "plans.json", folder / "dataset.json", network_file]
+        files += [external] if external.is_file() else []
     return list(dict.fromkeys(files))
 
 
