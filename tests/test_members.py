@@ -108,6 +108,13 @@ def test_sha256_manifest_is_verified_when_present(workspace, tmp_path):
     write_manifest(root)
     assert verify_manifest(root, files)
     assert f"  {ALL_ROUNDER.model}/fold_1/checkpoint_best.pth" in (root / MANIFEST_NAME).read_text()
+    # digests the caller already has are written as given, the rest computed
+    plans = f"{ALL_ROUNDER.model}/plans.json"
+    write_manifest(root, known={plans: "0" * 64})
+    assert f"{'0' * 64}  {plans}\n" in (root / MANIFEST_NAME).read_text()
+    with pytest.raises(PantherError, match="plans.json: sha256 differs"):
+        verify_manifest(root, files)
+    write_manifest(root)
     files[-1].write_bytes(files[-1].read_bytes()[:-1] + b"x")
     with pytest.raises(PantherError, match="sha256 differs"):
         verify_manifest(root, files)

@@ -19,12 +19,15 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def write_manifest(root: Path) -> Path:
-    """List every file under root (but the manifest) with its sha256, relative paths, sorted."""
+def write_manifest(root: Path, known: dict[str, str] | None = None) -> Path:
+    """List every file under root (but the manifest) with its sha256, relative paths, sorted. `known` maps
+    relative paths to digests the caller already computed (a ResEncL's ONNX weights are 400 MB a member)."""
     root = Path(root)
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name != MANIFEST_NAME)
+    known = known or {}
+    names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and p.name != MANIFEST_NAME)
     manifest = root / MANIFEST_NAME
-    manifest.write_text("".join(f"{sha256(p)}  {p.relative_to(root).as_posix()}\n" for p in files))
+    manifest.write_text("".join(f"{known.get(name) or sha256(root / name)}  {name}\n" for name in names))
     return manifest
 
 

@@ -138,7 +138,7 @@ def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: in
             "spec": spec.path.name, "backend": "onnxruntime", "opset": opset, "torch": torch.__version__,
             "onnx": onnx.__version__, "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "members": entries}, indent=2) + "\n")
-        write_manifest(staging)
+        write_manifest(staging, known={name: digest for entry in entries for name, digest in entry["files"].items()})
         if out.exists():
             out.rmdir()
         staging.rename(out)
