@@ -22,13 +22,15 @@ def deadline_with(seconds, elapsed, rate=None) -> Deadline:
     return deadline
 
 
-def test_members_that_fit():
-    assert deadline_with(None, 1000, 1.0).members_that_fit(100, 5, 0, 0) == 5  # no budget
-    assert deadline_with(10, 0).members_that_fit(100, 5, 0, 0) == 5  # nothing measured yet
-    # 20 s left, 1 s for writing; 4 tiles left at 1 s per member-tile, 1 s to finish a member: k * 5 <= 19
-    assert deadline_with(30, 10, 1.0).members_that_fit(4, 5, 0, 0) == 3
-    assert deadline_with(30, 29, 1.0).members_that_fit(4, 5, 0, 0) == 1  # none fits: the first still completes
-    assert deadline_with(30, 29, 1.0).members_that_fit(4, 5, 0, 2) == 0  # ... unless one already did
+def test_member_fits():
+    assert deadline_with(None, 1000, 1.0).member_fits(100, 1)  # no budget
+    assert deadline_with(10, 0).member_fits(100, 1)  # nothing measured yet
+    # 20 s left: 1 s for writing, 1 s to finish the member, 18 s (less the test's own time) for tiles at 1 s each
+    assert deadline_with(30, 10, 1.0).member_fits(17, 1)
+    assert not deadline_with(30, 10, 1.0).member_fits(19, 1)
+    first = deadline_with(30, 29, 1.0)
+    assert first.member_fits(4, 0) and first.overrun  # it does not fit, but the first member always completes
+    assert not deadline_with(30, 29, 1.0).member_fits(4, 2)  # ... unless one already did
     assert not deadline_with(30, 29.5).another_group_fits(completed=1)
     assert deadline_with(30, 29.5).another_group_fits(completed=0)
 
@@ -36,14 +38,15 @@ def test_members_that_fit():
 def test_slow_warm_up_does_not_drop_members():
     """A GPU's first forwards are slow (kernel selection); they must not set the projected rate."""
     deadline = deadline_with(270, 5)
-    deadline.record_forward(8.0, warm_up=True)  # first tile of the first network
-    assert deadline.members_that_fit(99, 6, 1, 0) == 6  # 255 s left: the next forward fits
+    deadline.record_forward(8.0, warm_up=True)  # first tile of the first member
+    assert deadline.member_fits(99, 0) and not deadline.overrun  # 263 s left: the next forward fits
     deadline.record_forward(0.3, warm_up=False)
-    assert deadline.members_that_fit(98, 6, 0, 0) == 6  # 98 tiles x 0.3 s x 6 = 176 s < 264 s
+    assert deadline.member_fits(98, 1)  # 98 tiles x 0.3 s; at the warm-up's 8 s they would not fit
     # but a forward that cannot end in time is not started, even while warming up
     late = deadline_with(10, 5)
     late.record_forward(6.0, warm_up=True)
-    assert late.members_that_fit(10, 6, 2, 1) == 2
+    assert not late.member_fits(10, 1)
+    assert late.member_fits(0, 1)  # its tiles done: finishing it fits
 
 
 def test_budget_resolution():
@@ -69,16 +72,15 @@ def test_output_before_the_budget_when_the_ensemble_needs_ten_times_more(workspa
     members = [(config, fold, checkpoint, 1.0) for config in (ALL_ROUNDER, VOLUME, BOUNDARY)
                for fold in config.folds for checkpoint in config.checkpoints]
     spec = syn.write_spec(tmp_path / "many.toml", members)
-    original = pipeline.load_member
+    original = pipeline.load_network
     loaded = []
 
-    def slow_member(weights_root, member, backend, device):
-        result = original(weights_root, member, backend, device)
-        result.network = SlowNetwork(result.network, 0.05 if not loaded else 1.0)
-        loaded.append(result)
-        return result
+    def slow_network(member, device):
+        network = SlowNetwork(original(member, device), 0.05 if not loaded else 1.0)
+        loaded.append(network)
+        return network
 
-    monkeypatch.setattr(pipeline, "load_member", slow_member)
+    monkeypatch.setattr(pipeline, "load_network", slow_network)
     input_dir = gc_input(tmp_path, "abdominal-t1-mri", {"case.mha": dict(shape_zyx=(16, 60, 70),
                                                                         spacing_xyz=(0.8, 0.8, 3.0), seed=5)})
     budget = 6.0

@@ -12,6 +12,8 @@ import pytest
 import SimpleITK as sitk
 from conftest import gc_input, read_mask
 
+from panther_ensemble.spec import load_spec
+
 REPO = Path(__file__).resolve().parents[1]
 T1 = "abdominal-t1-mri"
 OUTPUT_FOLDER = Path("images") / "pancreatic-tumor-segmentation"
@@ -57,7 +59,7 @@ def test_gc_run_with_default_spec_and_weights(app_dir, tmp_path):
     result = run(["inference.py", "--input", str(input_dir), "--output", str(output)], app_dir)
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # GC shows anything on stderr as a warning
-    assert result.stdout.count("loaded 6 members") == 1  # models loaded once for both images
+    assert result.stdout.count("loading 6 members") == 1  # models loaded once for both images
     assert "\r" not in result.stdout
     assert result.stdout.strip().splitlines()[-1].startswith("timing: verify")
     for name in ("case-a", "case-b"):
@@ -82,13 +84,27 @@ def test_one_bad_file_among_several_writes_nothing(app_dir, tmp_path):
     assert_fails_cleanly(result, "zz-flat.mha: expected a 3-D image, got 2-D", output)
 
 
+def test_unreadable_checkpoint_of_a_later_member_fails_cleanly(app_dir, tmp_path):
+    """Networks load in the background while the first members predict: a broken one still ends the run with
+    one error line and no output."""
+    app = tmp_path / "app"
+    shutil.copytree(app_dir, app)
+    last = load_spec(app / "ensemble" / "task1.toml").members[-1]
+    last.checkpoint_path(app / "weights").write_bytes(b"truncated")
+    input_dir = gc_input(tmp_path, T1, {"good.mha": dict(shape_zyx=(10, 30, 34), spacing_xyz=(1, 1, 3), seed=1)})
+    output = tmp_path / "output"
+    result = run(["inference.py", "--input", str(input_dir), "--output", str(output)], app)
+    assert_fails_cleanly(result, f"{last.checkpoint}: not a readable PyTorch checkpoint", output)
+    assert "forward in" in result.stdout  # the first members ran before the broken one was reached
+
+
 def test_unwritable_output_fails_before_predicting(app_dir, tmp_path):
     input_dir = gc_input(tmp_path, T1, {"good.mha": dict(shape_zyx=(10, 30, 34), spacing_xyz=(1, 1, 3), seed=1)})
     output = tmp_path / "output"
     output.write_text("a file where the output folder should be")
     result = run(["inference.py", "--input", str(input_dir), "--output", str(output)], app_dir)
     assert result.returncode == 1 and "output folder is not writable" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1 and "loaded" not in result.stdout
+    assert len(result.stderr.strip().splitlines()) == 1 and "loading" not in result.stdout
 
 
 def test_unknown_socket(app_dir, tmp_path):

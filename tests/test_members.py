@@ -55,6 +55,7 @@ def test_checkpoint_with_code_payload_is_refused_and_never_runs(tmp_path):
 
 @pytest.mark.parametrize("content, expected", [
     (b"not a checkpoint", "not a readable PyTorch checkpoint"),
+    (b"truncated", "not a readable PyTorch checkpoint"),
     (None, "not an nnU-Net checkpoint"),
 ])
 def test_unreadable_checkpoints(tmp_path, content, expected):
@@ -91,6 +92,16 @@ def edit_plans(root, change) -> None:
 def test_plans_problems(copied, change, expected):
     edit_plans(copied, change)
     with pytest.raises(PantherError, match=expected):
+        load_member(copied, member(ALL_ROUNDER))
+
+
+def test_checkpoint_of_another_configuration_is_refused(copied):
+    path = member(ALL_ROUNDER).checkpoint_path(copied)
+    checkpoint = torch.load(path, weights_only=False)
+    checkpoint["init_args"]["configuration"] = "3d_lowres"
+    torch.save(checkpoint, path)
+    with pytest.raises(PantherError, match="trained with configuration '3d_lowres', but its folder .* names "
+                                           "'3d_fullres'"):
         load_member(copied, member(ALL_ROUNDER))
 
 

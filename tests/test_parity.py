@@ -67,7 +67,7 @@ def test_each_member_probabilities_match_stock(workspace, tmp_path):
     for member_spec in spec.members:
         member = load_member(workspace.weights, member_spec)
         prepared = preprocess(image, member)
-        logits, = sliding_window_logits(prepared.data, [member.network], member.configuration_manager.patch_size,
+        logits = sliding_window_logits(prepared.data, member.network, member.configuration_manager.patch_size,
                                         3, torch.device("cpu"))
         stock = stock_member_probabilities(image_file, workspace.weights, member_spec)
         exact = probabilities_on_input_grid(logits, member, prepared.properties, "exact").numpy()

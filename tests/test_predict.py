@@ -6,7 +6,7 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from panther_ensemble.predict import sliding_window_logits, tile_slicers, tiles_per_forward
+from panther_ensemble.predict import sliding_window_logits, tile_count, tile_slicers, tiles_per_forward
 
 
 def test_tiles_per_forward():
@@ -28,23 +28,40 @@ def small_network(seed: int) -> torch.nn.Module:
 @pytest.mark.parametrize("batch", [2, 4])
 def test_batched_tiles_equal_one_tile_at_a_time(batch):
     data = torch.randn(1, 30, 40, 45, generator=torch.Generator().manual_seed(3))
-    networks = [small_network(1), small_network(2)]
+    network = small_network(1)
     calls = []
 
-    def on_forward(tiles, total, finished, active, seconds):
-        calls.append((tiles, finished))
-        return active
+    def on_forward(tiles, total, seconds):
+        calls.append((tiles, total))
+        return True
 
-    one = sliding_window_logits(data, networks, (16, 32, 32), 3, torch.device("cpu"))
-    batched = sliding_window_logits(data, networks, (16, 32, 32), 3, torch.device("cpu"), on_forward, batch)
-    for a, b in zip(one, batched, strict=True):
-        assert a.dtype == b.dtype == torch.half and a.shape == (3, 30, 40, 45)
-        # oneDNN's float sums differ from the reference loop's in the last bits, which the fp16 accumulation
-        # of overlapping tiles rounds to a few fp16 steps at most (0.002 each near 2.0)
-        difference = (a.float() - b.float()).abs()
-        assert difference.max() < 0.02 and difference.mean() < 1e-4
-        assert (a.argmax(0) != b.argmax(0)).float().mean() <= 0.0005  # DESIGN.md's voxel bound
-    tiles = len(tile_slicers(data.shape[1:], (16, 32, 32)))
-    assert tiles > batch  # several batches, the last one possibly partial
-    covered = [t for r, finished in calls if finished == 2 for t in r]
-    assert covered == list(range(tiles)) and all(len(r) <= batch for r, _ in calls)
+    one = sliding_window_logits(data, network, (16, 32, 32), 3, torch.device("cpu"))
+    batched = sliding_window_logits(data, network, (16, 32, 32), 3, torch.device("cpu"), on_forward, batch)
+    assert one.dtype == batched.dtype == torch.half and one.shape == (3, 30, 40, 45)
+    # oneDNN's float sums differ from the reference loop's in the last bits, which the fp16 accumulation of
+    # overlapping tiles rounds to a few fp16 steps at most (0.002 each near 2.0)
+    difference = (one.float() - batched.float()).abs()
+    assert difference.max() < 0.02 and difference.mean() < 1e-4
+    assert (one.argmax(0) != batched.argmax(0)).float().mean() <= 0.0005  # DESIGN.md's voxel bound
+    tiles = tile_count(data.shape[1:], (16, 32, 32))
+    assert tiles == len(tile_slicers(data.shape[1:], (16, 32, 32))) > batch  # several batches, the last partial
+    assert [t for r, _ in calls for t in r] == list(range(tiles)) and all(len(r) <= batch for r, _ in calls)
+    assert {total for _, total in calls} == {tiles}
+
+
+def test_on_forward_stops_the_network():
+    data = torch.randn(1, 30, 40, 45, generator=torch.Generator().manual_seed(4))
+    calls = []
+
+    def stop_after_two(tiles, total, seconds):
+        calls.append(tiles)
+        return len(calls) < 2
+
+    assert sliding_window_logits(data, small_network(1), (16, 32, 32), 3, torch.device("cpu"), stop_after_two) is None
+    assert calls == [range(0, 1), range(1, 2)]
+
+
+def test_tile_count_pads_small_images_to_the_patch():
+    assert tile_count((10, 20, 30), (16, 32, 32)) == 1
+    assert tile_count((16, 48, 32), (16, 32, 32)) == 2  # steps of half a patch: 0 and 16 along the second axis
+    assert tile_count((5, 20, 30), (32, 32)) == 5  # a 2-D patch tiles every slice

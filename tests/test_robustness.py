@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 import torch
-from conftest import gc_input, read_mask
+from conftest import read_mask
 
 import panther_ensemble.predict as predict
 from panther_ensemble.errors import PantherError
@@ -66,27 +66,31 @@ def test_check_memory():
         check_memory(__file__, 10 ** 9, available=100)
 
 
-def test_out_of_memory_falls_back_to_one_network_at_a_time(workspace, tmp_path, monkeypatch, capsys):
-    input_dir = gc_input(tmp_path, T1, {"case.mha": dict(shape_zyx=(10, 30, 34), spacing_xyz=(1, 1, 3), seed=8)})
-    normal = predict_folder(input_dir, tmp_path / "normal", ensemble=workspace.t1_spec, weights=workspace.weights,
-                            device="cpu", budget=0)
-    original = predict._predict
+def test_device_out_of_memory_accumulates_on_the_host(monkeypatch, capsys):
+    """Out of device memory, the network runs again with its logits accumulated on the host (the same result);
+    the CPU stands in for the device, which this test cannot have, through the arguments _predict gets."""
+    torch.manual_seed(0)
+    network = torch.nn.Conv3d(1, 3, 3, padding=1).eval()
+    data = torch.randn(1, 12, 20, 20)
+    expected = predict.sliding_window_logits(data, network, (8, 16, 16), 3, torch.device("cpu"))
+    original, calls = predict._predict, []
 
-    def no_room_for_two(data, networks, *args):
-        if len(networks) > 1:
+    def out_of_device_memory(data, network, patch, classes, device, results_device, *args):
+        calls.append((device.type, results_device.type))
+        if results_device.type != "cpu":
             raise torch.OutOfMemoryError("injected")
-        return original(data, networks, *args)
+        return original(data, network, patch, classes, torch.device("cpu"), results_device, *args)
 
-    monkeypatch.setattr(predict, "_predict", no_room_for_two)
-    capsys.readouterr()
-    fallback = predict_folder(input_dir, tmp_path / "fallback", ensemble=workspace.t1_spec,
-                              weights=workspace.weights, device="cpu", budget=0)
-    assert "running them one at a time" in capsys.readouterr().out
-    np.testing.assert_array_equal(read_mask(normal[0])[0], read_mask(fallback[0])[0])
+    monkeypatch.setattr(predict, "_predict", out_of_device_memory)
+    logits = predict.sliding_window_logits(data, network, (8, 16, 16), 3, torch.device("cuda"))
+    assert calls == [("cuda", "cuda"), ("cuda", "cpu")]
+    assert "out of device memory: accumulating on the host" in capsys.readouterr().out
+    assert logits.device.type == "cpu"
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
 def test_out_of_memory_for_a_single_network_on_cpu_is_not_hidden(monkeypatch):
     monkeypatch.setattr(predict, "_predict", lambda *a: (_ for _ in ()).throw(torch.OutOfMemoryError("x")))
     with pytest.raises(torch.OutOfMemoryError):
-        predict.sliding_window_logits(torch.zeros(1, 8, 8, 8), [torch.nn.Identity()], (8, 8, 8), 1,
+        predict.sliding_window_logits(torch.zeros(1, 8, 8, 8), torch.nn.Identity(), (8, 8, 8), 1,
                                       torch.device("cpu"))

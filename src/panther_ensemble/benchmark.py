@@ -211,7 +211,7 @@ def forward_flops(setup: Setup, member: Member, members: int, device: torch.devi
 
     from .io import read_image
     from .members import network_from_plans
-    from .predict import tile_slicers
+    from .predict import tile_count
     from .preprocess import preprocess
 
     patch = member.configuration_manager.patch_size
@@ -219,8 +219,7 @@ def forward_flops(setup: Setup, member: Member, members: int, device: torch.devi
         network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
         with FlopCounterMode(display=False) as counter:
             network(torch.empty(1, 1, *patch))
-    shape = preprocess(read_image(setup.image), member, device).data.shape[1:]
-    tiles = len(tile_slicers([max(s, p) for s, p in zip(shape, patch)], patch))
+    tiles = tile_count(preprocess(read_image(setup.image), member, device).data.shape[1:], patch)
     return float(counter.get_total_flops()), tiles * members
 
 

@@ -1,8 +1,8 @@
 """The deadline: project the finish from measured rates and decide how many members still fit.
 
-GC stops a case at 5 minutes. Members run in spec order; when the projected finish of the members in
-flight would pass the budget, the last ones are dropped and the ensemble of those done is written. At least
-one member always completes.
+GC stops a case at 5 minutes. Members run one after another in spec order (within preprocessing groups); when
+the projected finish of the member in flight or about to start would pass the budget, it and the members after
+it are dropped and the ensemble of those done is written. At least one member always completes.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ class Deadline:
         return math.inf if self.seconds is None else self.seconds - self.elapsed()
 
     def record_forward(self, seconds: float, warm_up: bool, tiles: int = 1) -> None:
-        """One network's forward on `tiles` tiles took `seconds`. Warm-up forwards (a tile group's first tiles:
+        """One network's forward on `tiles` tiles took `seconds`. Warm-up forwards (each member's first tiles:
         kernel selection and allocations make them slow on a GPU) bound the next forward but do not set the
         rate projected over the remaining tiles, so they cannot make the run drop members it has time for."""
         self.slowest_forward = max(self.slowest_forward, seconds)
@@ -54,27 +54,23 @@ class Deadline:
     def record_preprocess(self, seconds: float) -> None:
         self.preprocess_seconds = max(self.preprocess_seconds, seconds)
 
-    def members_that_fit(self, tiles_left: int, members: int, finished: int, completed: int) -> int:
-        """How many of `members` (run together on the remaining tiles; `finished` of them are done with the
-        current one) can finish within the budget. Never 0 while no member has completed: the first one
-        always runs to the end."""
+    def member_fits(self, tiles_left: int, completed: int) -> bool:
+        """Whether the member in flight (or about to start), with `tiles_left` tiles to go, can still finish within
+        the budget. Always True while no member has completed: the first one runs to the end."""
         if self.seconds is None:
-            return members
-        left = self.left() - self.write_seconds
-        if self.tile_seconds_per_member is None:
-            # still warming up: only stop before a forward that could not end in time
-            fits = finished >= members or left - self.finish_seconds_per_member * (finished + 1) >= \
-                self.slowest_forward
-            keep = members if fits else finished
+            return True
+        left = self.left() - self.write_seconds - self.finish_seconds_per_member
+        if tiles_left == 0:
+            forwards = 0.0
+        elif self.tile_seconds_per_member is None:  # still warming up: only stop before a forward that cannot end
+            forwards = self.slowest_forward
         else:
-            keep = 0
-            for k in range(members, 0, -1):
-                if tiles_left * self.tile_seconds_per_member * k + self.finish_seconds_per_member * k <= left:
-                    keep = k
-                    break
-        if completed == 0 and (keep == 0 or left < 0):
-            self.overrun = True
-        return max(keep, 1) if completed == 0 else keep
+            forwards = tiles_left * self.tile_seconds_per_member
+        fits = forwards <= left
+        if completed == 0:
+            self.overrun = self.overrun or not fits
+            return True
+        return fits
 
     def another_group_fits(self, completed: int) -> bool:
         """Whether a new preprocessing group could still add a member (always, before any completed)."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import pickle
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +31,9 @@ try:
 except ImportError:  # numpy < 2
     from numpy.core.multiarray import scalar as _numpy_scalar
 _SAFE_GLOBALS.append(_numpy_scalar)
+# Allowed for the whole process: torch's safe_globals() context swaps one process-wide list in and out, so two
+# threads loading at once (see pipeline.load_in_background) could restore each other's list early.
+torch.serialization.add_safe_globals(_SAFE_GLOBALS)
 
 # What inference needs of a checkpoint; export strips the rest (optimizer state, training log).
 INFERENCE_CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes",
@@ -52,7 +54,7 @@ class Network(Protocol):
 
 @dataclass
 class Member:
-    """One ensemble member, ready to predict: its spec entry, nnU-Net managers and network in eval mode."""
+    """One ensemble member: its spec entry, nnU-Net managers and, once loaded, its network in eval mode."""
 
     spec: MemberSpec
     folder: Path
@@ -62,7 +64,9 @@ class Member:
     configuration_manager: ConfigurationManager
     dataset_json: dict
     label_manager: LabelManager
-    network: Network
+    backend: str
+    network_file: Path  # the checkpoint, or the exported ONNX model
+    network: Network | None = None  # loaded by load_network
 
     @property
     def input_shape(self) -> list[int]:
@@ -90,16 +94,16 @@ def load_checkpoint(path: Path) -> dict:
     """A checkpoint's content, unpickled without executing anything it carries. Tensors of torch's zip format are
     memory-mapped (copy-on-write), not read: a ResEncL member is 400 MB."""
     try:
-        with torch.serialization.safe_globals(_SAFE_GLOBALS):
-            checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError) as e:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(path))
+    except Exception as e:  # torch's unpickler fails on garbage in many ways (IndexError on b"truncated")
         unsafe = _unsafe_globals(path)
         if unsafe:
             raise PantherError(f"{path}: refused to load: the checkpoint holds {', '.join(unsafe[:3])}, which "
                                "is not weights or a training log and could run code") from None
         # torch's own text here is advice to disable weights_only: the wrong advice, so it is not repeated
-        reason = "truncated, or not written by torch.save" if isinstance(e, pickle.UnpicklingError) else \
-            (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        reason = "truncated, or not written by torch.save"
+        if isinstance(e, (RuntimeError, OSError)):
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise PantherError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
     if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
         raise PantherError(f"{path}: not an nnU-Net checkpoint (no 'network_weights')")
@@ -116,8 +120,9 @@ def _check_importable_names(plans_path: Path, arch: dict) -> None:
             raise PantherError(f"{plans_path}: architecture kwarg '{key}' = '{name}' is not a torch.nn class")
 
 
-def _configuration_name(member: MemberSpec, recorded: str | None, plans: dict, plans_path: Path) -> str:
-    name = recorded or Path(member.model).name.split("__")[-1]
+def _configuration_name(member: MemberSpec, plans: dict, plans_path: Path) -> str:
+    """The configuration nnU-Net's folder name gives (Trainer__Plans__configuration)."""
+    name = Path(member.model).name.split("__")[-1]
     if name not in plans.get("configurations", {}):
         raise PantherError(f"{plans_path}: has no configuration '{name}' (named by {member.name})")
     return name
@@ -157,45 +162,63 @@ def _network_with_weights(plans_manager: PlansManager, configuration_manager: Co
     return network
 
 
-def load_member(weights_root: Path, member: MemberSpec, backend: str = "torch",
-                device: torch.device | None = None) -> Member:
-    """The member ready to predict: with the torch backend its checkpoint's network (on the host; predict moves
-    it), with onnxruntime its exported model in a session on `device`."""
+def describe_member(weights_root: Path, member: MemberSpec, backend: str = "torch") -> Member:
+    """The member from its folder alone (plans, dataset, the configuration its folder name gives), without its
+    network: cheap, so a whole ensemble is checked and grouped before any checkpoint is read."""
     folder = weights_root / member.model
     plans_path = folder / "plans.json"
     plans = json.loads(plans_path.read_text())
     dataset_json = json.loads((folder / "dataset.json").read_text())
-    if backend == "onnxruntime":
-        from .onnx_network import OnnxNetwork
-
-        network = OnnxNetwork(member.onnx_path(weights_root), device or torch.device("cpu"))
-        trainer_name, recorded_configuration = network.metadata.get("trainer_name"), \
-            network.metadata.get("configuration")
-    else:
-        checkpoint = load_checkpoint(member.checkpoint_path(weights_root))
-        trainer_name = checkpoint.get("trainer_name")
-        recorded_configuration = (checkpoint.get("init_args") or {}).get("configuration")
-
     plans_manager = PlansManager(plans)
-    configuration_name = _configuration_name(member, recorded_configuration, plans, plans_path)
+    configuration_name = _configuration_name(member, plans, plans_path)
     configuration_manager = plans_manager.get_configuration(configuration_name)
     if configuration_manager.previous_stage_name is not None:
         raise PantherError(f"{plans_path}: configuration '{configuration_name}' is a cascade stage; "
                            "cascades are not supported")
-    label_manager = plans_manager.get_label_manager(dataset_json)
-    arch = plans["configurations"][configuration_name].get("architecture") or {}
-    _check_importable_names(plans_path, arch)
+    _check_importable_names(plans_path, plans["configurations"][configuration_name].get("architecture") or {})
+    return Member(member, folder, Path(member.model).name.split("__")[0], configuration_name, plans_manager,
+                  configuration_manager, dataset_json, plans_manager.get_label_manager(dataset_json), backend,
+                  member.network_file(weights_root, backend))
 
-    if backend == "onnxruntime":
-        _check_onnx_fits(network, tile_shape(plans_manager, configuration_manager, dataset_json),
-                         label_manager.num_segmentation_heads, plans_path)
-    else:
-        network = _network_with_weights(plans_manager, configuration_manager, dataset_json,
-                                        checkpoint["network_weights"],
-                                        f"{member.checkpoint_path(weights_root)}: weights do not fit the "
-                                        f"architecture in {plans_path}").eval()
-    return Member(member, folder, trainer_name or "unknown", configuration_name, plans_manager,
-                  configuration_manager, dataset_json, label_manager, network)
+
+def load_network(member: Member, device: torch.device | None = None) -> Network:
+    """The member's network: with the torch backend its checkpoint's weights in the plans' architecture (on the
+    host, or copied to a CUDA device on a stream of its own, so that the copy overlaps other members' forwards),
+    with onnxruntime its exported model in a session on `device`. Checks that the file is the member's."""
+    device = device or torch.device("cpu")
+    plans_path = member.folder / "plans.json"
+    if member.backend == "onnxruntime":
+        from .onnx_network import OnnxNetwork
+
+        network = OnnxNetwork(member.network_file, device)
+        _check_recorded_configuration(member, network.metadata.get("configuration"))
+        _check_onnx_fits(network, member.input_shape, member.label_manager.num_segmentation_heads, plans_path)
+        return network
+    checkpoint = load_checkpoint(member.network_file)
+    _check_recorded_configuration(member, (checkpoint.get("init_args") or {}).get("configuration"))
+    network = _network_with_weights(member.plans_manager, member.configuration_manager, member.dataset_json,
+                                    checkpoint["network_weights"], f"{member.network_file}: weights do not fit "
+                                    f"the architecture in {plans_path}").eval()
+    if device.type == "cuda":
+        stream = torch.cuda.Stream(device)
+        with torch.cuda.stream(stream):
+            network.to(device)
+        stream.synchronize()
+    return network
+
+
+def _check_recorded_configuration(member: Member, recorded: str | None) -> None:
+    if recorded is not None and recorded != member.configuration_name:
+        raise PantherError(f"{member.network_file}: was trained with configuration '{recorded}', but its folder "
+                           f"{member.folder.name} names '{member.configuration_name}'")
+
+
+def load_member(weights_root: Path, member: MemberSpec, backend: str = "torch",
+                device: torch.device | None = None) -> Member:
+    """The member ready to predict: described, with its network loaded (see load_network)."""
+    described = describe_member(weights_root, member, backend)
+    described.network = load_network(described, device)
+    return described
 
 
 def _check_onnx_fits(network, input_shape: list[int], classes: int, plans_path: Path) -> None:

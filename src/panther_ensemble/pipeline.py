@@ -1,14 +1,15 @@
-"""The ensemble run: load members once, then per image preprocess -> predict -> combine.
+"""The ensemble run: load members once, then per image preprocess -> predict -> combine, one member at a time.
 
 Data flows one way; file I/O stays in io/spec/members, the math in preprocess/predict/combine.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
+from concurrent.futures import Future
 
 import numpy as np
 import torch
@@ -16,8 +17,8 @@ import torch
 from .budget import Deadline
 from .combine import SoftmaxMean, probabilities_on_input_grid, tumor_mask
 from .io import Image
-from .members import Member, load_member
-from .predict import sliding_window_logits, tiles_per_forward
+from .members import Member, Network, describe_member, load_network
+from .predict import sliding_window_logits, tile_count, tiles_per_forward
 from .preprocess import preprocess, preprocessing_key, resampled_shape
 from .spec import EnsembleSpec
 from .timing import StageTimer, log, log_tile_progress
@@ -27,29 +28,45 @@ from .timing import StageTimer, log, log_tile_progress
 MODES = ("fast", "exact")
 
 
-@dataclass
-class TileGroup:
-    """Members that share preprocessing and patch size: one tile grid, every network per tile."""
-
-    members: list[Member]
-
-    @property
-    def patch_size(self) -> list[int]:
-        return self.members[0].configuration_manager.patch_size
-
-
-def group_members(members: list[Member]) -> list[list[TileGroup]]:
-    """Members grouped by identical preprocessing, then by patch size; spec order kept within groups."""
-    by_preprocessing: dict[str, dict[tuple, list[Member]]] = defaultdict(lambda: defaultdict(list))
+def group_members(members: list[Member]) -> list[list[Member]]:
+    """Members grouped by identical preprocessing, spec order kept within groups."""
+    by_preprocessing: dict[str, list[Member]] = defaultdict(list)
     for member in members:
-        patch = tuple(member.configuration_manager.patch_size)
-        by_preprocessing[preprocessing_key(member)][patch].append(member)
-    return [[TileGroup(group) for group in by_patch.values()] for by_patch in by_preprocessing.values()]
+        by_preprocessing[preprocessing_key(member)].append(member)
+    return list(by_preprocessing.values())
+
+
+def load_in_background(members: list[Member], device: torch.device) -> list[Future]:
+    """Each member's network (Future of load_network), loaded in this order on a thread of its own, so that later
+    members load (checkpoint read, network built, weights copied to the device) while earlier ones predict:
+    on a GPU that hides all loading but the first member's. A failure is raised where that network is asked for."""
+    futures: list[Future] = [Future() for _ in members]
+
+    def load() -> None:
+        for member, future in zip(members, futures):
+            try:
+                future.set_result(load_network(member, device))
+            except BaseException as e:
+                future.set_exception(e)
+
+    threading.Thread(target=load, name="load-networks").start()
+    return futures
+
+
+def member_fits(deadline: Deadline, tiles_left: int, completed: int) -> bool:
+    """Deadline.member_fits, saying so once where even the first member is projected to end past the budget."""
+    warned = deadline.overrun
+    fits = deadline.member_fits(tiles_left, completed)
+    if deadline.overrun and not warned:
+        log("budget: even one member cannot finish within the budget; completing the first one anyway and writing "
+            "its result as soon as it is done")
+    return fits
 
 
 class Ensemble:
     def __init__(self, spec: EnsembleSpec, members: list[Member], device: torch.device, mode: str = "fast",
                  ) -> None:
+        """`members` as describe_member gives them: their networks load in the background from here on."""
         self.spec = spec
         self.members = members
         self.device = device
@@ -57,85 +74,86 @@ class Ensemble:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
         self.groups = group_members(members)
+        order = [member for group in self.groups for member in group]
+        self._networks = dict(zip(map(id, order), load_in_background(order, device)))
 
     @classmethod
     def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer, mode: str = "fast",
              backend: str = "torch") -> Ensemble:
         with timer.stage("load"):
-            members = [load_member(weights_root, m, backend, device) for m in spec.members]
-        ensemble = cls(spec, members, device, mode)
-        log(f"loaded {len(members)} members ({backend}) from {weights_root} in {len(ensemble.groups)} "
-            f"preprocessing group(s) on {device} in {timer.last['load']:.1f}s")
+            ensemble = cls(spec, [describe_member(weights_root, m, backend) for m in spec.members], device, mode)
+        log(f"loading {len(spec.members)} members ({backend}) from {weights_root} in {len(ensemble.groups)} "
+            f"preprocessing group(s) on {device}: their networks in the background, in the order they run")
         return ensemble
+
+    def network(self, member: Member) -> Network:
+        """The member's network, waiting for its loading where it is not done yet."""
+        return self._networks[id(member)].result()
 
     def peak_bytes(self, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:
         """An upper estimate of the host memory one image needs, from its header alone.
 
-        Per preprocessing group: the resampled float32 data and its resampling copy, every tile group's fp16
-        logits and weight map; on the input grid: one member's logits, probabilities and the running mean.
+        Per preprocessing group: the resampled float32 data and its resampling copy, one member's fp16 logits and
+        the weight map; on the input grid: one member's logits, probabilities and the running mean.
         """
         input_voxels = int(np.prod(shape_zyx))
         classes = self.members[0].label_manager.num_segmentation_heads
-        worst_group = 0
-        for tile_groups in self.groups:
-            voxels = int(np.prod(resampled_shape(shape_zyx, spacing_zyx, tile_groups[0].members[0])))
-            logits = max(len(group.members) for group in tile_groups) * classes + 1
-            worst_group = max(worst_group, voxels * (2 * 4 + 2 * logits))
-        return worst_group + input_voxels * (4 + 3 * classes * 4)
+        worst_group = max(int(np.prod(resampled_shape(shape_zyx, spacing_zyx, group[0]))) for group in self.groups)
+        return worst_group * (2 * 4 + 2 * (classes + 1)) + input_voxels * (4 + 3 * classes * 4)
 
     def member_probabilities(self, image: Image, timer: StageTimer, deadline: Deadline | None = None,
                              ) -> Iterator[tuple[Member, torch.Tensor]]:
-        """Each member's softmax on the image's (z, y, x) grid, in spec order within shared preprocessing
-        groups (one preprocessing per group, one tile grid per patch size). With a deadline, members that
-        would finish past it are skipped; `self.dropped` names them afterwards."""
+        """Each member's softmax on the image's (z, y, x) grid, one member after another in spec order within
+        shared preprocessing groups (one preprocessing per group). With a deadline, members that would finish
+        past it are skipped; `self.dropped` names them afterwards."""
         deadline = deadline or Deadline(None)
         self.dropped: list[Member] = []
         completed = 0
-        for g, tile_groups in enumerate(self.groups, start=1):
+        for g, group in enumerate(self.groups, start=1):
             if not deadline.another_group_fits(completed):
-                self._drop([m for group in tile_groups for m in group.members], "no time for another group")
+                self._drop(group, "no time for another group")
                 continue
             started = time.perf_counter()
             with timer.stage("preprocess"):
-                prepared = preprocess(image, tile_groups[0].members[0],
-                                      self.device if self.mode == "fast" else None)
+                prepared = preprocess(image, group[0], self.device if self.mode == "fast" else None)
             deadline.record_preprocess(time.perf_counter() - started)
             log(f"group {g}: preprocessed {tuple(image.array.shape)} -> {tuple(prepared.data.shape[1:])} "
                 f"in {timer.last['preprocess']:.1f}s")
-            for group in tile_groups:
-                label = f"group {g}, {len(group.members)} member(s), patch {group.patch_size}"
-
-                def on_forward(tiles: range, total: int, finished: int, active: int, seconds: float, label=label,
-                               completed=completed) -> int:
-                    deadline.record_forward(seconds, warm_up=tiles.start == 0, tiles=len(tiles))
-                    batch_done = finished == active
-                    if batch_done:
-                        log_tile_progress(label, tiles.stop, total, len(tiles))
-                    warned = deadline.overrun
-                    keep = deadline.members_that_fit(total - (tiles.stop if batch_done else tiles.start), active,
-                                                     0 if batch_done else finished, completed)
-                    if deadline.overrun and not warned:
-                        log("budget: even one member cannot finish within the budget; completing the first "
-                            "one anyway and writing its result as soon as it is done")
-                    return keep
-
+            for m, member in enumerate(group):
+                patch = member.configuration_manager.patch_size
+                if not member_fits(deadline, tile_count(prepared.data.shape[1:], patch), completed):
+                    self._drop(group[m:], "projected to finish past the budget")
+                    break
+                with timer.stage("load"):
+                    network = self.network(member)
                 with timer.stage("forward"):
-                    logits = sliding_window_logits(
-                        prepared.data, [m.network for m in group.members], group.patch_size,
-                        group.members[0].label_manager.num_segmentation_heads, self.device, on_forward,
-                        tiles_per_forward(group.patch_size, self.device) if self.mode == "fast" else 1)
-                log(f"{label}: forward in {timer.last['forward']:.1f}s")
-                self._drop(group.members[len(logits):], "projected to finish past the budget")
-                for member, member_logits in zip(group.members, logits):
-                    started = time.perf_counter()
-                    with timer.stage("resample"):
-                        probabilities = probabilities_on_input_grid(member_logits, member, prepared.properties,
-                                                                    self.mode)
-                    log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
-                    yield member, probabilities
-                    deadline.record_finish(time.perf_counter() - started)
-                    completed += 1
+                    logits = self._member_logits(member, network, prepared.data, deadline, completed)
+                log(f"  {member.spec.name}: forward in {timer.last['forward']:.1f}s")
+                if logits is None:
+                    self._drop(group[m:], "projected to finish past the budget")
+                    break
+                started = time.perf_counter()
+                with timer.stage("resample"):
+                    probabilities = probabilities_on_input_grid(logits, member, prepared.properties, self.mode)
                 del logits
+                log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
+                yield member, probabilities
+                deadline.record_finish(time.perf_counter() - started)
+                completed += 1
+
+    def _member_logits(self, member: Member, network: Network, data: torch.Tensor, deadline: Deadline,
+                       completed: int) -> torch.Tensor | None:
+        """The member's sliding window, the deadline asked after every forward; None where it stopped it."""
+        patch = member.configuration_manager.patch_size
+        label = f"{member.spec.name}, patch {patch}"
+
+        def on_forward(tiles: range, total: int, seconds: float) -> bool:
+            deadline.record_forward(seconds, warm_up=tiles.start == 0, tiles=len(tiles))
+            log_tile_progress(label, tiles.stop, total, len(tiles))
+            return member_fits(deadline, total - tiles.stop, completed)
+
+        return sliding_window_logits(data, network, patch, member.label_manager.num_segmentation_heads, self.device,
+                                     on_forward, tiles_per_forward(patch, self.device) if self.mode == "fast" else 1)
 
     def _drop(self, members: list[Member], why: str) -> None:
         if members:

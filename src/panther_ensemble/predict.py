@@ -1,7 +1,6 @@
-"""Gaussian sliding-window prediction, as nnU-Net does it, for several networks sharing one tile grid.
+"""Gaussian sliding-window prediction of one network, as nnU-Net does it.
 
-Each tile is cut and moved to the device once and every network of the group runs on it; on a CPU, small
-tiles go through the networks a few at a time (see tiles_per_forward). Per network and tile, the arithmetic
+On a CPU, small tiles go through the network a few at a time (see tiles_per_forward). Per tile, the arithmetic
 is nnU-Net's: zero padding to the patch size, tile step 0.5, gaussian importance (sigma 1/8, scaled to 10),
 fp16 accumulation, autocast on CUDA only, no mirroring.
 """
@@ -28,10 +27,9 @@ TILE_STEP_SIZE = 0.5
 CPU_TILES_PER_FORWARD = 4
 CPU_BATCH_VOXELS = 2 ** 20  # at most this many tile voxels per forward: large tiles already take oneDNN
 
-# Called after each network's forward on a batch of tiles with (the batch's tile indices, tiles in all,
-# networks done on this batch, networks active, seconds the forward took); returns how many networks stay
-# active: the first ones of the list, those after them are dropped.
-OnForward = Callable[[range, int, int, int, float], int]
+# Called after each forward with (the batch's tile indices, tiles in all, seconds the forward took); returns whether
+# to go on: False stops the network (its partial sum is of no use).
+OnForward = Callable[[range, int, float], bool]
 
 
 def tiles_per_forward(patch_size: Sequence[int], device: torch.device) -> int:
@@ -53,79 +51,53 @@ def tile_slicers(image_size: Sequence[int], patch_size: Sequence[int], step: flo
             for d in range(image_size[0]) for starts in itertools.product(*steps)]
 
 
+def tile_count(image_size: Sequence[int], patch_size: Sequence[int]) -> int:
+    """Tiles of one network's sliding window over an image of this (spatial) size, padded to the patch first."""
+    leading = len(image_size) - len(patch_size)
+    padded = [*image_size[:leading], *(max(s, p) for s, p in zip(image_size[leading:], patch_size))]
+    return len(tile_slicers(padded, patch_size))
+
+
 @torch.inference_mode()
-def sliding_window_logits(data: torch.Tensor, networks: Sequence[Network], patch_size: Sequence[int],
-                          num_classes: int, device: torch.device, on_forward: OnForward | None = None,
-                          batch: int = 1) -> list[torch.Tensor]:
-    """fp16 logits (num_classes, *data.shape[1:]), one tensor per network that ran every tile (the first networks
-    of the list; `on_forward` may drop the others on the way). They stay where they were accumulated: on the
-    device, or on the host after a device out-of-memory fallback. `batch`: tiles per forward."""
+def sliding_window_logits(data: torch.Tensor, network: Network, patch_size: Sequence[int], num_classes: int,
+                          device: torch.device, on_forward: OnForward | None = None, batch: int = 1,
+                          ) -> torch.Tensor | None:
+    """fp16 logits (num_classes, *data.shape[1:]), or None where `on_forward` stopped the network. They stay where
+    they were accumulated: on the device, or on the host after a device out-of-memory. `batch`: tiles per
+    forward."""
     try:
-        return _predict(data, networks, patch_size, num_classes, device, device, on_forward, batch)
+        return _predict(data, network, patch_size, num_classes, device, device, on_forward, batch)
     except torch.OutOfMemoryError:
-        if len(networks) == 1 and device.type == "cpu":
+        if device.type == "cpu":
             raise
-        log(f"out of memory with {len(networks)} network(s) per tile: running them one at a time")
-        _empty_cache(device)
-    # Less at once: one network's accumulators at a time; if even that fails, accumulate on the host.
-    results = []
-    for network in networks:
-        try:
-            one = _predict(data, [network], patch_size, num_classes, device, device, on_forward, batch)
-        except torch.OutOfMemoryError:
-            if device.type == "cpu":
-                raise
-            log("out of device memory: accumulating on the host")
-            _empty_cache(device)
-            one = _predict(data, [network], patch_size, num_classes, device, torch.device("cpu"), on_forward,
-                           batch)
-        if not one:  # the budget dropped it, and so the ones after it
-            break
-        results += one
-    return results
-
-
-def _empty_cache(device: torch.device) -> None:
-    if device.type == "cuda":
+        log("out of device memory: accumulating on the host")
         torch.cuda.empty_cache()
+    return _predict(data, network, patch_size, num_classes, device, torch.device("cpu"), on_forward, batch)
 
 
-def _predict(data: torch.Tensor, networks: Sequence[Network], patch_size: Sequence[int],
-             num_classes: int, device: torch.device, results_device: torch.device,
-             on_forward: OnForward | None, batch: int) -> list[torch.Tensor]:
+def _predict(data: torch.Tensor, network: Network, patch_size: Sequence[int], num_classes: int,
+             device: torch.device, results_device: torch.device, on_forward: OnForward | None, batch: int,
+             ) -> torch.Tensor | None:
     padded, revert_padding = pad_nd_image(data, patch_size, "constant", {"value": 0}, True, None)
     slicers = tile_slicers(padded.shape[1:], patch_size)
     padded = padded.to(results_device)
-    logits = [torch.zeros((num_classes, *padded.shape[1:]), dtype=torch.half, device=results_device)
-              for _ in networks]
+    logits = torch.zeros((num_classes, *padded.shape[1:]), dtype=torch.half, device=results_device)
     n_predictions = torch.zeros(padded.shape[1:], dtype=torch.half, device=results_device)
     gaussian = compute_gaussian(tuple(patch_size), sigma_scale=1. / 8, value_scaling_factor=10,
                                 device=results_device)
-    for network in networks:
-        network.to(device)
-    active = len(networks)
+    network.to(device)
     with torch.autocast(device.type, enabled=device.type == "cuda"):
         for start in range(0, len(slicers), batch):
             tiles = range(start, min(start + batch, len(slicers)))
-            data_tiles = torch.stack([padded[slicers[i]] for i in tiles]).to(device)
-            n = 0
-            while n < active:
-                started = time.perf_counter()
-                predictions = networks[n](data_tiles).to(results_device)
-                for prediction, i in zip(predictions, tiles):
-                    prediction *= gaussian
-                    logits[n][slicers[i]] += prediction
-                n += 1
-                if on_forward is not None:
-                    active = min(active, on_forward(tiles, len(slicers), n, active, time.perf_counter() - started))
-            del logits[active:]  # a dropped network's partial sum is of no use
-            if not logits:
-                return []
-            for i in tiles:
+            started = time.perf_counter()
+            predictions = network(torch.stack([padded[slicers[i]] for i in tiles]).to(device)).to(results_device)
+            for prediction, i in zip(predictions, tiles):
+                prediction *= gaussian
+                logits[slicers[i]] += prediction
                 n_predictions[slicers[i][1:]] += gaussian
-    keep = (slice(None), *revert_padding[1:])
-    for accumulator in logits:
-        torch.div(accumulator, n_predictions, out=accumulator)
-        if torch.isinf(accumulator).any():
-            raise RuntimeError("inf in the accumulated fp16 logits")
-    return [accumulator[keep] for accumulator in logits]
+            if on_forward is not None and not on_forward(tiles, len(slicers), time.perf_counter() - started):
+                return None
+    torch.div(logits, n_predictions, out=logits)
+    if torch.isinf(logits).any():
+        raise RuntimeError("inf in the accumulated fp16 logits")
+    return logits[(slice(None), *revert_padding[1:])]
