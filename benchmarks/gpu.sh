@@ -3,7 +3,8 @@
 # alternated, on a machine whose Python has torch but not the other dependencies: they come from .whl/
 # (benchmarks/fetch_wheels.sh). Usage, from the repo root:  bash benchmarks/gpu.sh OUT_DIR [PRESET [BENCHMARK OPTIONS]]
 # PRESET is gpu (default) or cpu/smoke to exercise the script without a GPU. Writes OUT_DIR/benchmark-<preset>.json
-# and OUT_DIR/benchmark-<preset>.log (the JSON after each case). Sized to finish in <= 8 minutes on an H100/H200:
+# and OUT_DIR/benchmark-<preset>.log (the JSON after each case), after OUT_DIR/forward-formats-<preset>.json
+# (benchmarks/forward_formats.py, at most 100 s). Sized to finish in <= 8 minutes on an H100/H200:
 # --max-minutes 5 starts no new repeat or case after 5 minutes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -22,5 +23,10 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+# the CUDA-graph path's own test (tests/test_cuda_graph.py skips it where there is no GPU), then the memory-format
+# measurement, bounded, so that the benchmark always runs
+python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py 2>&1 | tail -3
+timeout 100 python3 benchmarks/forward_formats.py "$out/forward-formats-$preset.json" "$preset" \
+    || echo "forward_formats.py did not finish (exit $?)"
 python3 -m panther_ensemble.cli benchmark --preset "$preset" --max-minutes 5 --work /tmp/panther-benchmark \
     --out "$out/benchmark-$preset.json" "${@:3}" 2>&1 | tee "$out/benchmark-$preset.log"

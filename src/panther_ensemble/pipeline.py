@@ -5,6 +5,7 @@ Data flows one way; file I/O stays in io/spec/members, the math in preprocess/pr
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import defaultdict
@@ -16,6 +17,7 @@ import torch
 
 from .budget import Deadline
 from .combine import SoftmaxMean, probabilities_on_input_grid, tumor_mask
+from .cuda_graph import GraphedForward, capture
 from .io import Image
 from .members import Member, Network, describe_member, load_network
 from .predict import sliding_window_logits, tile_count, tiles_per_forward
@@ -76,6 +78,7 @@ class Ensemble:
         self.groups = group_members(members)
         order = [member for group in self.groups for member in group]
         self._networks = dict(zip(map(id, order), load_in_background(order, device)))
+        self._graphs: dict[str, GraphedForward | None] = {}  # per architecture and tile shape
 
     @classmethod
     def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer, mode: str = "fast",
@@ -146,6 +149,8 @@ class Ensemble:
         """The member's sliding window, the deadline asked after every forward; None where it stopped it."""
         patch = member.configuration_manager.patch_size
         label = f"{member.spec.name}, patch {patch}"
+        if self.device.type == "cuda" and self.mode == "fast" and isinstance(network, torch.nn.Module):
+            network = self._graphed(member, network)
 
         def on_forward(tiles: range, total: int, seconds: float) -> bool:
             deadline.record_forward(seconds, warm_up=tiles.start == 0, tiles=len(tiles))
@@ -154,6 +159,17 @@ class Ensemble:
 
         return sliding_window_logits(data, network, patch, member.label_manager.num_segmentation_heads, self.device,
                                      on_forward, tiles_per_forward(patch, self.device) if self.mode == "fast" else 1)
+
+    def _graphed(self, member: Member, network: torch.nn.Module) -> Network:
+        """The network's forward as a replay of its architecture's CUDA graph (captured at the first member that
+        has it), or the network itself where capture failed."""
+        configuration = member.configuration_manager
+        key = json.dumps([configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
+                          member.input_shape, member.label_manager.num_segmentation_heads], sort_keys=True, default=str)
+        if key not in self._graphs:
+            self._graphs[key] = capture(network, (1, *member.input_shape), self.device)
+        graphed = self._graphs[key]
+        return network if graphed is None else graphed.bind(network)
 
     def _drop(self, members: list[Member], why: str) -> None:
         if members:
