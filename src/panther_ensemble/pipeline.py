@@ -77,6 +77,7 @@ class Ensemble:
         self.mode = mode
         self.groups = group_members(members)
         order = [member for group in self.groups for member in group]
+        # by id: members are dataclasses, compared by value and unhashable
         self._networks = dict(zip(map(id, order), load_in_background(order, device)))
         self._graphs: dict[str, GraphedForward | None] = {}  # per architecture and tile shape
 
