@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
@@ -65,3 +67,24 @@ def test_tile_count_pads_small_images_to_the_patch():
     assert tile_count((10, 20, 30), (16, 32, 32)) == 1
     assert tile_count((16, 48, 32), (16, 32, 32)) == 2  # steps of half a patch: 0 and 16 along the second axis
     assert tile_count((5, 20, 30), (32, 32)) == 5  # a 2-D patch tiles every slice
+
+
+class SlowOnTheDevice(torch.nn.Module):
+    """A forward of many queued kernels: launched in microseconds, run in milliseconds."""
+
+    def forward(self, x):
+        y = torch.ones(4096, 4096, device=x.device)
+        for _ in range(20):
+            y = y @ y / 4096
+        return torch.zeros(len(x), 3, *x.shape[2:], device=x.device) + y[0, 0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (benchmarks/gpu.sh runs it there)")
+def test_on_a_gpu_each_forward_is_timed_to_its_end():
+    """The deadline projects from these seconds: they must be the device's time, not the launch's."""
+    seconds = []
+    data = torch.zeros(1, 16, 64, 64, device="cuda")
+    started = time.perf_counter()
+    sliding_window_logits(data, SlowOnTheDevice(), (16, 32, 32), 3, torch.device("cuda"),
+                          lambda tiles, total, s: seconds.append(s) or True)
+    assert sum(seconds) >= 0.8 * (time.perf_counter() - started)

@@ -95,8 +95,11 @@ def _predict(data: torch.Tensor, network: Network, patch_size: Sequence[int], nu
                 prediction *= gaussian
                 logits[slicers[i]] += prediction
                 n_predictions[slicers[i][1:]] += gaussian
-            if on_forward is not None and not on_forward(tiles, len(slicers), time.perf_counter() - started):
-                return None
+            if on_forward is not None:
+                if device.type == "cuda":  # the forward's time, not its launch's: the deadline projects from it
+                    torch.cuda.current_stream(device).synchronize()
+                if not on_forward(tiles, len(slicers), time.perf_counter() - started):
+                    return None
     torch.div(logits, n_predictions, out=logits)
     if torch.isinf(logits).any():
         raise RuntimeError("inf in the accumulated fp16 logits")
