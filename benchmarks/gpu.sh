@@ -23,7 +23,7 @@ export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
 torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
-# the CUDA-graph path's own test (tests/test_cuda_graph.py skips it where there is no GPU), then the memory-format
+# the GPU tests (tests/test_cuda_graph.py, tests/test_predict.py: skipped where there is no GPU), then the memory-format
 # measurement, bounded, so that the benchmark always runs
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/test_predict.py 2>&1 | tail -3
 timeout 100 python3 benchmarks/forward_formats.py "$out/forward-formats-$preset.json" "$preset" \
