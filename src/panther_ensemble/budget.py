@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import time
 
+from .timing import log
+
 GC_LIMIT_SECONDS = 300.0
 SAFETY_MARGIN_SECONDS = 30.0  # container start, imports and the GC harness run before our clock starts
 DEFAULT_BUDGET_SECONDS = GC_LIMIT_SECONDS - SAFETY_MARGIN_SECONDS
@@ -68,7 +70,10 @@ class Deadline:
             forwards = tiles_left * self.tile_seconds_per_member
         fits = forwards <= left
         if completed == 0:
-            self.overrun = self.overrun or not fits
+            if not fits and not self.overrun:
+                self.overrun = True
+                log("budget: even one member cannot finish within the budget; completing the first one anyway and "
+                    "writing its result as soon as it is done")
             return True
         return fits
 

@@ -27,8 +27,7 @@ COLUMNS = [("mean_volumetric_dice", "Dice", max), ("mean_surface_dice", "Surface
 
 
 def member_label(member: MemberSpec) -> str:
-    trainer = Path(member.model).name.split("__")[0]
-    return f"{trainer} fold {member.fold} ({Path(member.checkpoint).stem.removeprefix('checkpoint_')})"
+    return f"{member.trainer} fold {member.fold} ({Path(member.checkpoint).stem.removeprefix('checkpoint_')})"
 
 
 def labelled_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:

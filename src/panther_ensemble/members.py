@@ -176,7 +176,7 @@ def describe_member(weights_root: Path, member: MemberSpec, backend: str = "torc
         raise PantherError(f"{plans_path}: configuration '{configuration_name}' is a cascade stage; "
                            "cascades are not supported")
     _check_importable_names(plans_path, plans["configurations"][configuration_name].get("architecture") or {})
-    return Member(member, folder, Path(member.model).name.split("__")[0], configuration_name, plans_manager,
+    return Member(member, folder, member.trainer, configuration_name, plans_manager,
                   configuration_manager, dataset_json, plans_manager.get_label_manager(dataset_json), backend,
                   member.network_file(weights_root, backend))
 

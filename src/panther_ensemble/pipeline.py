@@ -55,16 +55,6 @@ def load_in_background(members: list[Member], device: torch.device) -> list[Futu
     return futures
 
 
-def member_fits(deadline: Deadline, tiles_left: int, completed: int) -> bool:
-    """Deadline.member_fits, saying so once where even the first member is projected to end past the budget."""
-    warned = deadline.overrun
-    fits = deadline.member_fits(tiles_left, completed)
-    if deadline.overrun and not warned:
-        log("budget: even one member cannot finish within the budget; completing the first one anyway and writing "
-            "its result as soon as it is done")
-    return fits
-
-
 class Ensemble:
     def __init__(self, spec: EnsembleSpec, members: list[Member], device: torch.device, mode: str = "fast",
                  ) -> None:
@@ -125,7 +115,7 @@ class Ensemble:
                 f"in {timer.last['preprocess']:.1f}s")
             for m, member in enumerate(group):
                 patch = member.configuration_manager.patch_size
-                if not member_fits(deadline, tile_count(prepared.data.shape[1:], patch), completed):
+                if not deadline.member_fits(tile_count(prepared.data.shape[1:], patch), completed):
                     self._drop(group[m:], "projected to finish past the budget")
                     break
                 with timer.stage("load"):
@@ -156,7 +146,7 @@ class Ensemble:
         def on_forward(tiles: range, total: int, seconds: float) -> bool:
             deadline.record_forward(seconds, warm_up=tiles.start == 0, tiles=len(tiles))
             log_tile_progress(label, tiles.stop, total, len(tiles))
-            return member_fits(deadline, total - tiles.stop, completed)
+            return deadline.member_fits(total - tiles.stop, completed)
 
         return sliding_window_logits(data, network, patch, member.label_manager.num_segmentation_heads, self.device,
                                      on_forward, tiles_per_forward(patch, self.device) if self.mode == "fast" else 1)

@@ -37,6 +37,11 @@ class MemberSpec:
     def name(self) -> str:
         return f"{self.model}/fold_{self.fold}/{self.checkpoint}"
 
+    @property
+    def trainer(self) -> str:
+        """The trainer nnU-Net's result folder name gives (Trainer__Plans__configuration)."""
+        return Path(self.model).name.split("__")[0]
+
     def checkpoint_path(self, weights_root: Path) -> Path:
         return weights_root / self.model / f"fold_{self.fold}" / self.checkpoint
 
