@@ -9,8 +9,9 @@ import pytest
 import SimpleITK as sitk
 from conftest import dice
 
+from panther_ensemble import demo_cases
 from panther_ensemble.cli import inference_main
-from panther_ensemble.demo_cases import SAMPLE_CASES, write_sample_input
+from panther_ensemble.demo_cases import SAMPLE_CASES, write_held_out, write_sample_input
 from panther_ensemble.members import load_checkpoint
 from panther_ensemble.spec import APP_DIR, check_against_weights, find_spec
 
@@ -26,6 +27,19 @@ def test_weights_are_small_and_stripped():
     for path in checkpoints:
         checkpoint = load_checkpoint(path)  # the safe loader takes them as they are
         assert "optimizer_state" not in checkpoint and "logging" not in checkpoint
+
+
+def test_held_out_folder_holds_exactly_its_seeds(tmp_path, monkeypatch):
+    """The member table scores every file in the folder: phantoms of an earlier seed set must not stay there."""
+    monkeypatch.setattr(demo_cases, "HELD_OUT_SEEDS", {"t2": range(6200, 6201)})
+    for sub in ("images", "labels"):
+        (tmp_path / sub).mkdir()
+        (tmp_path / sub / "t2_6000.mha").write_bytes(b"left from an earlier run")
+    folder = write_held_out("t2", tmp_path)
+    for sub in ("images", "labels"):
+        assert sorted(p.name for p in (folder / sub).iterdir()) == ["t2_6200.mha"]
+    image, label = (sitk.ReadImage(str(folder / sub / "t2_6200.mha")) for sub in ("images", "labels"))
+    assert image.GetSize() == label.GetSize() and 1 in sitk.GetArrayViewFromImage(label)
 
 
 @pytest.mark.parametrize("case", SAMPLE_CASES, ids=lambda c: c.task)

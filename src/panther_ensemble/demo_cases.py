@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,8 @@ def write_sample_input(case: DemoCase, test_dir: Path) -> Path:
 
 def write_held_out(flavour: str, folder: Path) -> Path:
     """Held-out phantoms as images/<id>.mha and labels/<id>.mha, for the member table."""
+    for sub in ("images", "labels"):  # the table scores every file there: none may be left from other seeds
+        shutil.rmtree(Path(folder) / sub, ignore_errors=True)
     for seed in HELD_OUT_SEEDS[flavour]:
         phantom = make_phantom(seed, flavour)
         for sub, item in (("images", phantom.image), ("labels", phantom.label)):
