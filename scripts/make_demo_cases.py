@@ -37,8 +37,7 @@ def write_test_folder() -> None:
 
 
 def score_ensembles(work: Path) -> None:
-    readme = REPO / "weights" / "README.md"
-    text = readme.read_text()
+    tables = {}
     for case in SAMPLE_CASES:
         spec = load_spec(REPO / "ensemble" / f"{case.task}.toml")
         held_out = write_held_out(case.flavour, work / case.flavour)
@@ -46,12 +45,15 @@ def score_ensembles(work: Path) -> None:
                                  torch.device("cpu"))
         (work / f"{case.task}_members.json").write_text(json.dumps(result, indent=2))
         seeds = HELD_OUT_SEEDS[case.flavour]
-        table = (f"<!-- {case.task} table -->\n{len(seeds)} held-out \"{case.flavour}\" phantoms (seeds "
-                 f"{seeds.start}-{seeds.stop - 1}), tumor metrics, means over cases:\n\n{format_table(result)}\n"
-                 f"<!-- /{case.task} table -->")
-        text = re.sub(rf"<!-- {case.task} table -->.*?<!-- /{case.task} table -->", table.replace("\\", "\\\\"),
-                      text, flags=re.S)
-        print(table)
+        tables[case.task] = (f"<!-- {case.task} table -->\n{len(seeds)} held-out \"{case.flavour}\" phantoms (seeds "
+                             f"{seeds.start}-{seeds.stop - 1}), tumor metrics, means over cases:\n\n"
+                             f"{format_table(result)}\n<!-- /{case.task} table -->")
+        print(tables[case.task])
+    # read only now: the scoring takes minutes, and the README may be edited meanwhile
+    readme = REPO / "weights" / "README.md"
+    text = readme.read_text()
+    for task, table in tables.items():
+        text = re.sub(rf"<!-- {task} table -->.*?<!-- /{task} table -->", table.replace("\\", "\\\\"), text, flags=re.S)
     readme.write_text(text)
 
 
