@@ -41,43 +41,6 @@ report() {  # name, role
         "$(sha256sum "$1" | cut -d' ' -f1)" "$2"
 }
 
-# Copy the spec and the folds it names into a staging folder, checkpoints stripped (copied as they are when
-# there is nothing to strip), and write the weights manifest the product verifies; runs inside the image.
-STRIP_PY='
-import shutil, sys
-from pathlib import Path
-
-import torch
-
-sys.path.insert(0, "/opt/app/src")
-from panther_ensemble.errors import PantherError
-from panther_ensemble.manifest import write_manifest
-from panther_ensemble.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint
-from panther_ensemble.spec import check_against_weights, load_spec
-
-KEEP = set(INFERENCE_CHECKPOINT_KEYS)
-spec_file, weights, stage = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
-try:
-    spec = load_spec(spec_file)
-    check_against_weights(spec, weights)
-    shutil.copy(spec_file, stage / spec_file.name)
-    for member in spec.members:
-        source, target = member.checkpoint_path(weights), member.checkpoint_path(stage)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for name in ("plans.json", "dataset.json"):
-            shutil.copy(weights / member.model / name, stage / member.model / name)
-        checkpoint = load_checkpoint(source)
-        if set(checkpoint) <= KEEP:
-            shutil.copy(source, target)
-            print(f"   {member.name}: {target.stat().st_size / 1e6:.1f} MB")
-        else:
-            torch.save({k: v for k, v in checkpoint.items() if k in KEEP}, target)
-            print(f"   {member.name}: {source.stat().st_size / 1e6:.1f} MB, stripped to {target.stat().st_size / 1e6:.1f} MB")
-    print(f"   {write_manifest(stage).name}: sha256 of every file")
-except PantherError as e:
-    sys.exit(f"error: {e}")
-'
-
 work="$(mktemp -d /tmp/panther-export.XXXXXX)"
 partial=""
 trap 'rm -rf "$work" ${partial:+"$partial"}' EXIT
@@ -99,8 +62,9 @@ if [[ $do_models == 1 ]]; then
             stage="$stage/model"
         else
             echo "== model-$task.tar.gz from $spec"
-            docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python "${mounts[@]}" \
-                "$tag" -c "$STRIP_PY" "/in/ensemble/$task.toml" /in/weights /stage
+            # the spec and the folds it names, checkpoints stripped by the image's own torch, and the manifest
+            docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python --env PYTHONPATH=/opt/app/src \
+                "${mounts[@]}" "$tag" -m panther_ensemble.model_tarball "/in/ensemble/$task.toml" /in/weights /stage
         fi
         (cd "$stage" && tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
             --mode=u+rw,go+r,go-w,a+X -c -- *) | gzip -n > "$work/model-$task.tar.gz"

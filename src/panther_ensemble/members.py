@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,18 +23,26 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from .errors import PantherError
 from .spec import MemberSpec
+from .timing import log
 
-# What an nnU-Net checkpoint legitimately holds beyond tensors: numpy scalars in its training log.
-_SAFE_GLOBALS = [np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32)), type(np.dtype(np.int64)),
-                 type(np.dtype(np.int32)), type(np.dtype(np.bool_))]
-try:
-    from numpy._core.multiarray import scalar as _numpy_scalar
-except ImportError:  # numpy < 2
-    from numpy.core.multiarray import scalar as _numpy_scalar
-_SAFE_GLOBALS.append(_numpy_scalar)
+
+def _allowed_numpy_globals() -> list:
+    """What an nnU-Net checkpoint legitimately holds beyond tensors: numpy scalars (training log, _best_ema), their
+    dtypes and, from custom trainers, arrays. numpy 1.x pickles them as numpy.core.multiarray.*, numpy 2.x as
+    numpy._core.multiarray.*: both names are allowed, whichever numpy runs here (torch >= 2.6 takes the aliases)."""
+    multiarray = np._core.multiarray if hasattr(np, "_core") else np.core.multiarray
+    dtypes = [type(np.dtype(t)) for t in (np.float16, np.float32, np.float64, np.int8, np.int16, np.int32, np.int64,
+                                          np.uint8, np.uint16, np.uint32, np.uint64, np.bool_)]
+    aliased = [(getattr(multiarray, name), f"{module}.multiarray.{name}") for name in ("scalar", "_reconstruct")
+               for module in ("numpy.core", "numpy._core")]
+    return [np.dtype, np.ndarray, *dtypes, *aliased]
+
+
+_SAFE_GLOBALS = _allowed_numpy_globals()
 # Allowed for the whole process: torch's safe_globals() context swaps one process-wide list in and out, so two
 # threads loading at once (see pipeline.load_in_background) could restore each other's list early.
 torch.serialization.add_safe_globals(_SAFE_GLOBALS)
+_SAFE_NAMES = {g[1] if isinstance(g, tuple) else f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS}
 
 # What inference needs of a checkpoint; export strips the rest (optimizer state, training log).
 INFERENCE_CHECKPOINT_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes",
@@ -86,8 +95,7 @@ def _unsafe_globals(path: Path) -> list[str]:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
     except Exception:  # not a zip/pickle at all: nothing to name
         return []
-    allowed = {f"{g.__module__}.{g.__qualname__}" for g in _SAFE_GLOBALS}
-    return [n for n in names if n not in allowed]
+    return [n for n in names if n not in _SAFE_NAMES]
 
 
 def load_checkpoint(path: Path) -> dict:
@@ -110,14 +118,35 @@ def load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def _check_importable_names(plans_path: Path, arch: dict) -> None:
-    if not str(arch.get("network_class_name", "")).startswith(_ARCH_PACKAGES):
-        raise PantherError(f"{plans_path}: network class '{arch.get('network_class_name')}' is not from "
-                           "dynamic_network_architectures")
-    for key in arch.get("_kw_requires_import", []):
-        name = arch["arch_kwargs"].get(key)
+def _check_importable_names(plans_path: Path, configuration_manager: ConfigurationManager) -> None:
+    class_name = configuration_manager.network_arch_class_name
+    if not str(class_name).startswith(_ARCH_PACKAGES):
+        raise PantherError(f"{plans_path}: network class '{class_name}' is not from dynamic_network_architectures")
+    for key in configuration_manager.network_arch_init_kwargs_req_import:
+        name = configuration_manager.network_arch_init_kwargs.get(key)
         if name is not None and not str(name).startswith(_LAYER_PACKAGES):
             raise PantherError(f"{plans_path}: architecture kwarg '{key}' = '{name}' is not a torch.nn class")
+
+
+def _configuration_manager(plans_manager: PlansManager, name: str, plans_path: Path) -> ConfigurationManager:
+    """nnU-Net's manager of the configuration. Plans of nnU-Net before 2.4 describe the network without an
+    "architecture" entry; nnU-Net rebuilds it from their UNet_* keys (PlainConvUNet and ResidualEncoderUNet), and
+    its warning about that goes to stdout here: stderr is for problems (GC shows it as warnings)."""
+    old_class_name = plans_manager.plans["configurations"].get(name, {}).get("UNet_class_name")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            manager = plans_manager.get_configuration(name)
+        except (KeyError, RuntimeError) as e:
+            raise PantherError(f"{plans_path}: configuration '{name}' cannot be read as nnU-Net plans "
+                               f"({type(e).__name__}: {e})") from None
+    if any("old nnU-Net plans format" in str(w.message) for w in caught) and plans_path not in _REPORTED_OLD_PLANS:
+        _REPORTED_OLD_PLANS.add(plans_path)
+        log(f"{plans_path}: plans written before nnU-Net 2.4; network rebuilt by nnU-Net from '{old_class_name}'")
+    return manager
+
+
+_REPORTED_OLD_PLANS: set[Path] = set()
 
 
 def _configuration_name(member: MemberSpec, plans: dict, plans_path: Path) -> str:
@@ -171,11 +200,11 @@ def describe_member(weights_root: Path, member: MemberSpec, backend: str = "torc
     dataset_json = json.loads((folder / "dataset.json").read_text())
     plans_manager = PlansManager(plans)
     configuration_name = _configuration_name(member, plans, plans_path)
-    configuration_manager = plans_manager.get_configuration(configuration_name)
+    configuration_manager = _configuration_manager(plans_manager, configuration_name, plans_path)
     if configuration_manager.previous_stage_name is not None:
         raise PantherError(f"{plans_path}: configuration '{configuration_name}' is a cascade stage; "
                            "cascades are not supported")
-    _check_importable_names(plans_path, plans["configurations"][configuration_name].get("architecture") or {})
+    _check_importable_names(plans_path, configuration_manager)
     return Member(member, folder, member.trainer, configuration_name, plans_manager,
                   configuration_manager, dataset_json, plans_manager.get_label_manager(dataset_json), backend,
                   member.network_file(weights_root, backend))
