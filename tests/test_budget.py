@@ -8,7 +8,7 @@ import pytest
 import torch
 from conftest import gc_input, read_mask
 
-import panther_ensemble.pipeline as pipeline
+import panther_ensemble.loading as loading
 from panther_ensemble import synthetic as syn
 from panther_ensemble.budget import Deadline
 from panther_ensemble.run import budget_seconds, predict_folder
@@ -72,7 +72,7 @@ def test_output_before_the_budget_when_the_ensemble_needs_ten_times_more(workspa
     members = [(config, fold, checkpoint, 1.0) for config in (ALL_ROUNDER, VOLUME, BOUNDARY)
                for fold in config.folds for checkpoint in config.checkpoints]
     spec = syn.write_spec(tmp_path / "many.toml", members)
-    original = pipeline.load_network
+    original = loading.load_network
     loaded = []
 
     def slow_network(member, device):
@@ -80,7 +80,7 @@ def test_output_before_the_budget_when_the_ensemble_needs_ten_times_more(workspa
         loaded.append(network)
         return network
 
-    monkeypatch.setattr(pipeline, "load_network", slow_network)
+    monkeypatch.setattr(loading, "load_network", slow_network)
     input_dir = gc_input(tmp_path, "abdominal-t1-mri", {"case.mha": dict(shape_zyx=(16, 60, 70),
                                                                         spacing_xyz=(0.8, 0.8, 3.0), seed=5)})
     budget = 6.0

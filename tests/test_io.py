@@ -73,10 +73,24 @@ def test_read_image_keeps_geometry(tmp_path):
     path = syn.make_image(tmp_path / "x.mha", (5, 7, 9), (0.7, 0.8, 3.0), seed=1)
     original = sitk.ReadImage(str(path))
     image = read_image(path)
-    assert image.array.shape == (5, 7, 9) and image.array.dtype == np.float32
+    # an integer image stays in its type (nnU-Net's preprocessing makes its own float32 copy)
+    assert image.array.shape == (5, 7, 9) and image.array.dtype == sitk.GetArrayViewFromImage(original).dtype
+    np.testing.assert_array_equal(image.array, sitk.GetArrayViewFromImage(original))
+    assert check_image(path).bytes_per_voxel == image.array.itemsize
     assert image.spacing == original.GetSpacing() and image.direction == original.GetDirection()
     data, properties = image.nnunet_input()
     assert data.shape == (1, 5, 7, 9) and properties["spacing"] == [3.0, 0.8, 0.7]
+
+
+@pytest.mark.parametrize("pixel, kept", [(sitk.sitkUInt8, np.uint8), (sitk.sitkInt32, np.int32),
+                                         (sitk.sitkFloat64, np.float32), (sitk.sitkFloat32, np.float32)])
+def test_pixel_types_as_held(tmp_path, pixel, kept):
+    path = tmp_path / "x.mha"
+    values = sitk.GetImageFromArray(np.arange(60, dtype=np.float64).reshape(3, 4, 5))
+    sitk.WriteImage(sitk.Cast(values, pixel), str(path))
+    image = read_image(path)
+    assert image.array.dtype == kept and check_image(path).bytes_per_voxel == np.dtype(kept).itemsize
+    np.testing.assert_array_equal(image.array, np.arange(60).reshape(3, 4, 5))
 
 
 def write_text(path: Path, text: str) -> Path:

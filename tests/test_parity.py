@@ -7,7 +7,7 @@ import pytest
 import torch
 from conftest import dice, gc_input, read_mask
 
-from panther_ensemble.combine import probabilities_on_input_grid
+from panther_ensemble.input_grid import member_probabilities
 from panther_ensemble.io import read_image
 from panther_ensemble.members import load_member
 from panther_ensemble.predict import sliding_window_logits
@@ -70,11 +70,11 @@ def test_each_member_probabilities_match_stock(workspace, tmp_path):
         logits = sliding_window_logits(prepared.data, member.network, member.configuration_manager.patch_size,
                                         3, torch.device("cpu"))
         stock = stock_member_probabilities(image_file, workspace.weights, member_spec)
-        exact = probabilities_on_input_grid(logits, member, prepared.properties, "exact").numpy()
+        exact = member_probabilities(logits, member, prepared.properties, "exact").numpy()
         assert exact.shape == stock.shape == (3, *image.array.shape)
         np.testing.assert_allclose(exact, stock, atol=1e-5, err_msg=member_spec.name)
         # torch's linear resampling of the same logits: close everywhere, not bit-equal
-        fast = probabilities_on_input_grid(logits, member, prepared.properties, "fast").numpy()
+        fast = member_probabilities(logits, member, prepared.properties, "fast").numpy()
         assert np.abs(fast - stock).max() < 0.05, member_spec.name
         assert np.abs(fast - stock).mean() < 1e-3, member_spec.name
 

@@ -8,9 +8,14 @@ import SimpleITK as sitk
 import torch
 from conftest import read_mask
 
+import panther_ensemble.input_grid as input_grid
 import panther_ensemble.predict as predict
+import panther_ensemble.resample as resample
+import panther_ensemble.run as run
+from panther_ensemble import memory
 from panther_ensemble.errors import PantherError
-from panther_ensemble.run import check_memory, predict_folder
+from panther_ensemble.memory import check_host_memory
+from panther_ensemble.run import predict_folder
 
 T1 = "abdominal-t1-mri"
 
@@ -54,39 +59,91 @@ def test_non_finite_voxels_become_zero_with_a_warning(workspace, tmp_path, capsy
 def test_image_too_large_after_resampling_fails_before_allocating(workspace, tmp_path):
     # a header with metres where millimetres were meant: 8x24x28 voxels of 0.5 m become ~10^11 at 1 mm
     input_dir = write_input(tmp_path, np.ones((8, 24, 28), np.int16), spacing=(500.0, 500.0, 500.0))
-    with pytest.raises(PantherError, match=r"would need about .* GiB of memory after resampling"):
+    with pytest.raises(PantherError, match=r"would need about .* GiB of memory at the models' spacing"):
         predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights,
                        device="cpu", budget=0)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
-def test_check_memory():
-    check_memory(__file__, 10, available=100)
-    with pytest.raises(PantherError, match="only 0.0 GiB are available"):
-        check_memory(__file__, 10 ** 9, available=100)
+def test_check_host_memory():
+    check_host_memory(__file__, 10, available=(100, "x"))
+    with pytest.raises(PantherError, match=r"only 0.0 GiB are available \(the limit\)"):
+        check_host_memory(__file__, 10 ** 9, available=(100, "the limit"))
 
 
-def test_device_out_of_memory_accumulates_on_the_host(monkeypatch, capsys):
-    """Out of device memory, the network runs again with its logits accumulated on the host (the same result);
-    the CPU stands in for the device, which this test cannot have, through the arguments _predict gets."""
-    torch.manual_seed(0)
-    network = torch.nn.Conv3d(1, 3, 3, padding=1).eval()
-    data = torch.randn(1, 12, 20, 20)
-    expected = predict.sliding_window_logits(data, network, (8, 16, 16), 3, torch.device("cpu"))
-    original, calls = predict._predict, []
+def test_case_too_large_for_the_containers_memory_limit_fails_cleanly(workspace, tmp_path, monkeypatch):
+    """GC's container has 16 GiB on a larger host: the cgroup limit, not MemAvailable, decides (cgroup v2 files)."""
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{300 * 2 ** 20}\n")
+    (cgroup / "memory.current").write_text(f"{290 * 2 ** 20}\n")
+    (cgroup / "memory.stat").write_text(f"anon 1\ninactive_file {2 ** 20}\n")
+    monkeypatch.setattr(memory, "CGROUP_ROOT", cgroup)
+    input_dir = write_input(tmp_path, np.ones((40, 200, 200), np.int16), spacing=(1.0, 1.0, 1.0))
+    with pytest.raises(PantherError, match=r"would need about .* only 0.0 GiB are available \(the container's "
+                                           r"memory limit \(.*memory.max: 0.3 GiB\)\)"):
+        predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights,
+                       device="cpu", budget=0)
+    assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
-    def out_of_device_memory(data, network, patch, classes, device, results_device, *args):
-        calls.append((device.type, results_device.type))
-        if results_device.type != "cpu":
+
+# A stand-in for a GPU, which these tests cannot have: the CPU under another name. The run treats it as a device
+# (steps that run out of memory there fall back to the host); its tensors are ordinary CPU tensors.
+STAND_IN_DEVICE = torch.device("cpu", 0)
+
+
+def out_of_memory_once(original, on_device):
+    """original, except that its first call with on_device(*args) true raises torch.OutOfMemoryError."""
+    calls = []
+
+    def injected(*args, **kwargs):
+        if on_device(*args, **kwargs) and not calls:
+            calls.append(args)
             raise torch.OutOfMemoryError("injected")
-        return original(data, network, patch, classes, torch.device("cpu"), results_device, *args)
+        return original(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "_predict", out_of_device_memory)
-    logits = predict.sliding_window_logits(data, network, (8, 16, 16), 3, torch.device("cuda"))
-    assert calls == [("cuda", "cuda"), ("cuda", "cpu")]
-    assert "out of device memory: accumulating on the host" in capsys.readouterr().out
-    assert logits.device.type == "cpu"
-    torch.testing.assert_close(logits, expected, rtol=0, atol=0)
+    injected.calls = calls
+    return injected
+
+
+STEPS = {  # step: (object, attribute, whether a call is the device's, the warning's words)
+    "image resampling": (resample, "resample_image", lambda *a, device, **k: device == STAND_IN_DEVICE,
+                         "while resampling the image"),
+    "sliding window": (predict, "_predict", lambda *a: a[5] == STAND_IN_DEVICE, "in the sliding window"),
+    "export to the input grid": (input_grid.SlabResampler, "slab", lambda self, *a: True,
+                                 "while bringing a member to the input grid"),
+    "sum allocation": (input_grid.ProbabilitySum, "_zeros", lambda self, *a: self.device == STAND_IN_DEVICE,
+                       "while summing the members"),
+    "argmax": (input_grid.ProbabilitySum, "_labels", lambda self, *a: self.device == STAND_IN_DEVICE,
+               "while taking the argmax"),
+}
+
+
+@pytest.fixture(scope="module")
+def mask_without_faults(workspace, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("no-faults")
+    input_dir = write_input(tmp, np.random.default_rng(3).uniform(100, 900, (10, 30, 34)).astype(np.float32))
+    written = predict_folder(input_dir, tmp / "out", ensemble=workspace.mixed_spec, weights=workspace.weights,
+                             device="cpu", budget=0)
+    return input_dir, read_mask(written[0])[0]
+
+
+@pytest.mark.parametrize("step", sorted(STEPS))
+def test_device_out_of_memory_in_each_step_falls_back_to_the_host(workspace, tmp_path, monkeypatch, capsys,
+                                                                  mask_without_faults, step):
+    """Out of device memory in any step on the device, that step runs on the host with one warning line, and the
+    case completes with the same mask."""
+    input_dir, expected = mask_without_faults
+    owner, name, on_device, words = STEPS[step]
+    injected = out_of_memory_once(getattr(owner, name), on_device)
+    monkeypatch.setattr(owner, name, injected)
+    monkeypatch.setattr(run, "select_device", lambda requested: STAND_IN_DEVICE)
+    written = predict_folder(input_dir, tmp_path / "out", ensemble=workspace.mixed_spec, weights=workspace.weights,
+                             device="auto", budget=0)
+    assert injected.calls, f"the {step} never ran on the device"
+    warnings = capsys.readouterr().err.strip().splitlines()
+    assert len(warnings) == 1 and warnings[0].startswith(f"warning: out of device memory {words}"), warnings
+    np.testing.assert_array_equal(read_mask(written[0])[0], expected)
 
 
 def test_out_of_memory_for_a_single_network_on_cpu_is_not_hidden(monkeypatch):

@@ -77,6 +77,15 @@ class Deadline:
             return True
         return fits
 
+    def wait_for_loading(self, tiles: int, completed: int) -> float | None:
+        """How long the next member may wait for its network and still finish (None: as long as it takes; always
+        so for the first member)."""
+        if self.seconds is None or completed == 0:
+            return None
+        forwards = self.slowest_forward if self.tile_seconds_per_member is None else \
+            tiles * self.tile_seconds_per_member
+        return max(0.0, self.left() - self.write_seconds - self.finish_seconds_per_member - forwards)
+
     def another_group_fits(self, completed: int) -> bool:
         """Whether a new preprocessing group could still add a member (always, before any completed)."""
         if completed == 0 or self.seconds is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -145,7 +146,7 @@ def run_evaluate(args: argparse.Namespace) -> None:
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result["aggregates"].items())
     elif all(members) and not any(folders):
         from .compare import compare_members, format_table
-        from .run import select_device
+        from .devices import select_device
         from .spec import check_against_weights, load_spec, resolve_weights_root
 
         spec = load_spec(args.ensemble)
@@ -184,7 +185,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
     import tempfile
 
     from .benchmark import format_report, run_benchmark
-    from .run import select_device
+    from .devices import select_device
 
     if args.repeats is not None and args.repeats < 1:
         raise PantherError(f"--repeats must be at least 1, got {args.repeats}")
@@ -204,6 +205,14 @@ def _run(action, args: argparse.Namespace) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """End the process as soon as its work is written: a network still loading for a member the deadline dropped
+    (a daemon thread) is not waited for, nor torch's teardown."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     actions = {"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview, "benchmark": run_benchmark,
@@ -215,5 +224,10 @@ def inference_main(argv: list[str] | None = None) -> int:
     return _run(run_predict, inference_parser().parse_args(argv))
 
 
+def console_main() -> None:
+    """The panther-ensemble console script."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

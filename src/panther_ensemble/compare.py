@@ -12,7 +12,6 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .combine import SoftmaxMean, tumor_mask
 from .errors import PantherError
 from .evaluate import aggregate, tumor_metrics
 from .io import IMAGE_SUFFIXES, image_files_by_id, read_image
@@ -51,15 +50,16 @@ def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, la
     for case, image_file, label_file in labelled_cases(images_dir, labels_dir):
         image = read_image(image_file)
         truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))) == spec.tumor_label
-        if truth.shape != image.array.shape:
-            raise PantherError(f"{label_file}: shape {truth.shape} differs from the image's {image.array.shape}")
+        if truth.shape != image.shape:
+            raise PantherError(f"{label_file}: shape {truth.shape} differs from the image's {image.shape}")
         spacing = tuple(reversed(image.spacing))
-        mean = SoftmaxMean()
-        for member, probabilities in ensemble.member_probabilities(image, timer):
-            alone = tumor_mask(torch.argmax(probabilities, dim=0), spec.tumor_label)
-            rows[member_label(member.spec)][case] = tumor_metrics(alone, truth, spacing)
-            mean.add(probabilities, member.spec.weight)
-        rows[ENSEMBLE][case] = tumor_metrics(tumor_mask(mean.labels(), spec.tumor_label), truth, spacing)
+        total = ensemble.new_sum(image)
+        for member, logits, properties in ensemble.member_logits(image, timer):
+            alone = ensemble.new_sum(image)
+            alone.add(logits, member, properties, 1.0, ensemble.mode)
+            rows[member_label(member.spec)][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
+            total.add_sum(alone, member.spec.weight)
+        rows[ENSEMBLE][case] = tumor_metrics(total.mask(spec.tumor_label), truth, spacing)
         log(f"{case}: ensemble Dice {rows[ENSEMBLE][case]['volumetric_dice']:.3f}")
     log(timer.summary())
     return {name: {"per_subject": per_subject, "aggregates": aggregate(per_subject)}

@@ -21,17 +21,28 @@ IMAGE_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd")
 
 @dataclass
 class Image:
-    """A 3-D scalar image: voxels as (z, y, x) float32 and the geometry nnU-Net needs to export."""
+    """A 3-D scalar image: voxels as (z, y, x), in the file's integer type or as float32 (nnU-Net's preprocessing
+    makes its float32 copy: holding a second one here would cost 4 bytes per voxel for the whole run), and the
+    geometry nnU-Net needs to export."""
 
     path: Path
-    array: np.ndarray
+    array: np.ndarray | None  # None once released (pipeline: after the last preprocessing)
     spacing: tuple[float, float, float]
     origin: tuple[float, float, float]
     direction: tuple[float, ...]
     non_finite: int = 0  # NaN/Inf voxels that were set to 0 on reading
 
+    def __post_init__(self) -> None:
+        self.shape: tuple[int, int, int] = tuple(self.array.shape)
+
+    def release_voxels(self) -> None:
+        """Drop the voxels (the geometry stays, for writing the mask): the rest of the run does not need them."""
+        self.array = None
+
     def nnunet_input(self) -> tuple[np.ndarray, dict]:
         """(1, z, y, x) data and the properties dict exactly as nnU-Net's SimpleITKIO returns them."""
+        if self.array is None:
+            raise ValueError(f"{self.path}: the voxels were released")
         properties = {
             "sitk_stuff": {"spacing": self.spacing, "origin": self.origin, "direction": self.direction},
             "spacing": list(self.spacing)[::-1],
@@ -129,11 +140,23 @@ def _validated_reader(path: Path) -> sitk.ImageFileReader:
     return reader
 
 
-def check_image(path: Path) -> tuple[tuple[int, int, int], tuple[float, float, float]]:
-    """Validate an input's header without reading its voxels (done for every file before heavy work);
-    returns its (z, y, x) size and (z, y, x) spacing."""
+@dataclass(frozen=True)
+class Header:
+    shape_zyx: tuple[int, int, int]
+    spacing_zyx: tuple[float, float, float]
+    bytes_per_voxel: int  # as read_image holds the voxels
+
+
+def check_image(path: Path) -> Header:
+    """Validate an input's header without reading its voxels (done for every file before heavy work)."""
     reader = _validated_reader(Path(path))
-    return tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing()))
+    return Header(tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing())),
+                  _INTEGER_PIXELS.get(reader.GetPixelID(), 4))
+
+
+# integer images are kept in their type (a float32 copy costs 4 bytes per voxel); every other one becomes float32
+_INTEGER_PIXELS = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2, sitk.sitkUInt32: 4,
+                   sitk.sitkInt32: 4, sitk.sitkUInt64: 8, sitk.sitkInt64: 8}
 
 
 def read_image(path: Path) -> Image:
@@ -146,13 +169,16 @@ def read_image(path: Path) -> Image:
         lines = str(e).strip().splitlines()
         raise PantherError(f"{path}: image data cannot be read ({lines[-1] if lines else 'truncated?'})") \
             from None
-    array = sitk.GetArrayFromImage(image).astype(np.float32, copy=False)
-    # NaN/Inf would poison the z-score normalization of the whole image: such voxels become 0 (outside the
-    # body to nnU-Net's crop), and the caller warns.
-    finite = np.isfinite(array)
-    non_finite = int(array.size - np.count_nonzero(finite))
-    if non_finite:
-        array = np.where(finite, array, np.float32(0))
+    array = sitk.GetArrayFromImage(image)
+    non_finite = 0
+    if image.GetPixelID() not in _INTEGER_PIXELS:
+        array = array.astype(np.float32, copy=False)
+        # NaN/Inf would poison the z-score normalization of the whole image: such voxels become 0 (outside the
+        # body to nnU-Net's crop), and the caller warns.
+        finite = np.isfinite(array)
+        non_finite = int(array.size - np.count_nonzero(finite))
+        if non_finite:
+            array[~finite] = 0
     return Image(path, array, image.GetSpacing(), image.GetOrigin(), image.GetDirection(), non_finite)
 
 
@@ -173,8 +199,8 @@ def check_writable(folder: Path) -> None:
 
 def write_mask(mask: np.ndarray, like: Image, path: Path) -> None:
     """Write a uint8 (z, y, x) mask on the geometry of `like`, compressed; atomically (never half-written)."""
-    if mask.shape != like.array.shape:
-        raise ValueError(f"mask shape {mask.shape} differs from the image's {like.array.shape}")
+    if mask.shape != like.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from the image's {like.shape}")
     out = sitk.GetImageFromArray(mask.astype(np.uint8, copy=False))
     out.SetSpacing(like.spacing)
     out.SetOrigin(like.origin)

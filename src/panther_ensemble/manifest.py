@@ -31,22 +31,47 @@ def write_manifest(root: Path, known: dict[str, str] | None = None) -> Path:
     return manifest
 
 
+class Manifest:
+    """A weights root's manifest: which files it lists and their digests."""
+
+    def __init__(self, root: Path) -> None:
+        self.root, self.path = Path(root), Path(root) / MANIFEST_NAME
+        self.listed = {}
+        for line in self.path.read_text().splitlines():
+            digest, _, name = line.partition("  ")
+            self.listed[name] = digest
+
+    @classmethod
+    def of(cls, root: Path) -> Manifest | None:
+        """The manifest of root, None where there is none."""
+        return cls(root) if (Path(root) / MANIFEST_NAME).is_file() else None
+
+    def _name(self, file: Path) -> str:
+        name = Path(file).relative_to(self.root).as_posix()
+        if name not in self.listed:
+            raise PantherError(f"{self.path}: does not list {name}, which the ensemble uses")
+        return name
+
+    def check_listed(self, files: list[Path]) -> None:
+        """Every file is listed (cheap: nothing is read)."""
+        for file in files:
+            self._name(file)
+
+    def verify(self, file: Path) -> None:
+        """The file's sha256 is the listed one (reading it once, which leaves it in the page cache for its loader)."""
+        if sha256(file) != self.listed[self._name(file)]:
+            raise PantherError(f"{file}: sha256 differs from {self.path} (corrupt or replaced weights)")
+
+
 def verify_manifest(root: Path, files: list[Path]) -> bool:
     """When root holds a manifest, every one of `files` must be listed in it with its hash. Returns whether a
     manifest was there."""
-    manifest = Path(root) / MANIFEST_NAME
-    if not manifest.is_file():
+    manifest = Manifest.of(root)
+    if manifest is None:
         return False
-    listed = {}
-    for line in manifest.read_text().splitlines():
-        digest, _, name = line.partition("  ")
-        listed[name] = digest
+    manifest.check_listed(files)
     for file in files:
-        name = Path(file).relative_to(root).as_posix()
-        if name not in listed:
-            raise PantherError(f"{manifest}: does not list {name}, which the ensemble uses")
-        if sha256(file) != listed[name]:
-            raise PantherError(f"{file}: sha256 differs from {manifest} (corrupt or replaced weights)")
+        manifest.verify(file)
     return True
 
 

@@ -1,33 +1,40 @@
-"""The ensemble run: load members once, then per image preprocess -> predict -> combine, one member at a time.
+"""The ensemble run: load members once, then per image preprocess -> predict -> back to the input grid, member by
+member, each member's probabilities added to the ensemble's sum before the next member's logits are made.
 
-Data flows one way; file I/O stays in io/spec/members, the math in preprocess/predict/combine.
+Data flows one way; file I/O stays in io/spec/members, the math in preprocess/predict/input_grid.
 """
 
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections import defaultdict
-from collections.abc import Iterator
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from .budget import Deadline
-from .combine import SoftmaxMean, probabilities_on_input_grid, tumor_mask
 from .cuda_graph import GraphedForward, capture
+from .devices import HOST
+from .input_grid import MODES, ProbabilitySum
 from .io import Image
-from .members import Member, Network, describe_member, load_network
+from .loading import NetworkLoader, Verify
+from .members import Member, Network, describe_member
 from .predict import sliding_window_logits, tile_count, tiles_per_forward
-from .preprocess import preprocess, preprocessing_key, resampled_shape
+from .preprocess import preprocess, preprocessing_key
 from .spec import EnsembleSpec
 from .timing import StageTimer, log, log_tile_progress
 
-# fast: resampling on the device and, on a CPU, small tiles a few per forward, inside DESIGN.md's parity bound;
-# exact: stock nnU-Net's arithmetic step by step (the plans' resampling on the host, one tile per forward).
-MODES = ("fast", "exact")
+
+@dataclass(frozen=True)
+class Placement:
+    """Where the run keeps what (memory.plan_device chooses it from the device's free memory)."""
+
+    capture_graphs: bool = True  # on CUDA in fast mode: a tile forward captured per architecture
+    input_grid_on_device: bool = True  # the ensemble's probability sum and each member's export
+    keep_networks: bool = True  # every member's network stays loaded (else: loaded when needed, then released)
 
 
 def group_members(members: list[Member]) -> list[list[Member]]:
@@ -38,70 +45,61 @@ def group_members(members: list[Member]) -> list[list[Member]]:
     return list(by_preprocessing.values())
 
 
-def load_in_background(members: list[Member], device: torch.device) -> list[Future]:
-    """Each member's network (Future of load_network), loaded in this order on a thread of its own, so that later
-    members load (checkpoint read, network built, weights copied to the device) while earlier ones predict:
-    on a GPU that hides all loading but the first member's. A failure is raised where that network is asked for."""
-    futures: list[Future] = [Future() for _ in members]
-
-    def load() -> None:
-        for member, future in zip(members, futures):
-            try:
-                future.set_result(load_network(member, device))
-            except BaseException as e:
-                future.set_exception(e)
-
-    threading.Thread(target=load, name="load-networks").start()
-    return futures
-
-
 class Ensemble:
     def __init__(self, spec: EnsembleSpec, members: list[Member], device: torch.device, mode: str = "fast",
-                 ) -> None:
-        """`members` as describe_member gives them: their networks load in the background from here on."""
+                 placement: Placement | None = None, verify: Verify | None = None) -> None:
+        """`members` as describe_member gives them: their networks load in the background from here on, each
+        checked by `verify` (the weights manifest) as it is read."""
         self.spec = spec
         self.members = members
         self.device = device
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         self.mode = mode
+        self.placement = placement or Placement()
         self.groups = group_members(members)
-        order = [member for group in self.groups for member in group]
-        # by id: members are dataclasses, compared by value and unhashable
-        self._networks = dict(zip(map(id, order), load_in_background(order, device)))
+        self.loader = NetworkLoader([m for group in self.groups for m in group], device, verify,
+                                    keep=self.placement.keep_networks)
         self._graphs: dict[str, GraphedForward | None] = {}  # per architecture and tile shape
+        self._images = 0
+        self.dropped: list[Member] = []
 
     @classmethod
     def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer, mode: str = "fast",
-             backend: str = "torch") -> Ensemble:
+             backend: str = "torch", placement: Placement | Callable[[list[Member]], Placement] | None = None,
+             verify: Verify | None = None) -> Ensemble:
+        """The members described from their folders, then (`placement` may be chosen from them) their networks
+        loading in the background."""
         with timer.stage("load"):
-            ensemble = cls(spec, [describe_member(weights_root, m, backend) for m in spec.members], device, mode)
+            members = [describe_member(weights_root, m, backend) for m in spec.members]
+        if callable(placement):
+            placement = placement(members)
+        with timer.stage("load"):
+            ensemble = cls(spec, members, device, mode, placement, verify)
         log(f"loading {len(spec.members)} members ({backend}) from {weights_root} in {len(ensemble.groups)} "
             f"preprocessing group(s) on {device}: their networks in the background, in the order they run")
         return ensemble
 
-    def network(self, member: Member) -> Network:
-        """The member's network, waiting for its loading where it is not done yet."""
-        return self._networks[id(member)].result()
+    @property
+    def classes(self) -> int:
+        return self.members[0].label_manager.num_segmentation_heads
 
-    def peak_bytes(self, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:
-        """An upper estimate of the host memory one image needs, from its header alone.
+    def close(self) -> None:
+        """Stop loading networks (those of members the deadline dropped are not waited for)."""
+        self.loader.cancel()
 
-        Per preprocessing group: the resampled float32 data and its resampling copy, one member's fp16 logits and
-        the weight map; on the input grid: one member's logits, probabilities and the running mean.
-        """
-        input_voxels = int(np.prod(shape_zyx))
-        classes = self.members[0].label_manager.num_segmentation_heads
-        worst_group = max(int(np.prod(resampled_shape(shape_zyx, spacing_zyx, group[0]))) for group in self.groups)
-        return worst_group * (2 * 4 + 2 * (classes + 1)) + input_voxels * (4 + 3 * classes * 4)
-
-    def member_probabilities(self, image: Image, timer: StageTimer, deadline: Deadline | None = None,
-                             ) -> Iterator[tuple[Member, torch.Tensor]]:
-        """Each member's softmax on the image's (z, y, x) grid, one member after another in spec order within
-        shared preprocessing groups (one preprocessing per group). With a deadline, members that would finish
-        past it are skipped; `self.dropped` names them afterwards."""
+    def member_logits(self, image: Image, timer: StageTimer, deadline: Deadline | None = None,
+                      release_voxels: bool = False) -> Iterator[tuple[Member, torch.Tensor, dict]]:
+        """Each member's fp16 logits on its preprocessed grid and nnU-Net's properties to export them, one member
+        after another in spec order within shared preprocessing groups (one preprocessing per group). With a
+        deadline, members that would finish past it are skipped; `self.dropped` names them afterwards. The time
+        the caller takes between two members (the export) counts as the member's finish for the deadline.
+        `release_voxels`: the image's voxels are dropped once the last group is preprocessed."""
         deadline = deadline or Deadline(None)
-        self.dropped: list[Member] = []
+        self.dropped = []
+        if self._images:
+            self.loader.next_image()
+        self._images += 1
         completed = 0
         for g, group in enumerate(self.groups, start=1):
             if not deadline.another_group_fits(completed):
@@ -111,36 +109,45 @@ class Ensemble:
             with timer.stage("preprocess"):
                 prepared = preprocess(image, group[0], self.device if self.mode == "fast" else None)
             deadline.record_preprocess(time.perf_counter() - started)
-            log(f"group {g}: preprocessed {tuple(image.array.shape)} -> {tuple(prepared.data.shape[1:])} "
+            log(f"group {g}: preprocessed {image.shape} -> {tuple(prepared.data.shape[1:])} "
                 f"in {timer.last['preprocess']:.1f}s")
+            if g == len(self.groups) and release_voxels:
+                image.release_voxels()  # 2-4 bytes per voxel less while the members run
             for m, member in enumerate(group):
-                patch = member.configuration_manager.patch_size
-                if not deadline.member_fits(tile_count(prepared.data.shape[1:], patch), completed):
+                tiles = tile_count(prepared.data.shape[1:], member.configuration_manager.patch_size)
+                if not deadline.member_fits(tiles, completed):
                     self._drop(group[m:], "projected to finish past the budget")
                     break
-                with timer.stage("load"):
-                    network = self.network(member)
+                try:
+                    with timer.stage("load"):
+                        network = self.loader.network(member, deadline.wait_for_loading(tiles, completed))
+                except TimeoutError:
+                    self._drop(group[m:], "its network was still loading when the budget ran out")
+                    break
+                if completed == 0:
+                    log(f"  {member.spec.name}: network ready {timer.elapsed():.1f}s after start")
                 with timer.stage("forward"):
                     logits = self._member_logits(member, network, prepared.data, deadline, completed)
+                del network
+                self.loader.done_with(member)
                 log(f"  {member.spec.name}: forward in {timer.last['forward']:.1f}s")
                 if logits is None:
                     self._drop(group[m:], "projected to finish past the budget")
                     break
                 started = time.perf_counter()
-                with timer.stage("resample"):
-                    probabilities = probabilities_on_input_grid(logits, member, prepared.properties, self.mode)
+                yield member, logits, prepared.properties
                 del logits
-                log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
-                yield member, probabilities
                 deadline.record_finish(time.perf_counter() - started)
                 completed += 1
+            del prepared
 
     def _member_logits(self, member: Member, network: Network, data: torch.Tensor, deadline: Deadline,
                        completed: int) -> torch.Tensor | None:
         """The member's sliding window, the deadline asked after every forward; None where it stopped it."""
         patch = member.configuration_manager.patch_size
         label = f"{member.spec.name}, patch {patch}"
-        if self.device.type == "cuda" and self.mode == "fast" and isinstance(network, torch.nn.Module):
+        if self.device.type == "cuda" and self.mode == "fast" and self.placement.capture_graphs \
+                and isinstance(network, torch.nn.Module):
             network = self._graphed(member, network)
 
         def on_forward(tiles: range, total: int, seconds: float) -> bool:
@@ -167,11 +174,18 @@ class Ensemble:
             self.dropped += members
             log(f"budget: dropped {len(members)} member(s) ({why}): {', '.join(m.spec.name for m in members)}")
 
+    def new_sum(self, image: Image) -> ProbabilitySum:
+        """An empty probability sum on the image's grid, where the placement puts the input-grid stage."""
+        return ProbabilitySum(image.shape, self.classes,
+                              self.device if self.placement.input_grid_on_device else HOST)
+
     def predict(self, image: Image, timer: StageTimer, deadline: Deadline | None = None) -> np.ndarray:
-        """The uint8 tumor mask on the image's grid."""
-        mean = SoftmaxMean()
-        for member, probabilities in self.member_probabilities(image, timer, deadline):
-            with timer.stage("combine"):
-                mean.add(probabilities, member.spec.weight)
+        """The uint8 tumor mask on the image's grid. The image's voxels are released once preprocessed."""
+        total = self.new_sum(image)
+        for member, logits, properties in self.member_logits(image, timer, deadline, release_voxels=True):
+            with timer.stage("resample"):
+                total.add(logits, member, properties, member.spec.weight, self.mode)
+            del logits
+            log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
         with timer.stage("combine"):
-            return tumor_mask(mean.labels(), self.spec.tumor_label)
+            return total.mask(self.spec.tumor_label)

@@ -16,8 +16,9 @@ import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
+from .devices import HOST, release_device_memory
 from .members import Network
-from .timing import log
+from .timing import warn
 
 TILE_STEP_SIZE = 0.5
 # PyTorch runs a CPU 3-D convolution through oneDNN only when the batch or the input is large enough; one small
@@ -68,11 +69,12 @@ def sliding_window_logits(data: torch.Tensor, network: Network, patch_size: Sequ
     try:
         return _predict(data, network, patch_size, num_classes, device, device, on_forward, batch)
     except torch.OutOfMemoryError:
-        if device.type == "cpu":
+        if device == HOST:
             raise
-        log("out of device memory: accumulating on the host")
-        torch.cuda.empty_cache()
-    return _predict(data, network, patch_size, num_classes, device, torch.device("cpu"), on_forward, batch)
+        warn("out of device memory in the sliding window: its sums are kept on the host (the network stays on the "
+             "device)")
+        release_device_memory()
+    return _predict(data, network, patch_size, num_classes, device, HOST, on_forward, batch)
 
 
 def _predict(data: torch.Tensor, network: Network, patch_size: Sequence[int], num_classes: int,

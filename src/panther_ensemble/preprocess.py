@@ -12,8 +12,10 @@ import torch
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
 from . import resample
+from .devices import HOST, release_device_memory
 from .io import Image
 from .members import Member
+from .timing import warn
 
 
 @dataclass
@@ -69,12 +71,24 @@ class DeviceResampling:
         kwargs = configuration["resampling_fn_data_kwargs"]
         if configuration["resampling_fn_data"] != "resample_data_or_seg_to_shape" or not resample.supports(kwargs):
             return self._configuration_manager.resampling_fn_data
-        return partial(resample.resample_image, device=self._device, **kwargs)
+        return partial(_resample_image, device=self._device, **kwargs)
 
     @property
     def resampling_fn_seg(self):
         # at inference nnU-Net resamples the nonzero mask and never uses it afterwards: skip that work
         return lambda seg, *args, **kwargs: seg
+
+
+def _resample_image(data, new_shape, current_spacing, new_spacing, device: torch.device, **kwargs) -> torch.Tensor:
+    """resample.resample_image on the device; out of memory there, on the host (the same arithmetic)."""
+    try:
+        return resample.resample_image(data, new_shape, current_spacing, new_spacing, device=device, **kwargs)
+    except torch.OutOfMemoryError:
+        if device == HOST:
+            raise
+        warn("out of device memory while resampling the image: it is resampled on the host")
+        release_device_memory()
+        return resample.resample_image(data, new_shape, current_spacing, new_spacing, device=HOST, **kwargs)
 
 
 def preprocess(image: Image, member: Member, device: torch.device | None = None) -> Preprocessed:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import math
 import resource
-import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .budget import DEFAULT_BUDGET_SECONDS, Deadline
+from .devices import select_device
 from .errors import PantherError
-from .io import check_image, check_writable, find_inputs, output_path, read_image, write_mask
-from .manifest import MANIFEST_NAME, verify_manifest
-from .pipeline import Ensemble
+from .io import Header, check_image, check_writable, find_inputs, output_path, read_image, write_mask
+from .loading import Verify
+from .manifest import Manifest
+from .members import Member
+from .memory import check_host_memory, device_free_bytes, estimate_device, host_bytes, plan_device
+from .pipeline import Ensemble, Placement
 from .spec import (
     BACKENDS,
     EnsembleSpec,
@@ -21,46 +25,37 @@ from .spec import (
     find_spec,
     load_spec,
     member_files,
+    network_files,
     resolve_weights_root,
     spec_dirs,
 )
-from .timing import StageTimer, log
-
-
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PantherError("--device cuda: no CUDA device is available")
-    if name == "cuda":
-        torch.backends.cudnn.benchmark = True  # the fastest convolution per shape, as nnU-Net's predictor sets it
-    return torch.device(name)
+from .timing import StageTimer, log, warn
 
 
 def peak_memory() -> str:
     host = f"host {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2:.2f} GiB"
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        return f"{host}, device {torch.cuda.max_memory_allocated() / 1024 ** 3:.2f} GiB"
+    if torch.cuda.is_available() and torch.cuda.is_initialized():  # reserved: the allocator's cache and graph pools
+        return f"{host}, device {torch.cuda.max_memory_reserved() / 1024 ** 3:.2f} GiB reserved"
     return host
 
 
-def available_memory_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux, as on GC); None where it cannot be read."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+def weights_verifier(spec: EnsembleSpec, weights_root: Path, backend: str) -> Verify | None:
+    """With a manifest in the weights root: every file the ensemble uses must be listed (checked now), plans and
+    dataset files match now, and each member's network files are hashed by the loader as it reads them."""
+    manifest = Manifest.of(weights_root)
+    if manifest is None:
+        return None
+    manifest.check_listed(member_files(spec, weights_root, backend))
+    for member in spec.members:
+        for name in ("plans.json", "dataset.json"):
+            manifest.verify(weights_root / member.model / name)
+    log(f"weights listed in {manifest.path}; each network file is verified as it loads")
 
+    def verify(member: Member) -> None:
+        for file in network_files(member.spec, weights_root, backend):
+            manifest.verify(file)
 
-def check_memory(file: Path, needed: int, available: int | None = None) -> None:
-    available = available_memory_bytes() if available is None else available
-    if available is not None and needed > available:
-        raise PantherError(f"{file}: predicting it would need about {needed / 1024 ** 3:.1f} GiB of memory after "
-                           f"resampling to the models' spacing, but only {available / 1024 ** 3:.1f} GiB are "
-                           "available (is the image's size or spacing wrong?)")
+    return verify
 
 
 def tumor_volume_ml(mask: np.ndarray, spacing: tuple[float, float, float]) -> float:
@@ -100,39 +95,58 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     weights_root = resolve_weights_root(spec, weights)
     check_against_weights(spec, weights_root, backend)
     with timer.stage("verify"):
-        if verify_manifest(weights_root, member_files(spec, weights_root, backend)):
-            log(f"weights match {weights_root / MANIFEST_NAME}")
+        verify = weights_verifier(spec, weights_root, backend)
     headers = {file: check_image(file) for file in inputs.files}
     check_writable(output_path(output_dir, spec.output_socket, inputs.files[0]).parent)
     torch_device = select_device(device)
     seconds = budget_seconds(budget, spec.budget_seconds)
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(inputs.files)} image(s)")
 
-    model = Ensemble.load(spec, weights_root, torch_device, timer, mode, backend)
-    for file, (shape, spacing) in headers.items():
-        check_memory(file, model.peak_bytes(shape, spacing))
-    written = []
-    for index, file in enumerate(inputs.files):
-        # one budget per case; the first one also pays for loading the models
-        deadline = Deadline(seconds, start=timer.started if index == 0 else None)
-        with timer.stage("read"):
-            image = read_image(file)
-        if image.non_finite:
-            print(f"warning: {file}: {image.non_finite} NaN/Inf voxels were set to 0", file=sys.stderr, flush=True)
-        spacing = tuple(round(s, 3) for s in image.spacing)
-        log(f"{file.name}: {image.array.shape[::-1]} voxels (x, y, z) at {spacing} mm, read in "
-            f"{timer.last['read']:.1f}s")
-        mask = model.predict(image, timer, deadline)
-        target = output_path(output_dir, spec.output_socket, file)
-        with timer.stage("write"):
-            write_mask(mask, image, target)
-        log(f"wrote {target}: tumor {tumor_volume_ml(mask, image.spacing):.2f} mL ({int(mask.sum())} voxels) "
-            f"in {timer.last['write']:.1f}s")
-        used = len(spec.members) - len(model.dropped)
-        budget_note = "no budget" if seconds is None else f"budget left {deadline.left():.1f}s of {seconds:.0f}s"
-        log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"
-            f"{' (' + ', '.join(m.spec.name for m in model.dropped) + ')' if model.dropped else ''}; "
-            f"{budget_note}; peak memory {peak_memory()}")
-        written.append(target)
-    log(timer.summary())
-    return written
+    def placement(members: list[Member]) -> Placement:
+        """On CUDA, what fits the device for the largest image; then every image must fit the host."""
+        chosen = Placement()
+        if torch_device.type == "cuda":
+            largest = max(headers.values(), key=lambda h: math.prod(h.shape_zyx))
+            chosen = plan_device(estimate_device(members, largest.shape_zyx, largest.spacing_zyx),
+                                 device_free_bytes(torch_device))
+        for file, header in headers.items():
+            check_host_memory(file, host_needs(members, header, mode, torch_device, chosen))
+        return chosen
+
+    model = Ensemble.load(spec, weights_root, torch_device, timer, mode, backend, placement, verify)
+    try:
+        return [_predict_file(model, file, output_dir, spec, timer, seconds, index) for index, file in
+                enumerate(inputs.files)]
+    finally:
+        model.close()
+        log(timer.summary())
+
+
+def host_needs(members: list[Member], header: Header, mode: str, device: torch.device, placement: Placement) -> int:
+    on_host = device.type == "cpu" or not placement.input_grid_on_device
+    return host_bytes(members, header.shape_zyx, header.spacing_zyx, header.bytes_per_voxel, mode, device, on_host)
+
+
+def _predict_file(model: Ensemble, file: Path, output_dir: Path, spec: EnsembleSpec, timer: StageTimer,
+                  seconds: float | None, index: int) -> Path:
+    # one budget per case; the first one also pays for loading the models
+    deadline = Deadline(seconds, start=timer.started if index == 0 else None)
+    with timer.stage("read"):
+        image = read_image(file)
+    if image.non_finite:
+        warn(f"{file}: {image.non_finite} NaN/Inf voxels were set to 0")
+    spacing = tuple(round(s, 3) for s in image.spacing)
+    log(f"{file.name}: {image.shape[::-1]} voxels (x, y, z) at {spacing} mm, read in "
+        f"{timer.last['read']:.1f}s")
+    mask = model.predict(image, timer, deadline)
+    target = output_path(output_dir, spec.output_socket, file)
+    with timer.stage("write"):
+        write_mask(mask, image, target)
+    log(f"wrote {target}: tumor {tumor_volume_ml(mask, image.spacing):.2f} mL ({int(mask.sum())} voxels) "
+        f"in {timer.last['write']:.1f}s")
+    used = len(spec.members) - len(model.dropped)
+    budget_note = "no budget" if seconds is None else f"budget left {deadline.left():.1f}s of {seconds:.0f}s"
+    log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"
+        f"{' (' + ', '.join(m.spec.name for m in model.dropped) + ')' if model.dropped else ''}; "
+        f"{budget_note}; peak memory {peak_memory()}")
+    return target

@@ -8,10 +8,9 @@ from __future__ import annotations
 import difflib
 import json
 import os
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-
-import tomllib
 
 from .errors import PantherError
 
@@ -187,15 +186,19 @@ def _missing_network_file(spec: EnsembleSpec, member: MemberSpec, weights_root: 
     return f"{spec.path}: checkpoint '{member.checkpoint}' not found in {network_file.parent}{hint}"
 
 
+def network_files(member: MemberSpec, weights_root: Path, backend: str = "torch") -> list[Path]:
+    """The member's network file and, for an ONNX model, its external weights where export-onnx wrote them."""
+    network_file = member.network_file(weights_root, backend)
+    external = network_file.with_name(network_file.name + ".data")  # export-onnx's name for large weights
+    return [network_file, *([external] if external.is_file() else [])]
+
+
 def member_files(spec: EnsembleSpec, weights_root: Path, backend: str = "torch") -> list[Path]:
     """Every file the ensemble reads from the weights root (an ONNX model's external weights included)."""
     files = []
     for member in spec.members:
         folder = weights_root / member.model
-        network_file = member.network_file(weights_root, backend)
-        external = network_file.with_name(network_file.name + ".data")  # export-onnx's name for large weights
-        files += [folder / "plans.json", folder / "dataset.json", network_file]
-        files += [external] if external.is_file() else []
+        files += [folder / "plans.json", folder / "dataset.json", *network_files(member, weights_root, backend)]
     return list(dict.fromkeys(files))
 
 

@@ -1,7 +1,8 @@
-"""Per-stage wall-clock times and progress lines, printed to stdout (GC treats stderr as warnings)."""
+"""Per-stage wall-clock times and progress lines on stdout; warnings on stderr (GC shows stderr as warnings)."""
 
 from __future__ import annotations
 
+import sys
 import time
 from collections import defaultdict
 from collections.abc import Iterator
@@ -12,6 +13,11 @@ import torch
 
 def log(message: str) -> None:
     print(message, flush=True)
+
+
+def warn(message: str) -> None:
+    """One line on stderr: something the user should know that did not stop the run."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
 
 
 class StageTimer:

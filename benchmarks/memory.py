@@ -1,0 +1,123 @@
+"""Host memory of one large case, per stage: `predict` in a child process, its resident memory sampled every 10 ms
+and attributed to the log line it was printing at the time.
+
+    python benchmarks/memory.py [--shape 200,512,512] [--spacing 1.5,0.7,0.7] [--ensemble ensemble/task1.toml]
+                                [--mode fast] [--work DIR] [--out FILE]
+
+The case is a Task 1 phantom (panther_ensemble's own generator, seed 9101) resampled onto the given (z, y, x) grid,
+with background noise where it has none (as a scanner's images have: nnU-Net's crop keeps the whole volume).
+Reported: peak RSS (sampled, and the run's own summary line, which is the kernel's ru_maxrss), bytes per input voxel,
+and the RSS peak while each log line was the latest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], socket: str) -> Path:
+    from panther_ensemble.phantom import make_phantom
+
+    phantom = make_phantom(9101, "t1").image
+    size, spacing = tuple(reversed(shape_zyx)), tuple(reversed(spacing_zyx))
+    centre = phantom.TransformContinuousIndexToPhysicalPoint([(n - 1) / 2 for n in phantom.GetSize()])
+    direction = phantom.GetDirection()
+    half = [(n - 1) / 2 * s for n, s in zip(size, spacing)]
+    origin = [c - sum(direction[3 * r + k] * half[k] for k in range(3)) for r, c in enumerate(centre)]
+    image = sitk.Resample(phantom, size, sitk.Transform(), sitk.sitkLinear, origin, spacing, direction, 0,
+                          sitk.sitkInt16)
+    # a scanner's background is noise, never exactly 0: nnU-Net's crop to the nonzero region keeps the whole volume
+    array = sitk.GetArrayFromImage(image)
+    outside = array == 0
+    array[outside] = 1 + np.abs(np.random.default_rng(0).normal(0, 8, int(outside.sum()))).astype(np.int16)
+    noisy = sitk.GetImageFromArray(array)
+    noisy.CopyInformation(image)
+    image = noisy
+    target = input_dir / "images" / socket / "large.mha"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(target), useCompression=True)
+    return target
+
+
+def run(command: list[str]) -> tuple[list[tuple[str, int]], list[str], int]:
+    """(stage line, peak RSS while it was the latest line) in order; stdout lines; return code."""
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1)
+    stages: list[list] = [["start", 0]]
+    lines: list[str] = []
+
+    def sample() -> None:
+        while process.poll() is None:
+            try:
+                rss = int(Path(f"/proc/{process.pid}/statm").read_text().split()[1]) * 4096
+            except (OSError, IndexError):
+                break
+            stages[-1][1] = max(stages[-1][1], rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    for line in process.stdout:
+        lines.append(line.rstrip())
+        stages.append([line.strip()[:90], 0])
+    process.wait()
+    sampler.join()
+    return [(s, r) for s, r in stages], lines, process.returncode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="200,512,512", help="z,y,x voxels (default: 200,512,512)")
+    parser.add_argument("--spacing", default="1.5,0.7,0.7", help="z,y,x mm (default: 1.5,0.7,0.7)")
+    parser.add_argument("--ensemble", type=Path, default=REPO / "ensemble" / "task1.toml")
+    parser.add_argument("--mode", default="fast", choices=("fast", "exact"))
+    parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
+    parser.add_argument("--out", type=Path, help="JSON report")
+    args = parser.parse_args()
+    shape = tuple(int(v) for v in args.shape.split(","))
+    spacing = tuple(float(v) for v in args.spacing.split(","))
+    with tempfile.TemporaryDirectory(prefix="panther-memory-") as scratch:
+        work = args.work or Path(scratch)
+        image = write_case(work / "input", shape, spacing, "abdominal-t1-mri")
+        image_bytes = image.stat().st_size
+        command = [sys.executable, "-m", "panther_ensemble.cli", "predict", "--input", str(work / "input"),
+                   "--output", str(work / "output"), "--ensemble", str(args.ensemble), "--device", "cpu",
+                   "--budget", "0", "--mode", args.mode]
+        started = time.perf_counter()
+        stages, lines, code = run(command)
+        seconds = time.perf_counter() - started
+    if code != 0:
+        print("\n".join(lines[-20:]))
+        sys.exit(f"predict failed with exit code {code}")
+    voxels = shape[0] * shape[1] * shape[2]
+    summary = next((line for line in lines if line.startswith("summary")), "")
+    reported = re.search(r"host ([\d.]+) GiB", summary)
+    peak = max(rss for _, rss in stages)
+    report = {"shape_zyx": shape, "spacing_zyx": spacing, "voxels": voxels, "ensemble": str(args.ensemble),
+              "mode": args.mode, "seconds": round(seconds, 1), "image_bytes": image_bytes,
+              "peak_rss_gib_sampled": round(peak / 2 ** 30, 3),
+              "peak_rss_gib_reported": float(reported.group(1)) if reported else None,
+              "bytes_per_voxel": round((float(reported.group(1)) * 2 ** 30 if reported else peak) / voxels, 1),
+              "stages": [{"line": s, "peak_rss_gib": round(r / 2 ** 30, 3)} for s, r in stages]}
+    for stage in report["stages"]:
+        print(f"{stage['peak_rss_gib']:6.2f} GiB  {stage['line']}")
+    print(f"peak {report['peak_rss_gib_reported']} GiB (ru_maxrss) = {report['bytes_per_voxel']} bytes per input "
+          f"voxel of {voxels}; {report['seconds']} s")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

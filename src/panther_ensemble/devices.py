@@ -1,0 +1,67 @@
+"""Which device runs the ensemble, and saying loudly why CUDA does not start where a GPU is expected.
+
+On GC a silent fall back to the CPU is a timeout: when the container was given GPUs (NVIDIA_VISIBLE_DEVICES, set by
+the NVIDIA runtime and by PyTorch's images) or --device cuda asks for one and CUDA does not start, one line on
+stderr says why; --device cuda then stops the run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import PantherError
+from .timing import warn
+
+HOST = torch.device("cpu")
+NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
+
+
+def gpu_expected(requested: str) -> str | None:
+    """What says a GPU should be here (None: nothing does)."""
+    if requested == "cuda":
+        return "--device cuda"
+    visible = os.environ.get("NVIDIA_VISIBLE_DEVICES", "").strip()
+    if visible and visible.lower() not in ("void", "none"):
+        return f"NVIDIA_VISIBLE_DEVICES={visible}"
+    return None
+
+
+def cuda_failure() -> str:
+    """Why CUDA does not start, with the driver and CUDA versions where they are known, in one line."""
+    driver_file = NVIDIA_DRIVER_VERSION
+    if torch.version.cuda is None:
+        return f"this torch ({torch.__version__}) is a CPU-only build"
+    try:
+        torch.cuda.init()
+        reason = f"{torch.cuda.device_count()} CUDA devices visible"
+    except Exception as e:  # torch raises RuntimeError or AssertionError with the driver's own words
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    try:
+        driver = driver_file.read_text().split("Kernel Module")[1].split()[0]
+    except (OSError, IndexError):
+        driver = f"none found ({driver_file} is missing: was the container started with GPUs?)"
+    return f"{reason} (torch {torch.__version__} for CUDA {torch.version.cuda}; NVIDIA driver {driver})"
+
+
+def select_device(requested: str) -> torch.device:
+    """auto: CUDA when it starts, else the CPU (loudly where a GPU is expected); cuda: CUDA or a PantherError."""
+    if requested == "cpu":
+        return HOST
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True  # the fastest convolution per shape, as nnU-Net's predictor sets it
+        return torch.device("cuda")
+    if requested == "cuda":
+        raise PantherError(f"--device cuda: CUDA does not start: {cuda_failure()}")
+    expected = gpu_expected(requested)
+    if expected:
+        warn(f"a GPU is expected ({expected}) but CUDA does not start, running on the CPU: {cuda_failure()}")
+    return HOST
+
+
+def release_device_memory() -> None:
+    """Give the allocator's cached blocks back, after an out-of-memory on the device."""
+    if torch.cuda.is_initialized():
+        torch.cuda.empty_cache()

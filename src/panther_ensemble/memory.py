@@ -1,0 +1,225 @@
+"""How much memory a case needs and how much there is, on the host and on the device, before any heavy work.
+
+Host: what is available is MemAvailable, or less where the container's cgroup limit is lower (GC runs a 16 GiB
+container on a bigger host: MemAvailable is the host's). A case that would not fit is refused with one error line
+instead of being OOM-killed halfway. Device: the free memory at start against an estimate of networks, captured
+graphs, window buffers and the input-grid stage; where it does not fit, the run gives up, in this order, the
+graph capture, the input-grid stage on the device and keeping every network loaded (pipeline.Placement).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from .errors import PantherError
+from .members import Member, network_from_plans
+from .pipeline import Placement, group_members
+from .preprocess import resampled_shape
+from .timing import log
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+MEMINFO = Path("/proc/meminfo")
+UNLIMITED = 2 ** 60  # cgroup v1 writes "no limit" as a page-rounded 2^63 - 1
+
+# Host bytes per input voxel beyond the image itself, measured with benchmarks/memory.py (README: "Memory"):
+# nnU-Net's preprocessing (a float32 copy, its normalization's temporary, the crop mask) and the image resampling's
+# float64 stages, and, on the input grid, what the sum needs besides its classes (the mask being written).
+PREPROCESS_BYTES_PER_VOXEL = 18
+MASK_BYTES_PER_VOXEL = 1
+# Model-grid bytes per voxel: the preprocessed data and its padded copy (float32) and the fp16 window sums (the
+# logits per class and the weights); "exact" exports a member's whole crop three times at fp32 per class.
+WINDOW_BYTES_PER_VOXEL = 4 + 4 + 2
+EXACT_EXPORT_COPIES = 3
+SLAB_TEMPORARIES = 4  # a slab's planes, its in-plane and along-axis results and its probabilities
+DEVICE_MARGIN = 1.15  # the allocator's fragmentation and cuDNN's workspaces over the counted tensors
+
+
+def _read_int(path: Path) -> int | None:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return UNLIMITED if text == "max" else int(text) if text.isdigit() else None
+
+
+def _stat(path: Path, key: str) -> int:
+    try:
+        for line in path.read_text().splitlines():
+            name, _, value = line.partition(" ")
+            if name == key:
+                return int(value)
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
+def cgroup_available_bytes(root: Path | None = None) -> tuple[int, str] | None:
+    """(bytes the container may still use, where the limit was read) under a cgroup memory limit; None without one.
+    Reclaimable page cache (inactive files) counts as free, as the kernel's OOM logic sees it."""
+    root = root or CGROUP_ROOT
+    for limit_file, usage_file, stat_key in (("memory.max", "memory.current", "inactive_file"),  # v2
+                                             ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                              "total_inactive_file")):  # v1
+        limit = _read_int(root / limit_file)
+        if limit is None or limit >= UNLIMITED:
+            continue
+        usage = _read_int(root / usage_file) or 0
+        usage -= _stat((root / usage_file).with_name("memory.stat"), stat_key)
+        where = f"the container's memory limit ({root / limit_file}: {limit / 2 ** 30:.1f} GiB)"
+        return max(0, limit - max(0, usage)), where
+    return None
+
+
+def available_memory(meminfo: Path | None = None, cgroup_root: Path | None = None) -> tuple[int, str] | None:
+    """(bytes available to this process, what limits it): the lower of MemAvailable and the cgroup's room."""
+    candidates = []
+    try:
+        for line in (meminfo or MEMINFO).read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                candidates.append((int(line.split()[1]) * 1024, "the machine's available memory"))
+    except OSError:
+        pass
+    cgroup = cgroup_available_bytes(cgroup_root)
+    if cgroup is not None:
+        candidates.append(cgroup)
+    return min(candidates) if candidates else None
+
+
+def check_host_memory(file: Path, needed: int, available: tuple[int, str] | None = None) -> None:
+    available = available if available is not None else available_memory()
+    if available is not None and needed > available[0]:
+        raise PantherError(f"{file}: predicting it would need about {needed / 2 ** 30:.1f} GiB of memory at the "
+                           f"models' spacing, but only {available[0] / 2 ** 30:.1f} GiB are available "
+                           f"({available[1]}); is the image's size or spacing wrong?")
+
+
+def _model_grid_voxels(group: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:
+    return math.prod(resampled_shape(shape_zyx, spacing_zyx, group[0]))
+
+
+def host_bytes(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...],
+               image_bytes_per_voxel: int, mode: str, device: torch.device, input_grid_on_host: bool) -> int:
+    """An upper estimate of the host memory one image needs beyond what the process holds already (imports,
+    networks), from its header alone: the largest of the preprocessing, the sliding window and the export."""
+    voxels = math.prod(shape_zyx)
+    classes = members[0].label_manager.num_segmentation_heads
+    model_grid = max(_model_grid_voxels(group, shape_zyx, spacing_zyx) for group in group_members(members))
+    image = voxels * image_bytes_per_voxel
+    grid = voxels * 4 * classes if input_grid_on_host else 0  # the probability sum
+    on_host = device.type == "cpu"
+    preprocess = voxels * PREPROCESS_BYTES_PER_VOXEL + (model_grid * 4 if on_host else 0)
+    window = model_grid * (WINDOW_BYTES_PER_VOXEL + 2 * classes) if on_host else 0
+    export = SLAB_TEMPORARIES * 32 * 2 ** 20 if input_grid_on_host else 0
+    if mode == "exact":
+        export += voxels * 4 * classes * EXACT_EXPORT_COPIES
+    return image + grid + max(preprocess, window + export) + voxels * MASK_BYTES_PER_VOXEL
+
+
+class _LiveStorage(TorchDispatchMode):
+    """Peak bytes of the tensors alive at once during a forward run on the meta device (nothing computed)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.step, self.spans, self.sizes = 0, {}, {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.step += 1
+        for tensor in tree_flatten((args, kwargs))[0]:
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage()._cdata in self.spans:
+                self.spans[tensor.untyped_storage()._cdata][1] = self.step
+        out = func(*args, **(kwargs or {}))
+        for tensor in tree_flatten(out)[0]:
+            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage()._cdata not in self.spans:
+                key = tensor.untyped_storage()._cdata
+                self.spans[key], self.sizes[key] = [self.step, self.step], tensor.untyped_storage().nbytes()
+        return out
+
+    def peak(self) -> int:
+        change: dict[int, int] = {}
+        for key, (first, last) in self.spans.items():
+            change[first] = change.get(first, 0) + self.sizes[key]
+            change[last + 1] = change.get(last + 1, 0) - self.sizes[key]
+        live = peak = 0
+        for step in sorted(change):
+            live += change[step]
+            peak = max(peak, live)
+        return peak
+
+
+def forward_bytes(member: Member, batch: int = 1) -> tuple[int, int]:
+    """(parameter bytes in fp32, peak activation bytes of one fp16 tile forward), from a dry run of the member's
+    network on PyTorch's meta device (autocast computes convolutions in fp16)."""
+    with torch.device("meta"):
+        network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
+    parameters = sum(t.numel() * 4 for t in network.state_dict().values())
+    tracker = _LiveStorage()
+    with torch.inference_mode(), tracker:
+        network.half().eval()(torch.empty((batch, *member.input_shape), device="meta", dtype=torch.half))
+    return parameters, tracker.peak()
+
+
+@dataclass(frozen=True)
+class DeviceEstimate:
+    networks: int  # every member's weights
+    graphs: int  # per captured architecture: its activation pool and its own copy of the weights
+    forward: int  # the activations of one eager forward (the allocator keeps them cached)
+    window: int  # the largest group's model-grid buffers
+    input_grid: int  # the probability sum and a slab's temporaries
+    one_network: int  # the largest member's weights
+
+    def total(self, placement: Placement) -> int:
+        networks = self.networks if placement.keep_networks else 2 * self.one_network
+        graphs = self.graphs if placement.capture_graphs else 0
+        grid = self.input_grid if placement.input_grid_on_device else 0
+        return int(DEVICE_MARGIN * (networks + graphs + self.forward + self.window + grid))
+
+
+def estimate_device(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]
+                    ) -> DeviceEstimate:
+    voxels = math.prod(shape_zyx)
+    classes = members[0].label_manager.num_segmentation_heads
+    sizes = [forward_bytes(m) for m in members]
+    architectures = {}
+    for member, (parameters, activations) in zip(members, sizes):
+        architectures[(member.configuration_manager.network_arch_class_name,
+                       repr(member.configuration_manager.network_arch_init_kwargs), tuple(member.input_shape))] = \
+            parameters + activations
+    window = max(_model_grid_voxels(group, shape_zyx, spacing_zyx) for group in group_members(members)) * \
+        (WINDOW_BYTES_PER_VOXEL + 2 * classes)
+    grid = voxels * 4 * classes + SLAB_TEMPORARIES * 256 * 2 ** 20
+    return DeviceEstimate(networks=sum(p for p, _ in sizes), graphs=sum(architectures.values()),
+                          forward=max(a for _, a in sizes), window=window, input_grid=grid,
+                          one_network=max(p for p, _ in sizes))
+
+
+ADAPTATIONS = (("no CUDA graph capture", dict(capture_graphs=False)),
+               ("the input-grid stage on the host", dict(input_grid_on_device=False)),
+               ("networks loaded when needed, not all kept", dict(keep_networks=False)))
+
+
+def plan_device(estimate: DeviceEstimate, free_bytes: int) -> Placement:
+    """The placement whose estimate fits the free device memory, giving things up in ADAPTATIONS' order; logged."""
+    placement, given_up = Placement(), []
+    for name, change in ADAPTATIONS:
+        if estimate.total(placement) <= free_bytes:
+            break
+        placement = replace(placement, **change)
+        given_up.append(name)
+    fits = estimate.total(placement) <= free_bytes
+    log(f"device memory: {free_bytes / 2 ** 30:.2f} GiB free; estimate {estimate.total(Placement()) / 2 ** 30:.2f} "
+        f"GiB (networks {estimate.networks / 2 ** 30:.2f}, graphs {estimate.graphs / 2 ** 30:.2f}, forward "
+        f"{estimate.forward / 2 ** 30:.2f}, window {estimate.window / 2 ** 30:.2f}, input grid "
+        f"{estimate.input_grid / 2 ** 30:.2f})" + (f"; to fit: {', '.join(given_up)}" if given_up else "")
+        + ("" if fits else f" — still {estimate.total(placement) / 2 ** 30:.2f} GiB: steps that run out of device "
+           "memory fall back to the host"))
+    return placement
+
+
+def device_free_bytes(device: torch.device) -> int:
+    return torch.cuda.mem_get_info(device)[0]

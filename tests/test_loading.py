@@ -1,0 +1,125 @@
+"""Networks loading in the background: verified as they are read, released when asked, never waited for at exit."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from conftest import gc_input
+
+import panther_ensemble.loading as loading
+from panther_ensemble.errors import PantherError
+from panther_ensemble.manifest import write_manifest
+from panther_ensemble.members import describe_member
+from panther_ensemble.spec import load_spec
+
+
+def members(workspace):
+    return [describe_member(workspace.weights, m) for m in load_spec(workspace.t1_spec).members]
+
+
+def test_each_network_is_verified_as_it_loads_and_a_bad_one_fails_where_asked_for(workspace):
+    described = members(workspace)
+    order = []
+
+    def verify(member):
+        order.append(member.spec.name)
+        if member is described[2]:
+            raise PantherError(f"{member.network_file}: sha256 differs")
+
+    loader = loading.NetworkLoader(described, loading.torch.device("cpu"), verify)
+    assert loader.network(described[0]) is not None and loader.network(described[1]) is not None
+    with pytest.raises(PantherError, match="sha256 differs"):
+        loader.network(described[2])
+    assert loader.network(described[3]) is not None
+    loader.cancel()
+    assert order[:4] == [m.spec.name for m in described[:4]]
+
+
+def test_networks_not_kept_are_loaded_at_most_one_ahead(workspace, monkeypatch):
+    described = members(workspace)
+    loaded = []
+    original = loading.load_network
+    monkeypatch.setattr(loading, "load_network", lambda m, d: loaded.append(m.spec.name) or original(m, d))
+    loader = loading.NetworkLoader(described, loading.torch.device("cpu"), keep=False)
+    time.sleep(0.5)
+    assert len(loaded) == 2  # the first and the next one
+    loader.network(described[0])
+    loader.done_with(described[0])
+    time.sleep(0.5)
+    assert len(loaded) == 3
+    with pytest.raises(loading.CancelledError):  # released after use: the next image loads it again
+        loader.network(described[0])
+    loader.next_image()
+    assert loader.network(described[0]) is not None
+    loader.cancel()
+
+
+def test_cancel_stops_loading(workspace, monkeypatch):
+    described = members(workspace)
+    loaded = []
+    original = loading.load_network
+
+    def slow(member, device):
+        time.sleep(0.3)
+        loaded.append(member)
+        return original(member, device)
+
+    monkeypatch.setattr(loading, "load_network", slow)
+    loader = loading.NetworkLoader(described, loading.torch.device("cpu"))
+    loader.network(described[0])
+    loader.cancel()
+    time.sleep(1.5)
+    assert len(loaded) <= 2  # the one in flight at cancel() may finish; nothing starts after it
+
+
+def test_process_exit_does_not_wait_for_networks_of_dropped_members(workspace, tmp_path):
+    """Every member after the first takes 60 s to load; the budget drops them: the process ends right after its
+    mask is written."""
+    input_dir = gc_input(tmp_path, "abdominal-t1-mri", {"case.mha": dict(shape_zyx=(8, 24, 28),
+                                                                        spacing_xyz=(1, 1, 3), seed=4)})
+    script = textwrap.dedent(f"""
+        import sys, time
+        import panther_ensemble.loading as loading
+        original, first = loading.load_network, []
+        def slow(member, device):
+            if first:
+                time.sleep(60)
+            first.append(member)
+            return original(member, device)
+        loading.load_network = slow
+        from panther_ensemble.cli import console_main
+        sys.argv = ["panther-ensemble", "predict", "--input", {str(input_dir)!r}, "--output", {str(tmp_path / 'out')!r},
+                    "--ensemble", {str(workspace.t1_spec)!r}, "--weights", {str(workspace.weights)!r},
+                    "--device", "cpu", "--budget", "3"]
+        console_main()
+    """)
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    took = time.perf_counter() - started
+    assert result.returncode == 0, result.stderr
+    assert "summary case.mha: 1/6 members used, 5 dropped" in result.stdout
+    assert took < 30, f"the process took {took:.0f}s to end"
+
+
+def test_manifest_failure_of_a_later_member_writes_nothing(workspace, tmp_path, capsys):
+    import shutil
+
+    from panther_ensemble.cli import main
+
+    weights = tmp_path / "weights"
+    shutil.copytree(workspace.weights, weights)
+    write_manifest(weights)
+    last = load_spec(workspace.t1_spec).members[-1].checkpoint_path(weights)
+    last.write_bytes(last.read_bytes()[:-1] + b"x")
+    input_dir = gc_input(tmp_path, "abdominal-t1-mri", {"case.mha": dict(shape_zyx=(8, 24, 28),
+                                                                        spacing_xyz=(1, 1, 3), seed=4)})
+    output = tmp_path / "out"
+    assert main(["predict", "--input", str(input_dir), "--output", str(output), "--ensemble", str(workspace.t1_spec),
+                 "--weights", str(weights), "--device", "cpu", "--budget", "0"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == [f"error: {last}: sha256 differs from {weights / 'weights.sha256'} (corrupt or replaced weights)"]
+    assert not [p for p in output.rglob("*") if p.is_file()]
