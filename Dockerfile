@@ -1,7 +1,9 @@
 # The Grand Challenge container: `python inference.py` (/input -> /output) on a PyTorch CUDA 12 runtime base.
 #   ./build.sh                      build and tag (see build.sh for BASE_IMAGE and --no-weights)
-# torch and torchvision come from the base image; everything else is pinned in requirements-container.txt.
-ARG BASE_IMAGE=pytorch/pytorch:2.5.1-cuda12.4-cudnn9-runtime
+# torch and torchvision come from the base image (the default: torch 2.7.1 for CUDA 12.6, cuDNN 9, Python 3.11;
+# it ran on GC's T4s), with the CUDA and cuDNN libraries they bring; everything else is pinned in
+# requirements-container.txt.
+ARG BASE_IMAGE=pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime
 
 # The app's files, readable by any user, bytecode compiled; weights/ emptied when WITH_WEIGHTS=0
 # (weights then come from GC's model tarball at /opt/ml/model).
@@ -22,16 +24,24 @@ ENV PYTHONUNBUFFERED=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
     XDG_CACHE_HOME=/tmp/.cache
 
-# pip may not replace the base's torch or torchvision (a CUDA torch from PyPI is several GB)
-COPY requirements-container.txt /tmp/requirements-container.txt
+# pip may not replace the base's torch or torchvision (a CUDA torch from PyPI is several GB) nor the CUDA
+# libraries that came with them (nvidia-*, triton). Then ONNX Runtime's CUDA provider must load, without torch
+# imported: its CUDA 12 and cuDNN 9 libraries (found as onnxruntime.preload_dlls finds them: the base's
+# nvidia-*-cu12 packages, else the system's) must all be in the image. Loading them needs no GPU, so a missing
+# library fails this build, not a job on GC. The build log names the image's Python, torch, CUDA, cuDNN and
+# ONNX Runtime.
+COPY requirements-container.txt docker/image_check.py /tmp/
 RUN python -c "import importlib.metadata as m; print('\n'.join(f'{d}=={m.version(d)}' for d in ('torch', 'torchvision')))" \
         > /tmp/base-torch.txt \
     || { echo "BASE_IMAGE must provide torch and torchvision (a PyTorch runtime image)" >&2; exit 1; } \
  && echo "base image: Python $(python -c 'import platform; print(platform.python_version())'), $(tr '\n' ' ' < /tmp/base-torch.txt)" \
+ && python -c "import importlib.metadata as m; print(*sorted({f'{d.name}=={d.version}' for d in m.distributions() if d.name.lower().startswith(('nvidia-', 'triton'))}), sep='\n')" \
+        >> /tmp/base-torch.txt \
  && PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 \
     python -m pip install --no-cache-dir --progress-bar off -r /tmp/requirements-container.txt -c /tmp/base-torch.txt \
- && python -c "import nnunetv2, onnxruntime, onnxscript, SimpleITK, surface_distance, torch; print('torch', torch.__version__, '| onnxruntime', onnxruntime.__version__, *onnxruntime.get_available_providers())" \
- && rm /tmp/requirements-container.txt /tmp/base-torch.txt
+ && python /tmp/image_check.py onnxruntime \
+ && python /tmp/image_check.py versions \
+ && rm /tmp/requirements-container.txt /tmp/base-torch.txt /tmp/image_check.py
 
 RUN groupadd --system user && useradd --system --gid user --no-log-init --create-home user
 COPY --from=app /opt/app /opt/app

@@ -4,16 +4,21 @@
 #   test/container_test.sh
 #
 # 1. base image: $BASE_IMAGE if set, else the Dockerfile's default when present or pullable, else (offline
-#    build hosts) a stand-in built by test/standin_base.sh (Debian bookworm, Python 3.11, CPU torch; reused
-#    once built). The stand-in tests the product and the Dockerfile, not the CUDA base.
+#    build hosts) a stand-in built by test/standin_base.sh (Debian bookworm, Python 3.11, the default base's
+#    torch 2.7.1 CUDA 12.6 build with its nvidia-*-cu12 libraries from PyPI; reused once built). Without a GPU
+#    the product runs on the CPU, on the torch GC runs.
 # 2. builds the image with weights baked in and one without (build.sh, build.sh --no-weights);
 # 3. runs the baked image on each test/input/<task> and compares the masks with test/expected_output/<task>
 #    (Dice >= 0.999, identical geometry), printing each case's wall time against GC's 5-minute budget;
 # 4. exports the model tarballs (export.sh --models-only), extracts each and runs the weightless image with
 #    it at /opt/ml/model: the product runs from the tarball's layout alone; then the same with the members as
 #    ONNX models (export.sh --models-only --onnx: the image's own export-onnx, its ONNX Runtime backend);
-# 5. failures (a corrupt input image; the weightless image without a tarball): exit 1, one line on stderr,
-#    no output file.
+# 5. failures (a corrupt input image; the weightless image without a tarball; --device cuda where CUDA does not
+#    start; a case larger than `docker run --memory` allows): exit 1, one line on stderr, no output file;
+#    under a memory limit the sample case fits, its mask as expected;
+# 6. the field: checkpoints written by nnU-Net 2.1 and 2.5.1 under numpy 1 (tests/fixtures/field) stripped by the
+#    image's export code and predicted by the image, the same mask as their numpy-2 copy;
+# 7. the pytest suite on the image's own torch (the stand-in's torch 2.7.1 CUDA build, on the CPU here).
 # The baked runs' masks stay in test/output/<task>/ (git-ignored; $CONTAINER_TEST_RESULTS elsewhere) with one
 # preview PNG per case in test/output/<task>/preview/, drawn by the image's `panther-ensemble preview` for a
 # person to look at. On GC nothing but the masks is written into /output.
@@ -27,7 +32,7 @@ repo="$PWD"
 
 TAG="${TEST_TAG:-panther-ensemble:test}"
 TAG_NO_WEIGHTS="$TAG-no-weights"
-STANDIN="panther-ensemble-standin-base:bookworm-torch2.13.0-cpu"
+STANDIN="panther-ensemble-standin-base:bookworm-py3.11-torch2.7.1-cu126"
 BUDGET_S=300
 OUTPUT_SOCKET="pancreatic-tumor-segmentation"
 
@@ -58,7 +63,7 @@ else
         echo "== base image $BASE_IMAGE"
     else
         echo "== cannot pull $default_base (offline build host): using the stand-in base $STANDIN"
-        echo "   (Debian bookworm, Python 3.11, CPU torch; it tests the product and the Dockerfile, not the CUDA base)"
+        echo "   (Debian bookworm, Python 3.11, torch 2.7.1 for CUDA 12.6 with its NVIDIA libraries from PyPI, as in the default base)"
         if docker image inspect "$STANDIN" >/dev/null 2>&1; then
             echo "   stand-in base already built"
         else
@@ -82,15 +87,20 @@ cpus="$(nproc)"
 ((cpus > 4)) && cpus=4
 echo "== runs as user $run_user, $cpus CPU(s), ${gpu[*]:-no GPU}"
 app_args=()  # GC passes none
+no_gpu_env=()
 if [[ ${#gpu[@]} -eq 0 ]]; then
     # The product drops members that would finish past its deadline; on a slow CPU host that would change
     # the masks. GC runs the image on a T4, where the timing below is meant to hold.
     app_args=(--budget 0)
-    echo "   CPU-only host: the runs get --budget 0 (no member is dropped, so the masks compare)"
+    # PyTorch's images set NVIDIA_VISIBLE_DEVICES=all: without GPUs the product would warn on stderr that CUDA does
+    # not start (tested once below); the other runs say that no GPU is meant, as the NVIDIA runtime's "void" does
+    no_gpu_env=(--env NVIDIA_VISIBLE_DEVICES=void)
+    echo "   CPU-only host: the runs get --budget 0 (no member is dropped, so the masks compare) and NVIDIA_VISIBLE_DEVICES=void"
 fi
 
 # gc_run NAME IMAGE INPUT_DIR [docker options...]: run the image GC-style; output in $work/NAME/output,
 # stdout and stderr in $work/NAME/{stdout,stderr}; sets run_rc and run_s.
+extra_args=()  # more arguments for the product, set around one gc_run
 gc_run() {
     local name="$1" image="$2" input="$3"
     shift 3
@@ -102,7 +112,8 @@ gc_run() {
     docker run --rm --platform=linux/amd64 --network none --read-only --user "$run_user" --shm-size 64m \
         --memory 16g --cpus "$cpus" "${gpu[@]}" \
         --volume "$input:/input:ro" --volume "$work/$name/output:/output" --mount type=volume,destination=/tmp \
-        "$@" "$image" "${app_args[@]}" > "$work/$name/stdout" 2> "$work/$name/stderr" || run_rc=$?
+        "${no_gpu_env[@]}" "$@" "$image" "${app_args[@]}" "${extra_args[@]}" > "$work/$name/stdout" \
+        2> "$work/$name/stderr" || run_rc=$?
     run_s="$(elapsed "$start")"
 }
 
@@ -115,7 +126,11 @@ show_logs() {
 check_case() {
     local name="$1" task="$2"
     if [[ $run_rc != 0 ]]; then show_logs "$name"; fail "$name: exit code $run_rc"; fi
-    if [[ -s "$work/$name/stderr" ]]; then show_logs "$name"; fail "$name: the run wrote to stderr (GC shows it as warnings)"; fi
+    if [[ -s "$work/$name/stderr" ]] && ! [[ -n "${expected_warning:-}" && "$(wc -l < "$work/$name/stderr")" == 1 ]] \
+        || { [[ -n "${expected_warning:-}" ]] && ! grep -q "^warning: $expected_warning" "$work/$name/stderr"; }; then
+        show_logs "$name"
+        fail "$name: the run wrote to stderr (GC shows it as warnings)${expected_warning:+; expected one line: warning: $expected_warning}"
+    fi
     docker run --rm --network none --read-only --user "$run_user" --entrypoint python \
         --volume "$repo/test/expected_output/$task:/expected:ro" --volume "$work/$name/output:/output:ro" \
         "$TAG" -c "$COMPARE_PY" /expected /output "$OUTPUT_SOCKET" \
@@ -181,12 +196,85 @@ keep_with_previews() {
     done
 }
 
-# --- 3. baked-in weights
+# field_runs: the field's folds (tests/fixtures/field: nnU-Net 2.1 and 2.5.1 under numpy 1, and the numpy-2 copy),
+# each staged by the image's export code (model_tarball: the checkpoint stripped with the image's torch, a manifest)
+# and predicted GC-style from /opt/ml/model by the weightless image; the numpy-1 and numpy-2 copies of the same
+# weights must give the same mask, and a mask with voxels in it (label 2, the pancreas: the folds are barely trained).
+FIELD_MODEL="Dataset990_Field/nnUNetTrainerFieldFixture__nnUNetPlans__3d_fullres"
+field_runs() {
+    local fixtures="$repo/tests/fixtures/field" entry era checkpoint name
+    for entry in nnunetv2-2.1:checkpoint_final.pth nnunetv2-2.5.1:checkpoint_final.pth \
+                 nnunetv2-2.5.1:checkpoint_final_numpy2.pth; do
+        era="${entry%%:*}" checkpoint="${entry#*:}"
+        name="field-$era-${checkpoint%.pth}"
+        echo "== $name: $era's fold ($checkpoint) staged by the image's export code, predicted from /opt/ml/model"
+        mkdir -p "$work/$name/spec" "$work/$name/model"
+        chmod a+rwx "$work/$name/model"
+        printf 'input_socket = "abdominal-t1-mri"\noutput_socket = "%s"\ntumor_label = 2\n[[member]]\nmodel = "%s"\nfold = 0\ncheckpoint = "%s"\n' \
+            "$OUTPUT_SOCKET" "$FIELD_MODEL" "$checkpoint" > "$work/$name/spec/field.toml"
+        docker run --rm --network none --user "$run_user" --entrypoint python --env PYTHONPATH=/opt/app/src \
+            --volume "$work/$name/spec:/in/spec:ro" --volume "$fixtures/$era:/in/weights:ro" \
+            --volume "$work/$name/model:/stage" "$TAG" -m panther_ensemble.model_tarball /in/spec/field.toml \
+            /in/weights /stage | sed 's/^/   /' || fail "$name: the image's export code could not stage the fold"
+        gc_run "$name" "$TAG_NO_WEIGHTS" "$fixtures/input" --volume "$work/$name/model:/opt/ml/model:ro"
+        if [[ $run_rc != 0 || -s "$work/$name/stderr" ]]; then
+            show_logs "$name"; fail "$name: exit code $run_rc, or output on stderr"
+        fi
+        grep -E '^(summary|timing)' "$work/$name/stdout" | sed 's/^/   /'
+    done
+    docker run --rm --network none --read-only --user "$run_user" --entrypoint python --volume "$work:/work:ro" \
+        "$TAG" -c '
+import sys
+import numpy as np, SimpleITK as sitk
+masks = {era: sitk.GetArrayFromImage(sitk.ReadImage(f"/work/field-{era}/output/images/'"$OUTPUT_SOCKET"'/field.mha"))
+         for era in ("nnunetv2-2.5.1-checkpoint_final", "nnunetv2-2.5.1-checkpoint_final_numpy2",
+                     "nnunetv2-2.1-checkpoint_final")}
+one, two = masks["nnunetv2-2.5.1-checkpoint_final"], masks["nnunetv2-2.5.1-checkpoint_final_numpy2"]
+print(f"   numpy 1 vs numpy 2 copy: {int((one != two).sum())} voxels differ; {int(one.sum())} voxels of label 2; "
+      f"nnU-Net 2.1 fold: {int(masks[\"nnunetv2-2.1-checkpoint_final\"].sum())}")
+sys.exit(0 if np.array_equal(one, two) and one.any() and masks["nnunetv2-2.1-checkpoint_final"].any() else 1)' \
+        || fail "the numpy-1 and numpy-2 copies of the same fold gave different (or empty) masks"
+}
+
+# suite_in_image: the repository's pytest suite run by the image's Python and torch (read-only checkout, /tmp for
+# the tests' files), with pytest added on top of the image
+SUITE_REQUIREMENTS=(pytest==9.2.0)
+suite_in_image() {
+    echo "== the pytest suite on the image's own Python and torch ($TAG with ${SUITE_REQUIREMENTS[*]})"
+    printf 'FROM %s\nUSER root\nRUN PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 python -m pip install -q --no-cache-dir %s\nUSER user\n' \
+        "$TAG" "${SUITE_REQUIREMENTS[*]}" | docker build -q --network host -t "$TAG-suite" - >/dev/null
+    local start
+    start="$(now)"
+    docker run --rm --network none --read-only --user "$run_user" --tmpfs /tmp:exec --shm-size 256m \
+        --memory 16g --cpus "$cpus" "${no_gpu_env[@]}" --volume "$repo:/repo:ro" --workdir /repo \
+        --env PYTHONPATH=/repo/src --env PANTHER_APP_DIR=/repo --env PYTHONDONTWRITEBYTECODE=1 \
+        --entrypoint python "$TAG-suite" -c "import torch; print('   torch', torch.__version__, 'CUDA', torch.version.cuda)" 
+    docker run --rm --network none --read-only --user "$run_user" --tmpfs /tmp:exec --shm-size 256m \
+        --memory 16g --cpus "$cpus" "${no_gpu_env[@]}" --volume "$repo:/repo:ro" --workdir /repo \
+        --env PYTHONPATH=/repo/src --env PANTHER_APP_DIR=/repo --env PYTHONDONTWRITEBYTECODE=1 \
+        --entrypoint python "$TAG-suite" -m pytest -q -p no:cacheprovider --basetemp /tmp/pytest tests \
+        | tail -5 | sed 's/^/   /'
+    [[ ${PIPESTATUS[0]} == 0 ]] || fail "the pytest suite failed on the image's torch"
+    echo "   suite on the image's torch in $(elapsed "$start") s"
+}
+
+# --- 3. baked-in weights; the first run with the image's own environment (NVIDIA_VISIBLE_DEVICES=all): on a host
+# without GPUs the product must say so on stderr, in one line, and still write the mask
 times=()
 for task in "${tasks[@]}"; do
     echo "== $task: baked-in weights ($TAG)"
-    gc_run "$task-baked" "$TAG" "$repo/test/input/$task"
-    check_case "$task-baked" "$task"
+    if [[ $task == "${tasks[0]}" && ${#gpu[@]} -eq 0 ]]; then
+        echo "   with the image's NVIDIA_VISIBLE_DEVICES=all and no GPU: one warning line expected"
+        saved_env=("${no_gpu_env[@]}"); no_gpu_env=()
+        expected_warning="a GPU is expected (NVIDIA_VISIBLE_DEVICES=all) but CUDA does not start, running on the CPU: "
+        gc_run "$task-baked" "$TAG" "$repo/test/input/$task"
+        check_case "$task-baked" "$task"
+        echo "   stderr: $(cat "$work/$task-baked/stderr")"
+        no_gpu_env=("${saved_env[@]}"); expected_warning=""
+    else
+        gc_run "$task-baked" "$TAG" "$repo/test/input/$task"
+        check_case "$task-baked" "$task"
+    fi
     keep_with_previews "$task"
 done
 
@@ -239,6 +327,35 @@ chmod -R a+rX "$bad"
 find "$bad/images" -name '*.mha' -exec sh -c 'echo "not an image" > "$1"' sh {} \;
 expect_failure bad-image "corrupt input image" "$TAG" "$bad"
 expect_failure no-model "image without weights and no model tarball" "$TAG_NO_WEIGHTS" "$repo/test/input/${tasks[0]}"
+if [[ ${#gpu[@]} -eq 0 ]]; then
+    extra_args=(--device cuda)
+    expect_failure no-cuda "--device cuda where CUDA does not start" "$TAG" "$repo/test/input/${tasks[0]}"
+    extra_args=()
+fi
+
+# --- memory as GC limits it: the container's cgroup limit, not the host's memory, decides
+memory_limit=1g
+large="$work/large-input"
+mkdir -p "$large/images/abdominal-t1-mri"
+chmod -R a+rwX "$large"
+docker run --rm --network none --user "$run_user" --entrypoint python --volume "$large:/large" "$TAG" -c '
+import numpy as np, SimpleITK as sitk
+noise = np.random.default_rng(0).integers(1, 900, (200, 512, 512), dtype=np.int16)  # a scanner: nowhere 0
+image = sitk.GetImageFromArray(noise)
+image.SetSpacing((0.7, 0.7, 1.5))
+sitk.WriteImage(image, "/large/images/abdominal-t1-mri/large.mha", useCompression=True)'
+start="$(now)"
+expect_failure memory-too-small "a 512 x 512 x 200 case under docker run --memory $memory_limit" "$TAG" "$large" \
+    --memory "$memory_limit" --memory-swap "$memory_limit"
+echo "   ended in $(elapsed "$start") s, before any heavy work (never an OOM kill: exit 137)"
+echo "== ${tasks[0]}: the sample case under docker run --memory $memory_limit: fits, the same mask"
+gc_run "${tasks[0]}-memory" "$TAG" "$repo/test/input/${tasks[0]}" --memory "$memory_limit" --memory-swap "$memory_limit"
+check_case "${tasks[0]}-memory" "${tasks[0]}"
+
+# --- 6. the field's checkpoints (numpy 1, nnU-Net 2.1 and 2.5.1) through the image's own export code and torch
+field_runs
+# --- 7. the pytest suite on the image's torch
+suite_in_image
 
 echo "== container test passed in $((SECONDS - test_start)) s (base $BASE_IMAGE); wall time per case:"
 for entry in "${times[@]}"; do

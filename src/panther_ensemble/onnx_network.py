@@ -49,6 +49,9 @@ def providers(device: torch.device) -> list:
     if "CUDAExecutionProvider" not in available:
         raise PantherError(f"the onnxruntime backend on {device}: this ONNX Runtime has no CUDA provider (it has "
                            f"{', '.join(available)}); install onnxruntime-gpu, or use --device cpu")
+    # the CUDA provider's CUDA and cuDNN libraries, from the nvidia-*-cu12 packages torch came with (no-op where
+    # torch loaded them already); the image's build checks that they load (docker/image_check.py)
+    ort.preload_dlls(msvc=False)
     index = device.index or 0
     chosen: list = []
     if "TensorrtExecutionProvider" in available and _tensorrt_installed():
