@@ -4,6 +4,8 @@ and attributed to the log line it was printing at the time.
     python benchmarks/memory.py [--shape 200,512,512] [--spacing 1.5,0.7,0.7] [--ensemble ensemble/task1.toml]
                                 [--mode fast] [--work DIR] [--out FILE]
 
+With PYTHONPATH=<another checkout>/src the child runs that version of the product (an earlier commit's worktree).
+
 The case is a Task 1 phantom (panther_ensemble's own generator, seed 9101) resampled onto the given (z, y, x) grid,
 with background noise where it has none (as a scanner's images have: nnU-Net's crop keeps the whole volume).
 Reported: peak RSS (sampled, and the run's own summary line, which is the kernel's ru_maxrss), bytes per input voxel,
@@ -71,7 +73,7 @@ def run(command: list[str]) -> tuple[list[tuple[str, int]], list[str], int]:
     sampler.start()
     for line in process.stdout:
         lines.append(line.rstrip())
-        stages.append([line.strip()[:90], 0])
+        stages.append([line.strip(), 0])
     process.wait()
     sampler.join()
     return [(s, r) for s, r in stages], lines, process.returncode
@@ -112,7 +114,8 @@ def main() -> None:
               "bytes_per_voxel": round((float(reported.group(1)) * 2 ** 30 if reported else peak) / voxels, 1),
               "stages": [{"line": s, "peak_rss_gib": round(r / 2 ** 30, 3)} for s, r in stages]}
     for stage in report["stages"]:
-        print(f"{stage['peak_rss_gib']:6.2f} GiB  {stage['line']}")
+        print(f"{stage['peak_rss_gib']:6.2f} GiB  {stage['line'][:100]}")
+    print(next((line for line in lines if line.startswith("timing")), ""))
     print(f"peak {report['peak_rss_gib_reported']} GiB (ru_maxrss) = {report['bytes_per_voxel']} bytes per input "
           f"voxel of {voxels}; {report['seconds']} s")
     if args.out:

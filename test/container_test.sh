@@ -79,6 +79,7 @@ export BASE_IMAGE
 ./build.sh --tag "$TAG_NO_WEIGHTS" --no-weights
 
 work="$(mktemp -d /tmp/panther-container-test.XXXXXX)"
+chmod a+rx "$work"  # the image's runs read their folders in it as another user
 trap 'rm -rf "$work"' EXIT
 if [[ $(id -u) == 0 ]]; then run_user="12345:12345"; else run_user="$(id -u):$(id -g)"; fi
 gpu=()
@@ -230,9 +231,10 @@ masks = {era: sitk.GetArrayFromImage(sitk.ReadImage(f"/work/field-{era}/output/i
          for era in ("nnunetv2-2.5.1-checkpoint_final", "nnunetv2-2.5.1-checkpoint_final_numpy2",
                      "nnunetv2-2.1-checkpoint_final")}
 one, two = masks["nnunetv2-2.5.1-checkpoint_final"], masks["nnunetv2-2.5.1-checkpoint_final_numpy2"]
-print(f"   numpy 1 vs numpy 2 copy: {int((one != two).sum())} voxels differ; {int(one.sum())} voxels of label 2; "
-      f"nnU-Net 2.1 fold: {int(masks[\"nnunetv2-2.1-checkpoint_final\"].sum())}")
-sys.exit(0 if np.array_equal(one, two) and one.any() and masks["nnunetv2-2.1-checkpoint_final"].any() else 1)' \
+old = masks["nnunetv2-2.1-checkpoint_final"]
+print(f"   numpy 1 vs numpy 2 copy: {int((one != two).sum())} voxels differ, {int(one.sum())} voxels of label 2; "
+      f"the nnU-Net 2.1 fold: {int(old.sum())}")
+sys.exit(0 if np.array_equal(one, two) and one.any() and old.any() else 1)' \
         || fail "the numpy-1 and numpy-2 copies of the same fold gave different (or empty) masks"
 }
 

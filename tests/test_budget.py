@@ -35,6 +35,14 @@ def test_member_fits():
     assert deadline_with(30, 29.5).another_group_fits(completed=0)
 
 
+def test_how_long_a_member_may_wait_for_its_network():
+    assert deadline_with(None, 10, 1.0).wait_for_loading(5, 1) is None  # no budget: as long as it takes
+    assert deadline_with(30, 10, 1.0).wait_for_loading(5, 0) is None  # the first member always runs
+    # 20 s left, less writing (1 s), finishing (1 s) and 5 tiles at 1 s: 13 s (less the test's own time)
+    assert 12.5 < deadline_with(30, 10, 1.0).wait_for_loading(5, 1) <= 13
+    assert deadline_with(30, 10, 1.0).wait_for_loading(50, 1) == 0
+
+
 def test_slow_warm_up_does_not_drop_members():
     """A GPU's first forwards are slow (kernel selection); they must not set the projected rate."""
     deadline = deadline_with(270, 5)

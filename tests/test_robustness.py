@@ -138,6 +138,7 @@ def test_device_out_of_memory_in_each_step_falls_back_to_the_host(workspace, tmp
     injected = out_of_memory_once(getattr(owner, name), on_device)
     monkeypatch.setattr(owner, name, injected)
     monkeypatch.setattr(run, "select_device", lambda requested: STAND_IN_DEVICE)
+    monkeypatch.setattr(run, "device_free_bytes", lambda device: 2 ** 40)  # everything fits: nothing adapted
     written = predict_folder(input_dir, tmp_path / "out", ensemble=workspace.mixed_spec, weights=workspace.weights,
                              device="auto", budget=0)
     assert injected.calls, f"the {step} never ran on the device"

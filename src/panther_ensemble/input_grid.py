@@ -29,7 +29,7 @@ from .members import Member
 from .timing import warn
 
 MODES = ("fast", "exact")
-SLAB_BYTES = {"cpu": 8 * 2 ** 20, "device": 256 * 2 ** 20}  # one slab's fp32 probabilities, at most
+SLAB_BYTES = {"cpu": 8 * 2 ** 20, "device": 64 * 2 ** 20}  # one slab's fp32 probabilities, at most
 
 
 def crop_box(member: Member, properties: dict) -> tuple[slice, ...]:

@@ -9,6 +9,7 @@ graph capture, the input-grid stage on the device and keeping every network load
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from .errors import PantherError
+from .input_grid import SLAB_BYTES
 from .members import Member, network_from_plans
 from .pipeline import Placement, group_members
 from .preprocess import resampled_shape
@@ -37,6 +39,9 @@ MASK_BYTES_PER_VOXEL = 1
 WINDOW_BYTES_PER_VOXEL = 4 + 4 + 2
 EXACT_EXPORT_COPIES = 3
 SLAB_TEMPORARIES = 4  # a slab's planes, its in-plane and along-axis results and its probabilities
+# What a run adds whatever the image: the loading thread, torch's and oneDNN's thread pools and buffers (measured:
+# 150-180 MiB on the test ensembles, tests/test_memory.py)
+FIXED_BYTES = 256 * 2 ** 20
 DEVICE_MARGIN = 1.15  # the allocator's fragmentation and cuDNN's workspaces over the counted tensors
 
 
@@ -105,8 +110,9 @@ def _model_grid_voxels(group: list[Member], shape_zyx: tuple[int, ...], spacing_
 
 def host_bytes(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...],
                image_bytes_per_voxel: int, mode: str, device: torch.device, input_grid_on_host: bool) -> int:
-    """An upper estimate of the host memory one image needs beyond what the process holds already (imports,
-    networks), from its header alone: the largest of the preprocessing, the sliding window and the export."""
+    """An upper estimate of the host memory one image needs beyond what the process holds already (its imports),
+    from its header alone: the networks on a CPU, fixed costs and the largest of the preprocessing, the sliding
+    window and the export."""
     voxels = math.prod(shape_zyx)
     classes = members[0].label_manager.num_segmentation_heads
     model_grid = max(_model_grid_voxels(group, shape_zyx, spacing_zyx) for group in group_members(members))
@@ -115,10 +121,11 @@ def host_bytes(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: t
     on_host = device.type == "cpu"
     preprocess = voxels * PREPROCESS_BYTES_PER_VOXEL + (model_grid * 4 if on_host else 0)
     window = model_grid * (WINDOW_BYTES_PER_VOXEL + 2 * classes) if on_host else 0
-    export = SLAB_TEMPORARIES * 32 * 2 ** 20 if input_grid_on_host else 0
+    export = SLAB_TEMPORARIES * SLAB_BYTES["cpu"] if input_grid_on_host else 0
     if mode == "exact":
         export += voxels * 4 * classes * EXACT_EXPORT_COPIES
-    return image + grid + max(preprocess, window + export) + voxels * MASK_BYTES_PER_VOXEL
+    networks = sum(m.network_file.stat().st_size for m in members) if on_host else 0
+    return FIXED_BYTES + networks + image + grid + max(preprocess, window + export) + voxels * MASK_BYTES_PER_VOXEL
 
 
 class _LiveStorage(TorchDispatchMode):
@@ -127,6 +134,7 @@ class _LiveStorage(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.step, self.spans, self.sizes = 0, {}, {}
+        self.storages = []  # held, so that no storage's address is reused for another while counting
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.step += 1
@@ -136,8 +144,9 @@ class _LiveStorage(TorchDispatchMode):
         out = func(*args, **(kwargs or {}))
         for tensor in tree_flatten(out)[0]:
             if isinstance(tensor, torch.Tensor) and tensor.untyped_storage()._cdata not in self.spans:
-                key = tensor.untyped_storage()._cdata
-                self.spans[key], self.sizes[key] = [self.step, self.step], tensor.untyped_storage().nbytes()
+                storage = tensor.untyped_storage()
+                self.storages.append(storage)
+                self.spans[storage._cdata], self.sizes[storage._cdata] = [self.step, self.step], storage.nbytes()
         return out
 
     def peak(self) -> int:
@@ -157,10 +166,13 @@ def forward_bytes(member: Member, batch: int = 1) -> tuple[int, int]:
     network on PyTorch's meta device (autocast computes convolutions in fp16)."""
     with torch.device("meta"):
         network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
-    parameters = sum(t.numel() * 4 for t in network.state_dict().values())
+    # parameters() and buffers(), not state_dict(): the decoder holds the encoder, whose tensors state_dict repeats
+    parameters = sum(t.numel() * 4 for t in itertools.chain(network.parameters(), network.buffers()))
+    network = network.half().eval()
+    tiles = torch.empty((batch, *member.input_shape), device="meta", dtype=torch.half)
     tracker = _LiveStorage()
     with torch.inference_mode(), tracker:
-        network.half().eval()(torch.empty((batch, *member.input_shape), device="meta", dtype=torch.half))
+        network(tiles)
     return parameters, tracker.peak()
 
 
@@ -192,7 +204,7 @@ def estimate_device(members: list[Member], shape_zyx: tuple[int, ...], spacing_z
             parameters + activations
     window = max(_model_grid_voxels(group, shape_zyx, spacing_zyx) for group in group_members(members)) * \
         (WINDOW_BYTES_PER_VOXEL + 2 * classes)
-    grid = voxels * 4 * classes + SLAB_TEMPORARIES * 256 * 2 ** 20
+    grid = voxels * 4 * classes + SLAB_TEMPORARIES * SLAB_BYTES["device"]
     return DeviceEstimate(networks=sum(p for p, _ in sizes), graphs=sum(architectures.values()),
                           forward=max(a for _, a in sizes), window=window, input_grid=grid,
                           one_network=max(p for p, _ in sizes))

@@ -43,6 +43,10 @@ def export_network(network: torch.nn.Module, input_shape: list[int], target: Pat
 
     parameter_bytes = sum(p.numel() * p.element_size() for p in network.parameters())
     example = torch.zeros(2, *input_shape)  # batch 2: an example batch of 1 would fix the axis at 1
+    # torch.export (2.7) names its cache folders after getpass.getuser(), which raises for a uid without a passwd
+    # entry, as a container run with --user has: the environment's name comes first
+    if "USER" not in os.environ and "LOGNAME" not in os.environ:
+        os.environ["USER"] = f"uid{os.getuid()}"
     try:  # the exporter narrates its steps on stdout and warns about its own internals: neither is the user's
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -130,7 +130,7 @@ class Ensemble:
                     logits = self._member_logits(member, network, prepared.data, deadline, completed)
                 del network
                 self.loader.done_with(member)
-                log(f"  {member.spec.name}: forward in {timer.last['forward']:.1f}s")
+                log(f"  {member.spec.name}: forward in {timer.last['forward']:.2f}s")
                 if logits is None:
                     self._drop(group[m:], "projected to finish past the budget")
                     break

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+import os
 import resource
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .budget import DEFAULT_BUDGET_SECONDS, Deadline
-from .devices import select_device
+from .devices import HOST, select_device
 from .errors import PantherError
 from .io import Header, check_image, check_writable, find_inputs, output_path, read_image, write_mask
 from .loading import Verify
@@ -30,6 +32,8 @@ from .spec import (
     spec_dirs,
 )
 from .timing import StageTimer, log, warn
+
+CUDA_GRAPHS_VARIABLE = "PANTHER_CUDA_GRAPHS"
 
 
 def peak_memory() -> str:
@@ -103,12 +107,15 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(inputs.files)} image(s)")
 
     def placement(members: list[Member]) -> Placement:
-        """On CUDA, what fits the device for the largest image; then every image must fit the host."""
+        """On a device, what fits it for the largest image; then every image must fit the host."""
         chosen = Placement()
-        if torch_device.type == "cuda":
+        if torch_device != HOST:
             largest = max(headers.values(), key=lambda h: math.prod(h.shape_zyx))
             chosen = plan_device(estimate_device(members, largest.shape_zyx, largest.spacing_zyx),
                                  device_free_bytes(torch_device))
+            if os.environ.get(CUDA_GRAPHS_VARIABLE, "on") == "off":  # a diagnostic switch (benchmarks/t4_check.py)
+                chosen = replace(chosen, capture_graphs=False)
+                log(f"{CUDA_GRAPHS_VARIABLE}=off: no CUDA graph capture")
         for file, header in headers.items():
             check_host_memory(file, host_needs(members, header, mode, torch_device, chosen))
         return chosen

@@ -1,0 +1,163 @@
+"""Memory estimates and the run's adaptations, with injected sizes (no GPU needed)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import read_mask
+from test_robustness import STAND_IN_DEVICE, write_input
+
+import panther_ensemble.input_grid as input_grid
+import panther_ensemble.run as run
+from panther_ensemble import memory
+from panther_ensemble.members import describe_member
+from panther_ensemble.pipeline import Placement
+from panther_ensemble.spec import load_spec
+
+GiB = 2 ** 30
+
+
+def members(workspace, spec="mixed_spec"):
+    return [describe_member(workspace.weights, m) for m in load_spec(getattr(workspace, spec)).members]
+
+
+def test_cgroup_v1_and_v2_limits(tmp_path):
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "memory.max").write_text(f"{16 * GiB}\n")
+    (v2 / "memory.current").write_text(f"{10 * GiB}\n")
+    (v2 / "memory.stat").write_text(f"anon {8 * GiB}\ninactive_file {2 * GiB}\n")
+    assert memory.cgroup_available_bytes(v2) == (8 * GiB, f"the container's memory limit ({v2 / 'memory.max'}: "
+                                                          "16.0 GiB)")
+    v1 = tmp_path / "v1" / "memory"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{4 * GiB}\n")
+    (v1 / "memory.usage_in_bytes").write_text(f"{GiB}\n")
+    (v1 / "memory.stat").write_text(f"total_inactive_file {GiB // 2}\n")
+    assert memory.cgroup_available_bytes(tmp_path / "v1")[0] == 3.5 * GiB
+    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
+    assert memory.cgroup_available_bytes(tmp_path / "v1") is None
+    (v2 / "memory.max").write_text("max\n")
+    assert memory.cgroup_available_bytes(v2) is None
+
+
+def test_the_lower_of_memavailable_and_the_cgroup_counts(tmp_path):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemTotal: {256 * 2 ** 20} kB\nMemAvailable: {200 * 2 ** 20} kB\n")
+    cgroup = tmp_path / "cgroup"
+    cgroup.mkdir()
+    (cgroup / "memory.max").write_text(f"{16 * GiB}\n")
+    (cgroup / "memory.current").write_text(f"{GiB}\n")
+    assert memory.available_memory(meminfo, cgroup)[0] == 15 * GiB  # GC: a 16 GiB container on a big host
+    (cgroup / "memory.max").write_text("max\n")
+    assert memory.available_memory(meminfo, cgroup) == (200 * GiB, "the machine's available memory")
+
+
+def test_host_estimate_covers_a_measured_run(workspace, tmp_path):
+    """The estimate is an upper bound of the anonymous memory a real run adds to its process (sampled every 5 ms in a
+    child process; file-backed pages, the libraries' code and the mapped checkpoints, are reclaimable and not what
+    runs a container out of memory), and not wildly above it."""
+    input_dir = write_input(tmp_path, np.random.default_rng(1).integers(1, 900, (60, 300, 300), dtype=np.int16),
+                            spacing=(0.7, 0.7, 1.5))
+    code = f"""
+import threading, time
+from pathlib import Path
+from panther_ensemble.run import predict_folder
+
+def anonymous():
+    for line in open("/proc/self/status"):
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+
+baseline, peak, running = anonymous(), [0], [True]
+def sample():
+    while running[0]:
+        peak[0] = max(peak[0], anonymous())
+        time.sleep(0.005)
+sampler = threading.Thread(target=sample)
+sampler.start()
+predict_folder(Path({str(input_dir)!r}), Path({str(tmp_path / 'out')!r}), ensemble=Path({str(workspace.mixed_spec)!r}),
+               weights=Path({str(workspace.weights)!r}), device="cpu", budget=0)
+running[0] = False
+sampler.join()
+print("grew", peak[0] - baseline)
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grew = int(re.search(r"grew (\d+)", result.stdout).group(1))
+    estimate = memory.host_bytes(members(workspace), (60, 300, 300), (1.5, 0.7, 0.7), 2, "fast",
+                                 memory.torch.device("cpu"), True)
+    assert grew <= estimate <= 3 * grew, f"measured {grew / 2 ** 20:.0f} MiB, estimated {estimate / 2 ** 20:.0f} MiB"
+
+
+def test_forward_bytes_of_resencl_from_a_meta_dry_run():
+    """The activation peak of one ResEncL 192^3 tile forward in fp16 (what a captured graph's pool must hold),
+    counted on the meta device: 1.69 GiB, the same on every run."""
+    import torch
+    from dynamic_network_architectures.architectures.unet import ResidualEncoderUNet
+
+    class Stub:  # what forward_bytes reads of a member
+        input_shape = [1, 192, 192, 192]
+        plans_manager = configuration_manager = dataset_json = None
+
+    kwargs = dict(input_channels=1, n_stages=6, features_per_stage=[32, 64, 128, 256, 320, 320],
+                  conv_op=torch.nn.Conv3d, kernel_sizes=[[3, 3, 3]] * 6, strides=[[1, 1, 1]] + [[2, 2, 2]] * 5,
+                  n_blocks_per_stage=[1, 3, 4, 6, 6, 6], num_classes=3, n_conv_per_stage_decoder=[1] * 5,
+                  conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                  nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+    original = memory.network_from_plans
+    memory.network_from_plans = lambda *a: ResidualEncoderUNet(**kwargs)
+    try:
+        parameters, activations = memory.forward_bytes(Stub())
+    finally:
+        memory.network_from_plans = original
+    assert parameters == pytest.approx(102.35e6 * 4, rel=0.01)
+    assert activations == 1.6875 * GiB
+
+
+def estimate(networks=6, graphs=3, forward=2, window=1, input_grid=1, one=1) -> memory.DeviceEstimate:
+    return memory.DeviceEstimate(networks * GiB, graphs * GiB, forward * GiB, window * GiB, input_grid * GiB, one * GiB)
+
+
+@pytest.mark.parametrize("free, placement, said", [
+    (100, Placement(), ""),
+    (12.5, Placement(capture_graphs=False), "to fit: no CUDA graph capture"),
+    (11, Placement(capture_graphs=False, input_grid_on_device=False),
+     "to fit: no CUDA graph capture, the input-grid stage on the host"),
+    (7, Placement(False, False, False), "networks loaded when needed, not all kept"),
+    (1, Placement(False, False, False), "still 5.75 GiB: steps that run out of device memory fall back to the host"),
+])
+def test_device_plan_gives_things_up_in_order(capsys, free, placement, said):
+    # all kept: 1.15 * (6 + 3 + 2 + 1 + 1) = 14.95 GiB; no graphs 11.5; grid on host 10.35; networks 2 of 1: 5.75
+    assert memory.plan_device(estimate(), int(free * GiB)) == placement
+    line = capsys.readouterr().out
+    assert line.startswith(f"device memory: {free:.2f} GiB free; estimate 14.95 GiB") and said in line
+
+
+def test_a_device_too_small_for_everything_adapts_and_gives_the_same_mask(workspace, tmp_path, monkeypatch, capsys):
+    """On a device (the CPU under another name here) with an injected free memory that fits nothing: no graph
+    capture, the input grid on the host, networks loaded when needed; the mask is the default run's."""
+    input_dir = write_input(tmp_path, np.random.default_rng(5).uniform(100, 900, (10, 30, 34)).astype(np.float32))
+    default = predict_folder_mask(workspace, input_dir, tmp_path / "default")
+    capsys.readouterr()
+    sums = []
+    monkeypatch.setattr(run, "select_device", lambda requested: STAND_IN_DEVICE)
+    monkeypatch.setattr(run, "device_free_bytes", lambda device: 2 ** 20)
+    original = input_grid.ProbabilitySum.__init__
+    monkeypatch.setattr(input_grid.ProbabilitySum, "__init__",
+                        lambda self, shape, classes, device: sums.append(device) or original(self, shape, classes,
+                                                                                             device))
+    adapted = predict_folder_mask(workspace, input_dir, tmp_path / "adapted")
+    log = capsys.readouterr().out
+    assert "to fit: no CUDA graph capture, the input-grid stage on the host, networks loaded when needed" in log
+    assert sums == [input_grid.HOST]
+    np.testing.assert_array_equal(adapted, default)
+
+
+def predict_folder_mask(workspace, input_dir, out):
+    written = run.predict_folder(input_dir, out, ensemble=workspace.mixed_spec, weights=workspace.weights,
+                                 device="auto", budget=0)
+    return read_mask(written[0])[0]
