@@ -64,7 +64,7 @@ if [[ $do_models == 1 ]]; then
             echo "== model-$task.tar.gz from $spec"
             # the spec and the folds it names, checkpoints stripped by the image's own torch, and the manifest
             docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python --env PYTHONPATH=/opt/app/src \
-                "${mounts[@]}" "$tag" -m panther_ensemble.model_tarball "/in/ensemble/$task.toml" /in/weights /stage
+                "${mounts[@]}" "$tag" -m panther_ensemble.app.model_tarball "/in/ensemble/$task.toml" /in/weights /stage
         fi
         (cd "$stage" && tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
             --mode=u+rw,go+r,go-w,a+X -c -- *) | gzip -n > "$work/model-$task.tar.gz"

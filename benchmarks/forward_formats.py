@@ -17,8 +17,8 @@ from pathlib import Path
 
 import torch
 
-from panther_ensemble.benchmark import PRESETS, bench_plans
-from panther_ensemble.synthetic import ModelConfig, random_network
+from panther_ensemble.demo.synthetic import ModelConfig, random_network
+from panther_ensemble.tools.benchmark import PRESETS, bench_plans
 
 
 def timed_forwards(network: torch.nn.Module, tile: torch.Tensor, repeats: int) -> tuple[list[float], torch.Tensor]:

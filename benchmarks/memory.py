@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], socket: str) -> Path:
-    from panther_ensemble.phantom import make_phantom
+    from panther_ensemble.demo.phantom import make_phantom
 
     phantom = make_phantom(9101, "t1").image
     size, spacing = tuple(reversed(shape_zyx)), tuple(reversed(spacing_zyx))

@@ -38,10 +38,10 @@ sys.exit(main(sys.argv[1:]))
 
 def set_up(work: Path) -> tuple[Path, Path, Path]:
     """(spec, weights root with a manifest, GC input folder), made once."""
-    from panther_ensemble.benchmark import PRESETS, bench_plans
-    from panther_ensemble.benchmark import set_up as bench_set_up
-    from panther_ensemble.manifest import MANIFEST_NAME, write_manifest
-    from panther_ensemble.synthetic import write_gc_input
+    from panther_ensemble.app.manifest import MANIFEST_NAME, write_manifest
+    from panther_ensemble.demo.synthetic import write_gc_input
+    from panther_ensemble.tools.benchmark import PRESETS, bench_plans
+    from panther_ensemble.tools.benchmark import set_up as bench_set_up
 
     preset = PRESETS["gpu"]
     setup = bench_set_up(work, preset, "t1", bench_plans(work, preset))

@@ -31,14 +31,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from panther_ensemble.benchmark import PRESETS, T1_GEOMETRY, bench_plans, parity, set_up
-from panther_ensemble.manifest import MANIFEST_NAME, write_manifest
-from panther_ensemble.members import describe_member
-from panther_ensemble.memory import estimate_device, plan_device
-from panther_ensemble.pipeline import Placement
-from panther_ensemble.reference import stock_ensemble_mask
-from panther_ensemble.spec import load_spec
-from panther_ensemble.synthetic import write_gc_input
+from panther_ensemble.app.manifest import MANIFEST_NAME, write_manifest
+from panther_ensemble.demo.synthetic import write_gc_input
+from panther_ensemble.engine.ensemble import Placement
+from panther_ensemble.engine.members import describe_member
+from panther_ensemble.engine.memory import estimate_device, plan_device
+from panther_ensemble.engine.spec import load_spec
+from panther_ensemble.tools.benchmark import PRESETS, T1_GEOMETRY, bench_plans, parity, set_up
+from panther_ensemble.tools.reference import stock_ensemble_mask
 
 SOCKET = "abdominal-t1-mri"
 T4_FREE_BYTES = 15 * 2 ** 30  # a T4's 16 GB (15.1 GiB to CUDA) less its context: what the estimate is planned against

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import torch
 
-from panther_ensemble.compare import compare_members, format_table
-from panther_ensemble.demo_cases import HELD_OUT_SEEDS, SAMPLE_CASES, write_held_out, write_sample_input
-from panther_ensemble.run import predict_folder
-from panther_ensemble.spec import load_spec
+from panther_ensemble.app.predict_run import predict_folder
+from panther_ensemble.demo.sample_cases import HELD_OUT_SEEDS, SAMPLE_CASES, write_held_out, write_sample_input
+from panther_ensemble.engine.spec import load_spec
+from panther_ensemble.tools.member_table import compare_members, format_table
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_FILE_BYTES = 3 * 1024 * 1024

@@ -127,7 +127,7 @@ def log(message: str) -> None:
 
 def write_raw_dataset(raw: Path) -> None:
     """Small T1 phantoms at 5 mm: nnU-Net's raw layout."""
-    from panther_ensemble.phantom import make_phantom
+    from panther_ensemble.demo.phantom import make_phantom
 
     folder = raw / DATASET[1]
     if (folder / "dataset.json").exists():
@@ -146,7 +146,7 @@ def write_raw_dataset(raw: Path) -> None:
 
 def write_field_case(out: Path) -> Path:
     """A T1 phantom the folds never saw (seed 3100) at their 5 mm, in the GC layout: input/images/<socket>/."""
-    from panther_ensemble.phantom import make_phantom
+    from panther_ensemble.demo.phantom import make_phantom
 
     target = out / "input" / "images" / "abdominal-t1-mri" / "field.mha"
     target.parent.mkdir(parents=True, exist_ok=True)

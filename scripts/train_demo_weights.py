@@ -23,7 +23,7 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from panther_ensemble.resenc import shrink_plans
+from panther_ensemble.demo.resenc import shrink_plans
 
 REPO = Path(__file__).resolve().parents[1]
 PLANS = "nnUNetResEncUNetDemoPlans"
@@ -66,7 +66,7 @@ def log(message: str) -> None:
 
 
 def write_raw_dataset(task) -> None:
-    from panther_ensemble.phantom import make_phantom
+    from panther_ensemble.demo.phantom import make_phantom
 
     _, name, flavour = task
     raw = Path(os.environ["nnUNet_raw"]) / name
@@ -93,11 +93,7 @@ def demo_plans(plans: dict) -> dict:
 
 
 def plan_and_preprocess() -> None:
-    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
-        extract_fingerprints,
-        plan_experiments,
-        preprocess,
-    )
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import extract_fingerprints, plan_experiments, preprocess
     from nnunetv2.experiment_planning.plans_for_pretraining.move_plans_between_datasets import (
         move_plans_between_datasets,
     )
@@ -174,8 +170,8 @@ def export(weights: Path) -> None:
     """The folds the specs use, checkpoints stripped of optimizer state and training logs."""
     import torch
 
-    from panther_ensemble.members import INFERENCE_CHECKPOINT_KEYS
-    from panther_ensemble.spec import load_spec
+    from panther_ensemble.engine.members import INFERENCE_CHECKPOINT_KEYS
+    from panther_ensemble.engine.spec import load_spec
 
     for spec_file in ("task1.toml", "task2.toml"):
         for member in load_spec(REPO / "ensemble" / spec_file).members:

@@ -215,7 +215,7 @@ field_runs() {
             "$OUTPUT_SOCKET" "$FIELD_MODEL" "$checkpoint" > "$work/$name/spec/field.toml"
         docker run --rm --network none --user "$run_user" --entrypoint python --env PYTHONPATH=/opt/app/src \
             --volume "$work/$name/spec:/in/spec:ro" --volume "$fixtures/$era:/in/weights:ro" \
-            --volume "$work/$name/model:/stage" "$TAG" -m panther_ensemble.model_tarball /in/spec/field.toml \
+            --volume "$work/$name/model:/stage" "$TAG" -m panther_ensemble.app.model_tarball /in/spec/field.toml \
             /in/weights /stage | sed 's/^/   /' || fail "$name: the image's export code could not stage the fold"
         gc_run "$name" "$TAG_NO_WEIGHTS" "$fixtures/input" --volume "$work/$name/model:/opt/ml/model:ro"
         if [[ $run_rc != 0 || -s "$work/$name/stderr" ]]; then
@@ -240,7 +240,7 @@ sys.exit(0 if np.array_equal(one, two) and one.any() and old.any() else 1)' \
 
 # suite_in_image: the repository's pytest suite run by the image's Python and torch (read-only checkout, /tmp for
 # the tests' files), with pytest added on top of the image
-SUITE_REQUIREMENTS=(pytest==9.2.0)
+SUITE_REQUIREMENTS=(pytest==9.2.0 panimg==0.18.2)  # the dev extra's test tools
 suite_in_image() {
     echo "== the pytest suite on the image's own Python and torch ($TAG with ${SUITE_REQUIREMENTS[*]})"
     printf 'FROM %s\nUSER root\nRUN PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 python -m pip install -q --no-cache-dir %s\nUSER user\n' \

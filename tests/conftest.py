@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from panther_ensemble import synthetic as syn
-from panther_ensemble.synthetic import ALL_ROUNDER, BOUNDARY, T1_MEMBERS, VOLUME
+from panther_ensemble.demo import synthetic as syn
+from panther_ensemble.demo.synthetic import ALL_ROUNDER, BOUNDARY, T1_MEMBERS, VOLUME
 
 # Preprocessing that differs in every other way nnU-Net allows: transposed axes, masked normalization,
 # the all-data fold.

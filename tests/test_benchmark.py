@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from panther_ensemble import cli
-from panther_ensemble.benchmark import STAGES, format_report, run_benchmark
+from panther_ensemble.tools.benchmark import STAGES, format_report, run_benchmark
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +49,7 @@ def test_report_table_and_cli(report, tmp_path, monkeypatch, capsys):
     table = format_report(report)
     assert "| t1 | stock |" in table and "| t1 | ours |" in table and "| t1 | onnxruntime |" in table
     assert "stock/ours" in table and "stock/onnxruntime" in table
-    import panther_ensemble.benchmark as benchmark
+    import panther_ensemble.tools.benchmark as benchmark
 
     # the CLI's whole run with the measured case standing in for a new measurement
     plans = {"configurations": {"3d_fullres": {"patch_size": report["patch_size"],

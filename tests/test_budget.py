@@ -8,11 +8,11 @@ import pytest
 import torch
 from conftest import gc_input, read_mask
 
-import panther_ensemble.loading as loading
-from panther_ensemble import synthetic as syn
-from panther_ensemble.budget import Deadline
-from panther_ensemble.run import budget_seconds, predict_folder
-from panther_ensemble.synthetic import ALL_ROUNDER, BOUNDARY, VOLUME
+import panther_ensemble.engine.loading as loading
+from panther_ensemble.app.predict_run import budget_seconds, predict_folder
+from panther_ensemble.demo import synthetic as syn
+from panther_ensemble.demo.synthetic import ALL_ROUNDER, BOUNDARY, VOLUME
+from panther_ensemble.engine.deadline import Deadline
 
 
 def deadline_with(seconds, elapsed, rate=None) -> Deadline:

@@ -12,7 +12,7 @@ import pytest
 import SimpleITK as sitk
 from conftest import gc_input, read_mask
 
-from panther_ensemble.spec import load_spec
+from panther_ensemble.engine.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
 T1 = "abdominal-t1-mri"
@@ -148,7 +148,7 @@ def test_cuda_requested_without_cuda(workspace, tmp_path):
 
 def test_synthetic_demo_folder(tmp_path):
     """The README's no-weights demo: a random ensemble and a GC input, predicted end to end."""
-    result = run(["-m", "panther_ensemble.synthetic", str(tmp_path / "demo")])
+    result = run(["-m", "panther_ensemble.demo.synthetic", str(tmp_path / "demo")])
     assert result.returncode == 0, result.stderr
     demo = tmp_path / "demo"
     result = run(["inference.py", "--input", str(demo / "input"), "--output", str(demo / "output"),

@@ -10,11 +10,11 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from panther_ensemble import synthetic as syn
-from panther_ensemble.compare import ENSEMBLE, compare_members, format_table
-from panther_ensemble.evaluate import evaluate_folders
-from panther_ensemble.run import predict_folder
-from panther_ensemble.spec import load_spec
+from panther_ensemble.app.predict_run import predict_folder
+from panther_ensemble.demo import synthetic as syn
+from panther_ensemble.engine.spec import load_spec
+from panther_ensemble.tools.evaluate import evaluate_folders
+from panther_ensemble.tools.member_table import ENSEMBLE, compare_members, format_table
 
 
 @pytest.fixture(scope="module")

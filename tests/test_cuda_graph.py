@@ -7,7 +7,7 @@ import pytest
 import torch
 from test_predict import small_network
 
-from panther_ensemble.cuda_graph import GraphedForward, capture
+from panther_ensemble.engine.cuda_graph import GraphedForward, capture
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

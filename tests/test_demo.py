@@ -9,11 +9,12 @@ import pytest
 import SimpleITK as sitk
 from conftest import dice
 
-from panther_ensemble import demo_cases
+from panther_ensemble.app.locations import APP_DIR, find_spec
 from panther_ensemble.cli import inference_main
-from panther_ensemble.demo_cases import SAMPLE_CASES, write_held_out, write_sample_input
-from panther_ensemble.members import load_checkpoint
-from panther_ensemble.spec import APP_DIR, check_against_weights, find_spec
+from panther_ensemble.demo import sample_cases as demo_cases
+from panther_ensemble.demo.sample_cases import SAMPLE_CASES, write_held_out, write_sample_input
+from panther_ensemble.engine.members import load_checkpoint
+from panther_ensemble.engine.spec import check_against_weights
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS, TEST = REPO / "weights", REPO / "test"

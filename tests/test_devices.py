@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from panther_ensemble import devices
-from panther_ensemble.errors import PantherError
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.engine import devices
 
 DRIVER = "NVRM version: NVIDIA UNIX x86_64 Kernel Module  535.104.05  Sat Aug 19 01:15:15 UTC 2023\n"
 

@@ -13,8 +13,8 @@ import pytest
 import SimpleITK as sitk
 from surface_distance import metrics as sd
 
-from panther_ensemble.errors import PantherError
-from panther_ensemble.evaluate import aggregate, evaluate_folders, tumor_metrics
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.tools.evaluate import aggregate, evaluate_folders, tumor_metrics
 
 SPACING_ZYX = (3.0, 0.8, 0.7)
 

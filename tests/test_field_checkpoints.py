@@ -14,13 +14,13 @@ import torch
 from conftest import read_mask
 from test_parity import assert_parity
 
+from panther_ensemble.app.model_tarball import strip_checkpoint
+from panther_ensemble.app.predict_run import predict_folder
 from panther_ensemble.cli import main
-from panther_ensemble.errors import PantherError
-from panther_ensemble.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint, load_member
-from panther_ensemble.model_tarball import strip_checkpoint
-from panther_ensemble.reference import stock_ensemble_mask
-from panther_ensemble.run import predict_folder
-from panther_ensemble.spec import MemberSpec, load_spec
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.engine.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint, load_member
+from panther_ensemble.engine.spec import MemberSpec, load_spec
+from panther_ensemble.tools.reference import stock_ensemble_mask
 
 FIELD = Path(__file__).parent / "fixtures" / "field"
 PROVENANCE = json.loads((FIELD / "provenance.json").read_text())

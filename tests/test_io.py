@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from panther_ensemble import synthetic as syn
-from panther_ensemble.errors import PantherError
-from panther_ensemble.io import check_image, find_inputs, image_stem, output_path, read_image, write_mask
+from panther_ensemble.app.gc_io import find_inputs, output_path
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.demo import synthetic as syn
+from panther_ensemble.engine.image import check_image, image_stem, read_image, write_mask
 
 T1 = "abdominal-t1-mri"
 

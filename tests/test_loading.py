@@ -10,11 +10,11 @@ import time
 import pytest
 from conftest import gc_input
 
-import panther_ensemble.loading as loading
-from panther_ensemble.errors import PantherError
-from panther_ensemble.manifest import write_manifest
-from panther_ensemble.members import describe_member
-from panther_ensemble.spec import load_spec
+import panther_ensemble.engine.loading as loading
+from panther_ensemble.app.manifest import write_manifest
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.engine.members import describe_member
+from panther_ensemble.engine.spec import load_spec
 
 
 def members(workspace):
@@ -83,7 +83,7 @@ def test_process_exit_does_not_wait_for_networks_of_dropped_members(workspace, t
                                                                         spacing_xyz=(1, 1, 3), seed=4)})
     script = textwrap.dedent(f"""
         import sys, time
-        import panther_ensemble.loading as loading
+        import panther_ensemble.engine.loading as loading
         original, first = loading.load_network, []
         def slow(member, device):
             if first:

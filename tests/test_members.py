@@ -9,10 +9,10 @@ import shutil
 import pytest
 import torch
 
-from panther_ensemble.errors import PantherError
-from panther_ensemble.members import load_checkpoint, load_member
-from panther_ensemble.spec import MemberSpec
-from panther_ensemble.synthetic import ALL_ROUNDER, BOUNDARY
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.demo.synthetic import ALL_ROUNDER, BOUNDARY
+from panther_ensemble.engine.members import load_checkpoint, load_member
+from panther_ensemble.engine.spec import MemberSpec
 
 
 def member(config, fold=0, checkpoint="checkpoint_final.pth") -> MemberSpec:
@@ -106,8 +106,8 @@ def test_checkpoint_of_another_configuration_is_refused(copied):
 
 
 def test_sha256_manifest_is_verified_when_present(workspace, tmp_path):
-    from panther_ensemble.manifest import MANIFEST_NAME, verify_manifest, write_manifest
-    from panther_ensemble.spec import load_spec, member_files
+    from panther_ensemble.app.manifest import MANIFEST_NAME, verify_manifest, write_manifest
+    from panther_ensemble.engine.spec import load_spec, member_files
 
     root = tmp_path / "weights"
     shutil.copytree(workspace.weights / ALL_ROUNDER.model, root / ALL_ROUNDER.model)
@@ -155,7 +155,7 @@ def test_half_precision_and_legacy_format_checkpoints_load_as_nnunet_loads_them(
 
 
 def test_network_with_an_unsaved_buffer_is_a_clear_error(copied, monkeypatch):
-    import panther_ensemble.members as members
+    import panther_ensemble.engine.members as members
 
     build = members.network_from_plans
 

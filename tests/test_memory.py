@@ -11,12 +11,12 @@ import pytest
 from conftest import read_mask
 from test_robustness import STAND_IN_DEVICE, write_input
 
-import panther_ensemble.input_grid as input_grid
-import panther_ensemble.run as run
-from panther_ensemble import memory
-from panther_ensemble.members import describe_member
-from panther_ensemble.pipeline import Placement
-from panther_ensemble.spec import load_spec
+import panther_ensemble.app.predict_run as run
+import panther_ensemble.engine.input_grid as input_grid
+from panther_ensemble.engine import memory
+from panther_ensemble.engine.ensemble import Placement
+from panther_ensemble.engine.members import describe_member
+from panther_ensemble.engine.spec import load_spec
 
 GiB = 2 ** 30
 
@@ -66,7 +66,7 @@ def test_host_estimate_covers_a_measured_run(workspace, tmp_path):
     code = f"""
 import threading, time
 from pathlib import Path
-from panther_ensemble.run import predict_folder
+from panther_ensemble.app.predict_run import predict_folder
 
 def anonymous():
     for line in open("/proc/self/status"):

@@ -14,14 +14,14 @@ import pytest
 import torch
 from conftest import dice, gc_input, read_mask
 
-from panther_ensemble import onnx_export
+from panther_ensemble.app.manifest import MANIFEST_NAME, sha256
 from panther_ensemble.cli import main
-from panther_ensemble.demo_cases import SAMPLE_CASES
-from panther_ensemble.errors import PantherError
-from panther_ensemble.manifest import MANIFEST_NAME, sha256
-from panther_ensemble.members import load_member
-from panther_ensemble.onnx_network import OnnxNetwork, providers
-from panther_ensemble.spec import check_against_weights, load_spec, member_files
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.demo.sample_cases import SAMPLE_CASES
+from panther_ensemble.engine.members import load_member
+from panther_ensemble.engine.onnx_network import OnnxNetwork, providers
+from panther_ensemble.engine.spec import check_against_weights, load_spec, member_files
+from panther_ensemble.tools import onnx_export
 
 REPO = Path(__file__).resolve().parents[1]
 OUTPUT = Path("images") / "pancreatic-tumor-segmentation"

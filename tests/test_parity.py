@@ -7,14 +7,14 @@ import pytest
 import torch
 from conftest import dice, gc_input, read_mask
 
-from panther_ensemble.input_grid import member_probabilities
-from panther_ensemble.io import read_image
-from panther_ensemble.members import load_member
-from panther_ensemble.predict import sliding_window_logits
-from panther_ensemble.preprocess import preprocess
-from panther_ensemble.reference import stock_ensemble_mask, stock_member_probabilities
-from panther_ensemble.run import predict_folder
-from panther_ensemble.spec import load_spec
+from panther_ensemble.app.predict_run import predict_folder
+from panther_ensemble.engine.image import read_image
+from panther_ensemble.engine.input_grid import member_probabilities
+from panther_ensemble.engine.members import load_member
+from panther_ensemble.engine.preprocess import preprocess
+from panther_ensemble.engine.sliding_window import sliding_window_logits
+from panther_ensemble.engine.spec import load_spec
+from panther_ensemble.tools.reference import stock_ensemble_mask, stock_member_probabilities
 
 CASES = {
     # T1-like: thick oblique slices, in-plane ~0.8 mm (anisotropic, non-identity direction cosines)
@@ -80,7 +80,7 @@ def test_each_member_probabilities_match_stock(workspace, tmp_path):
 
 
 def test_members_sharing_preprocessing_run_it_once(workspace, tmp_path, monkeypatch):
-    import panther_ensemble.pipeline as pipeline
+    import panther_ensemble.engine.ensemble as pipeline
 
     calls = []
     original = pipeline.preprocess

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from panther_ensemble.phantom import SPACING, make_phantom
+from panther_ensemble.demo.phantom import SPACING, make_phantom
 
 
 @pytest.mark.parametrize("flavour", ["t1", "t2"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from panther_ensemble.predict import sliding_window_logits, tile_count, tile_slicers, tiles_per_forward
+from panther_ensemble.engine.sliding_window import sliding_window_logits, tile_count, tile_slicers, tiles_per_forward
 
 
 def test_tiles_per_forward():

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from panther_ensemble.errors import PantherError
-from panther_ensemble.preview import display_window, tumor_slices, write_preview
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.tools.preview import display_window, tumor_slices, write_preview
 
 
 def test_slices_span_the_tumor():

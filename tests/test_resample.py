@@ -7,7 +7,7 @@ import pytest
 import torch
 from nnunetv2.preprocessing.resampling.default_resampling import resample_data_or_seg_to_shape
 
-from panther_ensemble.resample import resample_image, supports
+from panther_ensemble.engine.image_resampling import resample_image, supports
 
 KWARGS = {"is_seg": False, "order": 3, "order_z": 0, "force_separate_z": None}
 CASES = {

@@ -8,14 +8,14 @@ import SimpleITK as sitk
 import torch
 from conftest import read_mask
 
-import panther_ensemble.input_grid as input_grid
-import panther_ensemble.predict as predict
-import panther_ensemble.resample as resample
-import panther_ensemble.run as run
-from panther_ensemble import memory
-from panther_ensemble.errors import PantherError
-from panther_ensemble.memory import check_host_memory
-from panther_ensemble.run import predict_folder
+import panther_ensemble.app.predict_run as run
+import panther_ensemble.engine.image_resampling as resample
+import panther_ensemble.engine.input_grid as input_grid
+import panther_ensemble.engine.sliding_window as predict
+from panther_ensemble.app.predict_run import predict_folder
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.engine import memory
+from panther_ensemble.engine.memory import check_host_memory
 
 T1 = "abdominal-t1-mri"
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from panther_ensemble.spec import find_spec
+from panther_ensemble.app.locations import find_spec
 
 ENSEMBLE_DIR = Path(__file__).resolve().parents[1] / "ensemble"
 

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from panther_ensemble.errors import PantherError
-from panther_ensemble.spec import check_against_weights, find_spec, load_spec, resolve_weights_root
-from panther_ensemble.synthetic import ALL_ROUNDER, BOUNDARY
+from panther_ensemble.app.locations import find_spec, resolve_weights_root
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.demo.synthetic import ALL_ROUNDER, BOUNDARY
+from panther_ensemble.engine.spec import check_against_weights, load_spec
 
 GOOD = f"""\
 input_socket = "abdominal-t1-mri"
@@ -141,12 +142,12 @@ def test_find_spec_by_socket(tmp_path):
 
 
 def test_weights_root_resolution(tmp_path, weights, monkeypatch):
-    import panther_ensemble.spec as spec_module
+    import panther_ensemble.app.locations as locations
 
     spec = load_spec(write(tmp_path, GOOD))
     gc_model, app = tmp_path / "opt_ml_model", tmp_path / "app"
-    monkeypatch.setattr(spec_module, "GC_MODEL_DIR", gc_model)
-    monkeypatch.setattr(spec_module, "APP_DIR", app)
+    monkeypatch.setattr(locations, "GC_MODEL_DIR", gc_model)
+    monkeypatch.setattr(locations, "APP_DIR", app)
     assert resolve_weights_root(spec, weights) == weights  # --weights wins
     assert resolve_weights_root(spec, None) == app / "weights"  # nothing anywhere: the app's, to report
     shutil.copytree(weights, app / "weights")

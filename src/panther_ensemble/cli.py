@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from .errors import PantherError
+from .core.errors import PantherError
 
 PREDICT_HELP = """\
 Segment pancreatic tumors with a heterogeneous nnU-Net v2 ensemble, Grand Challenge style.
@@ -129,7 +129,7 @@ def inference_parser() -> argparse.ArgumentParser:
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    from .run import predict_folder  # heavy imports (torch, nnunetv2) only once the arguments are fine
+    from .app.predict_run import predict_folder  # heavy imports (torch, nnunetv2) only once the arguments are fine
 
     predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
                    budget=args.budget, mode=args.mode, backend=args.backend)
@@ -140,14 +140,15 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
     folders, members = (args.pred, args.gt), (args.ensemble, args.images, args.labels)
     if all(folders) and not any(members):
-        from .evaluate import evaluate_folders
+        from .tools.evaluate import evaluate_folders
 
         result = evaluate_folders(args.pred, args.gt, args.tumor_label)
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result["aggregates"].items())
     elif all(members) and not any(folders):
-        from .compare import compare_members, format_table
-        from .devices import select_device
-        from .spec import check_against_weights, load_spec, resolve_weights_root
+        from .app.locations import resolve_weights_root
+        from .engine.devices import select_device
+        from .engine.spec import check_against_weights, load_spec
+        from .tools.member_table import compare_members, format_table
 
         spec = load_spec(args.ensemble)
         weights_root = resolve_weights_root(spec, args.weights)
@@ -166,14 +167,15 @@ def run_evaluate(args: argparse.Namespace) -> None:
 
 
 def run_preview(args: argparse.Namespace) -> None:
-    from .preview import write_preview
+    from .tools.preview import write_preview
 
     print(f"wrote {write_preview(args.image, args.mask, args.out, args.gt)}")
 
 
 def run_export_onnx(args: argparse.Namespace) -> None:
-    from .onnx_export import export_ensemble
-    from .spec import load_spec, resolve_weights_root
+    from .app.locations import resolve_weights_root
+    from .engine.spec import load_spec
+    from .tools.onnx_export import export_ensemble
 
     spec = load_spec(args.ensemble)
     written = export_ensemble(spec, resolve_weights_root(spec, args.weights), args.out, args.opset)
@@ -184,8 +186,13 @@ def run_export_onnx(args: argparse.Namespace) -> None:
 def run_benchmark(args: argparse.Namespace) -> None:
     import tempfile
 
-    from .benchmark import format_report, run_benchmark
-    from .devices import select_device
+    from .engine.devices import select_device
+
+    try:
+        from .tools.benchmark import format_report, run_benchmark
+    except ModuleNotFoundError as e:  # the image leaves the demo package out
+        raise PantherError(f"benchmark needs {e.name}, which this installation lacks (run it from a checkout: "
+                           "pip install -e .)") from None
 
     if args.repeats is not None and args.repeats < 1:
         raise PantherError(f"--repeats must be at least 1, got {args.repeats}")

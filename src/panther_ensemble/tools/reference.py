@@ -19,8 +19,8 @@ from nnunetv2.inference.export_prediction import convert_predicted_logits_to_seg
 from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
-from .members import network_from_plans
-from .spec import EnsembleSpec, MemberSpec
+from ..engine.members import network_from_plans
+from ..engine.spec import EnsembleSpec, MemberSpec
 
 
 def stock_predictor(folder: Path, folds: Sequence[int | str], checkpoint_name: str,

@@ -15,17 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .budget import Deadline
+from ..core.log import StageTimer, log, log_tile_progress
 from .cuda_graph import GraphedForward, capture
+from .deadline import Deadline
 from .devices import HOST
+from .image import Image
 from .input_grid import MODES, ProbabilitySum
-from .io import Image
 from .loading import NetworkLoader, Verify
 from .members import Member, Network, describe_member
-from .predict import sliding_window_logits, tile_count, tiles_per_forward
 from .preprocess import preprocess, preprocessing_key
+from .sliding_window import sliding_window_logits, tile_count, tiles_per_forward
 from .spec import EnsembleSpec
-from .timing import StageTimer, log, log_tile_progress
 
 
 @dataclass(frozen=True)

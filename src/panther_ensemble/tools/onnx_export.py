@@ -23,12 +23,12 @@ from pathlib import Path
 
 import torch
 
-from .errors import PantherError
-from .manifest import sha256, write_manifest
-from .members import Member, load_member
-from .onnx_network import INPUT_NAME, OUTPUT_NAME, OnnxNetwork
-from .spec import EnsembleSpec, check_against_weights, load_spec
-from .timing import log
+from ..app.manifest import sha256, write_manifest
+from ..core.errors import PantherError
+from ..core.log import log
+from ..engine.members import Member, load_member
+from ..engine.onnx_network import INPUT_NAME, OUTPUT_NAME, OnnxNetwork
+from ..engine.spec import EnsembleSpec, check_against_weights, load_spec
 
 DEFAULT_OPSET = 18
 EXTERNAL_DATA_BYTES = 100 * 2 ** 20  # larger networks keep their weights in <model>.onnx.data (ResEncL: 409 MB)

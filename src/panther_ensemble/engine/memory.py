@@ -18,12 +18,12 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .errors import PantherError
+from ..core.errors import PantherError
+from ..core.log import log
+from .ensemble import Placement, group_members
 from .input_grid import SLAB_BYTES
 from .members import Member, network_from_plans
-from .pipeline import Placement, group_members
 from .preprocess import resampled_shape
-from .timing import log
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 MEMINFO = Path("/proc/meminfo")

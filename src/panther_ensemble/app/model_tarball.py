@@ -1,7 +1,7 @@
 """The content of a GC model tarball: a spec and only the member folds it names, checkpoints stripped to what
 inference needs, and the weights manifest the product verifies at start-up (export.sh runs this in the image).
 
-    python -m panther_ensemble.model_tarball SPEC WEIGHTS_ROOT STAGE
+    python -m panther_ensemble.app.model_tarball SPEC WEIGHTS_ROOT STAGE
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from pathlib import Path
 
 import torch
 
-from .errors import PantherError
+from ..core.errors import PantherError
+from ..engine.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint
+from ..engine.spec import check_against_weights, load_spec
 from .manifest import write_manifest
-from .members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint
-from .spec import check_against_weights, load_spec
 
 
 def strip_checkpoint(source: Path, target: Path) -> bool:
@@ -57,7 +57,7 @@ def stage_models(spec_file: Path, weights_root: Path, stage: Path) -> Path:
 
 if __name__ == "__main__":
     if len(sys.argv) != 4:
-        sys.exit("usage: python -m panther_ensemble.model_tarball SPEC WEIGHTS_ROOT STAGE")
+        sys.exit("usage: python -m panther_ensemble.app.model_tarball SPEC WEIGHTS_ROOT STAGE")
     try:
         stage_models(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
     except PantherError as e:

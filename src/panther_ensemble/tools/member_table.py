@@ -12,12 +12,12 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
-from .errors import PantherError
+from ..core.errors import PantherError
+from ..core.log import StageTimer, log
+from ..engine.ensemble import Ensemble
+from ..engine.image import IMAGE_SUFFIXES, image_files_by_id, read_image
+from ..engine.spec import EnsembleSpec, MemberSpec
 from .evaluate import aggregate, tumor_metrics
-from .io import IMAGE_SUFFIXES, image_files_by_id, read_image
-from .pipeline import Ensemble
-from .spec import EnsembleSpec, MemberSpec
-from .timing import StageTimer, log
 
 ENSEMBLE = "ensemble"
 COLUMNS = [("mean_volumetric_dice", "Dice", max), ("mean_surface_dice", "Surface Dice 5 mm", max),

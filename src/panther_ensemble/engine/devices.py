@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from .errors import PantherError
-from .timing import warn
+from ..core.errors import PantherError
+from ..core.log import warn
 
 HOST = torch.device("cpu")
 NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")

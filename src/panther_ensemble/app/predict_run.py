@@ -11,27 +11,19 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .budget import DEFAULT_BUDGET_SECONDS, Deadline
-from .devices import HOST, select_device
-from .errors import PantherError
-from .io import Header, check_image, check_writable, find_inputs, output_path, read_image, write_mask
-from .loading import Verify
+from ..core.errors import PantherError
+from ..core.log import StageTimer, log, warn
+from ..engine.deadline import DEFAULT_BUDGET_SECONDS, Deadline
+from ..engine.devices import HOST, select_device
+from ..engine.ensemble import Ensemble, Placement
+from ..engine.image import Header, check_image, read_image, write_mask
+from ..engine.loading import Verify
+from ..engine.members import Member
+from ..engine.memory import check_host_memory, device_free_bytes, estimate_device, host_bytes, plan_device
+from ..engine.spec import BACKENDS, EnsembleSpec, check_against_weights, load_spec, member_files, network_files
+from .gc_io import check_writable, find_inputs, output_path
+from .locations import find_spec, resolve_weights_root, spec_dirs
 from .manifest import Manifest
-from .members import Member
-from .memory import check_host_memory, device_free_bytes, estimate_device, host_bytes, plan_device
-from .pipeline import Ensemble, Placement
-from .spec import (
-    BACKENDS,
-    EnsembleSpec,
-    check_against_weights,
-    find_spec,
-    load_spec,
-    member_files,
-    network_files,
-    resolve_weights_root,
-    spec_dirs,
-)
-from .timing import StageTimer, log, warn
 
 CUDA_GRAPHS_VARIABLE = "PANTHER_CUDA_GRAPHS"
 

@@ -24,9 +24,9 @@ from nnunetv2.configuration import ANISO_THRESHOLD
 from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
 from torch.nn import functional as F
 
+from ..core.log import warn
 from .devices import HOST, release_device_memory
 from .members import Member
-from .timing import warn
 
 MODES = ("fast", "exact")
 SLAB_BYTES = {"cpu": 8 * 2 ** 20, "device": 64 * 2 ** 20}  # one slab's fp32 probabilities, at most

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PantherError
+from ..core.errors import PantherError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
 TRT_CACHE_DEFAULT = "/tmp/panther-trt-cache"

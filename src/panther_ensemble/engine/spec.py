@@ -7,15 +7,11 @@ from __future__ import annotations
 
 import difflib
 import json
-import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import PantherError
-
-APP_DIR = Path(os.environ.get("PANTHER_APP_DIR", Path(__file__).resolve().parents[2]))
-GC_MODEL_DIR = Path("/opt/ml/model")
+from ..core.errors import PantherError
 
 TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "budget_seconds", "backend", "member"}
 MEMBER_KEYS = {"model", "fold", "checkpoint", "weight"}
@@ -206,31 +202,3 @@ def _configuration_from_folder_name(model: str) -> str | None:
     """nnU-Net names result folders Trainer__Plans__configuration."""
     parts = Path(model).name.split("__")
     return parts[2] if len(parts) == 3 else None
-
-
-def spec_dirs() -> list[Path]:
-    """Where specs are looked up, in order: GC's model tarball, then the app's ensemble/ folder."""
-    return [GC_MODEL_DIR, APP_DIR / "ensemble"]
-
-
-def find_spec(socket: str, dirs: list[Path]) -> EnsembleSpec:
-    """The spec whose input_socket is `socket`."""
-    seen = []
-    for folder in dirs:
-        for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
-            spec = load_spec(path)
-            if spec.input_socket == socket:
-                return spec
-            seen.append(f"{path.name} ({spec.input_socket})")
-    raise PantherError(f"no ensemble spec for input socket '{socket}' in {', '.join(map(str, dirs))}"
-                       + (f"; found {', '.join(seen)}" if seen else ""))
-
-
-def resolve_weights_root(spec: EnsembleSpec, explicit: Path | None) -> Path:
-    """--weights if given, else /opt/ml/model when it holds the members, else the app's weights/."""
-    if explicit is not None:
-        return Path(explicit)
-    for candidate in (GC_MODEL_DIR, APP_DIR / "weights"):
-        if all((candidate / m.model).is_dir() for m in spec.members):
-            return candidate
-    return APP_DIR / "weights"

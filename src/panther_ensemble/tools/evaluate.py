@@ -14,8 +14,8 @@ import numpy as np
 import SimpleITK as sitk
 from surface_distance import metrics as sd
 
-from .errors import PantherError
-from .io import IMAGE_SUFFIXES, image_files_by_id
+from ..core.errors import PantherError
+from ..engine.image import IMAGE_SUFFIXES, image_files_by_id
 
 SURFACE_TOLERANCE_MM = 5.0
 TUMOR_LABEL = 1

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import time
 
-from .timing import log
+from ..core.log import log
 
 GC_LIMIT_SECONDS = 300.0
 SAFETY_MARGIN_SECONDS = 30.0  # container start, imports and the GC harness run before our clock starts

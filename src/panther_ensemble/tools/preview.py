@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import PantherError
+from ..core.errors import PantherError
 
 PREDICTION_COLOUR, TRUTH_COLOUR = "#ff3b30", "#34c759"
 

@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from .timing import log
+from ..core.log import log
 
 
 class GraphedForward:

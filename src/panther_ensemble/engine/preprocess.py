@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 
-from . import resample
+from ..core.log import warn
+from . import image_resampling as resample
 from .devices import HOST, release_device_memory
-from .io import Image
+from .image import Image
 from .members import Member
-from .timing import warn
 
 
 @dataclass

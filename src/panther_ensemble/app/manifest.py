@@ -6,7 +6,7 @@ import hashlib
 import sys
 from pathlib import Path
 
-from .errors import PantherError
+from ..core.errors import PantherError
 
 MANIFEST_NAME = "weights.sha256"
 
@@ -77,5 +77,5 @@ def verify_manifest(root: Path, files: list[Path]) -> bool:
 
 if __name__ == "__main__":
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m panther_ensemble.manifest WEIGHTS_ROOT  (writes WEIGHTS_ROOT/weights.sha256)")
+        sys.exit("usage: python -m panther_ensemble.app.manifest WEIGHTS_ROOT  (writes WEIGHTS_ROOT/weights.sha256)")
     print(f"wrote {write_manifest(Path(sys.argv[1]))}")

@@ -31,12 +31,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .errors import PantherError
-from .members import Member, load_member
-from .resenc import fit_patch, plan_resenc, shrink_plans
-from .spec import load_spec
-from .synthetic import ModelConfig, make_model_folder, write_gc_input, write_spec
-from .timing import StageTimer, log
+from ..core.errors import PantherError
+from ..core.log import StageTimer, log
+from ..demo.resenc import fit_patch, plan_resenc, shrink_plans
+from ..demo.synthetic import ModelConfig, make_model_folder, write_gc_input, write_spec
+from ..engine.members import Member, load_member
+from ..engine.spec import load_spec
 
 PLANNER, PLANS_NAME = "nnUNetPlannerResEncL", "nnUNetResEncUNetLPlans"
 T1_GEOMETRY = dict(shape_zyx=(72, 260, 320), spacing_xyz=(1.19, 1.19, 3.0))  # PANTHER Task 1 (issue 5)
@@ -166,7 +166,7 @@ def run_ours(setup: Setup, device: torch.device, output: Path, backend: str = "t
     """(b): this product's predict, as `panther-ensemble predict --budget 0 --backend B` runs it."""
     import SimpleITK as sitk
 
-    from .run import predict_folder
+    from ..app.predict_run import predict_folder
 
     timer = StageTimer()
     # export-onnx writes the spec into the weights root it makes
@@ -180,7 +180,7 @@ def run_ours(setup: Setup, device: torch.device, output: Path, backend: str = "t
 def onnxruntime_runs_on(device: torch.device) -> bool:
     """Whether ONNX Runtime is installed with a provider for the device (the reason logged where not)."""
     try:
-        from .onnx_network import providers
+        from ..engine.onnx_network import providers
 
         providers(device)
         return True
@@ -209,10 +209,10 @@ def forward_flops(setup: Setup, member: Member, members: int, device: torch.devi
     """FLOPs of one network forward on one tile (counted on the meta device) and the forwards a case needs."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .io import read_image
-    from .members import network_from_plans
-    from .predict import tile_count
-    from .preprocess import preprocess
+    from ..engine.image import read_image
+    from ..engine.members import network_from_plans
+    from ..engine.preprocess import preprocess
+    from ..engine.sliding_window import tile_count
 
     patch = member.configuration_manager.patch_size
     with torch.device("meta"):

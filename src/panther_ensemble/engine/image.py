@@ -1,20 +1,18 @@
-"""Grand Challenge sockets and image files: find the inputs, read images with geometry, write masks.
+"""Image files with their geometry: read (validated, header first), list by case id, write masks atomically.
 
 Arrays follow SimpleITK's order (z, y, x); spacing, origin and direction are SimpleITK's (x, y, z).
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
 
-from .errors import PantherError
+from ..core.errors import PantherError
 
 IMAGE_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd")
 
@@ -50,14 +48,6 @@ class Image:
         return self.array[None], properties
 
 
-@dataclass
-class CaseInputs:
-    """The image files of one input socket."""
-
-    socket: str
-    files: list[Path]
-
-
 def image_stem(path: Path) -> str:
     name = path.name
     for suffix in IMAGE_SUFFIXES:
@@ -71,55 +61,11 @@ def image_files_by_id(folder: Path, drop_suffix: str) -> dict[str, Path]:
     folder = Path(folder)
     if not folder.is_dir():
         raise PantherError(f"{folder}: folder does not exist")
-    return {image_stem(p).removesuffix(drop_suffix): p for p in _image_files(folder)}
+    return {image_stem(p).removesuffix(drop_suffix): p for p in image_files(folder)}
 
 
-def _image_files(folder: Path) -> list[Path]:
+def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
-
-
-def find_inputs(input_dir: Path) -> CaseInputs:
-    """The image socket and its files, from inputs.json when present, else from images/<slug>/."""
-    input_dir = Path(input_dir)
-    if not input_dir.is_dir():
-        raise PantherError(f"{input_dir}: input folder does not exist")
-    inputs_json = input_dir / "inputs.json"
-    if inputs_json.exists():
-        folders = _image_sockets_from_inputs_json(inputs_json, input_dir)
-    else:
-        images = input_dir / "images"
-        folders = {p.name: p for p in sorted(images.iterdir()) if p.is_dir()} if images.is_dir() else {}
-    with_files = {slug: _image_files(folder) for slug, folder in folders.items() if folder.is_dir()}
-    with_files = {slug: files for slug, files in with_files.items() if files}
-    if not with_files:
-        raise PantherError(
-            f"{input_dir}: no input image found (expected inputs.json or images/<socket>/<name>.mha "
-            f"with one of {', '.join(IMAGE_SUFFIXES)})"
-        )
-    if len(with_files) > 1:
-        raise PantherError(f"{input_dir}: images for several input sockets at once ({', '.join(with_files)}); "
-                           "expected exactly one")
-    (socket, files), = with_files.items()
-    return CaseInputs(socket, files)
-
-
-def _image_sockets_from_inputs_json(inputs_json: Path, input_dir: Path) -> dict[str, Path]:
-    try:
-        entries = json.loads(inputs_json.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PantherError(f"{inputs_json}: not valid JSON ({e})") from None
-    if not isinstance(entries, list):
-        raise PantherError(f"{inputs_json}: expected a JSON list of socket values, got {type(entries).__name__}")
-    folders: dict[str, Path] = {}
-    for i, entry in enumerate(entries):
-        interface = entry.get("interface") if isinstance(entry, dict) else None
-        if not isinstance(interface, dict) or "slug" not in interface:
-            raise PantherError(f"{inputs_json}: entry {i} has no interface.slug")
-        if interface.get("super_kind", "Image") != "Image":
-            continue
-        relative = interface.get("relative_path") or f"images/{interface['slug']}"
-        folders[interface["slug"]] = input_dir / relative
-    return folders
 
 
 def _validated_reader(path: Path) -> sitk.ImageFileReader:
@@ -180,21 +126,6 @@ def read_image(path: Path) -> Image:
         if non_finite:
             array[~finite] = 0
     return Image(path, array, image.GetSpacing(), image.GetOrigin(), image.GetDirection(), non_finite)
-
-
-def output_path(output_dir: Path, socket: str, input_file: Path) -> Path:
-    return Path(output_dir) / "images" / socket / f"{image_stem(input_file)}.mha"
-
-
-def check_writable(folder: Path) -> None:
-    """Create the output folder and prove a file can be written there, before any heavy work."""
-    folder = Path(folder)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
-            pass
-    except OSError as e:
-        raise PantherError(f"{folder}: output folder is not writable ({e.strerror})") from None
 
 
 def write_mask(mask: np.ndarray, like: Image, path: Path) -> None:

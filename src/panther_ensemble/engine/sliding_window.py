@@ -16,9 +16,9 @@ import torch
 from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
+from ..core.log import warn
 from .devices import HOST, release_device_memory
 from .members import Network
-from .timing import warn
 
 TILE_STEP_SIZE = 0.5
 # PyTorch runs a CPU 3-D convolution through oneDNN only when the batch or the input is large enough; one small

@@ -269,6 +269,7 @@ if __name__ == "__main__":
     import sys
 
     if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
-        sys.exit("usage: python -m panther_ensemble.synthetic DIR  (writes DIR/weights, DIR/task1.toml, DIR/input)")
+        sys.exit("usage: python -m panther_ensemble.demo.synthetic DIR  (writes DIR/weights, DIR/task1.toml, "
+                 "DIR/input)")
     write_random_demo(Path(sys.argv[1]))
     print(f"random-weight ensemble and a sample input written to {sys.argv[1]}")

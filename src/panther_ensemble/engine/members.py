@@ -21,9 +21,9 @@ from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import LabelManager, determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 
-from .errors import PantherError
+from ..core.errors import PantherError
+from ..core.log import log
 from .spec import MemberSpec
-from .timing import log
 
 
 def _allowed_numpy_globals() -> list:
