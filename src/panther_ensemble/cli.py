@@ -117,7 +117,51 @@ def build_parser() -> argparse.ArgumentParser:
                                 "has a provider for the device)")
     benchmark.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     benchmark.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON report")
+    _add_selection_commands(commands)
     return parser
+
+
+def _add_selection_commands(commands) -> None:
+    select = commands.add_parser(
+        "select", help="choose the ensemble's members by metric within a time budget",
+        description="Every candidate predicts each labelled case once; greedy forward selection with replacement "
+                    "(Caruana et al., 2004) adds the candidate that most improves the objective of the softmax-"
+                    "averaged ensemble (choosing a member again raises its weight), until nothing improves or the "
+                    "next new member would not fit --budget on --target. Writes the spec (members in the order "
+                    "chosen, a comment per member: step gain and projected cost) and, with --report, the path as a "
+                    "table, a plot per metric against projected seconds and the held-out comparison.")
+    select.add_argument("--candidates", type=Path, required=True, help="a spec listing every fold you have")
+    select.add_argument("--images", type=Path, required=True, help="folder of labelled images (_0000 suffix allowed)")
+    select.add_argument("--labels", type=Path, required=True, help="folder of label maps named like the images")
+    select.add_argument("--out", type=Path, required=True, help="the spec to write")
+    select.add_argument("--weights", type=Path, help="weights root (default as for predict)")
+    select.add_argument("--budget", type=float, metavar="SECONDS",
+                        help="projected seconds per case on --target, start-up included (default: no limit)")
+    select.add_argument("--target", default="t4", help="t4 (a projection), here (measured on this machine) or an "
+                                                       "effective TFLOP/s (default: t4)")
+    select.add_argument("--objective", default="rank", choices=("rank", "dice", "surface-dice", "hd95", "masd", "rmse"),
+                        help="rank: the mean of the five PANTHER metrics' ranks among each step's options, as the "
+                             "challenge ranks; or one metric (default: rank)")
+    select.add_argument("--shape", help="Z,Y,X voxels of the case the budget is for (default: the largest labelled)")
+    select.add_argument("--spacing", help="Z,Y,X mm, with --shape")
+    select.add_argument("--held-out-images", type=Path, help="labelled images the selection never sees")
+    select.add_argument("--held-out-labels", type=Path, help="their label maps")
+    select.add_argument("--report", type=Path, help="folder for selection.md, selection.png and selection.json")
+    select.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    cost = commands.add_parser(
+        "cost", help="the projected seconds of a spec on one case, per member",
+        description="Per member: the tiles of its sliding window for the case, TFLOP per tile (counted from the "
+                    "network) and projected seconds on --target; per preprocessing group its preprocessing; once: "
+                    "start-up, the first network's load and writing. t4 is a projection from a documented "
+                    "effective TFLOP/s (source printed); here measures this machine.")
+    cost.add_argument("--ensemble", type=Path, required=True, help="the ensemble spec (TOML)")
+    cost.add_argument("--weights", type=Path, help="weights root (default as for predict)")
+    cost.add_argument("--image", type=Path, help="the case (its header is read, not its voxels)")
+    cost.add_argument("--shape", help="Z,Y,X voxels, instead of --image")
+    cost.add_argument("--spacing", help="Z,Y,X mm, with --shape")
+    cost.add_argument("--target", default="t4", help="t4, here or an effective TFLOP/s (default: t4)")
+    cost.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="for --target here")
+    cost.add_argument("--json", action="store_true", help="print the cost as JSON")
 
 
 def inference_parser() -> argparse.ArgumentParser:
@@ -203,6 +247,74 @@ def run_benchmark(args: argparse.Namespace) -> None:
     print(f"wrote {args.out}")
 
 
+def _geometry(shape: str | None, spacing: str | None) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """--shape Z,Y,X and --spacing Z,Y,X, both or neither."""
+    if shape is None and spacing is None:
+        return None
+    try:
+        dims, mm = tuple(int(v) for v in shape.split(",")), tuple(float(v) for v in spacing.split(","))
+    except (AttributeError, ValueError):
+        raise PantherError(f"--shape and --spacing take Z,Y,X numbers together, got {shape!r} and {spacing!r}") \
+            from None
+    if len(dims) != 3 or len(mm) != 3 or min(dims) < 1 or min(mm) <= 0:
+        raise PantherError(f"--shape and --spacing take three positive numbers each, got {shape!r} and {spacing!r}")
+    return dims, mm
+
+
+def run_select(args: argparse.Namespace) -> None:
+    from .app.locations import resolve_weights_root
+    from .engine.devices import select_device
+    from .engine.spec import check_against_weights, load_spec
+    from .tools.cost import target_named
+    from .tools.select import run_selection
+    from .tools.selection_report import held_out_table, path_table, write_report
+
+    target = target_named(args.target)
+    geometry = _geometry(args.shape, args.spacing)
+    held_out = (args.held_out_images, args.held_out_labels)
+    if any(held_out) and not all(held_out):
+        raise PantherError("--held-out-images and --held-out-labels go together")
+    candidates = load_spec(args.candidates)
+    weights_root = resolve_weights_root(candidates, args.weights)
+    check_against_weights(candidates, weights_root)
+    selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
+                              select_device(args.device), target, args.objective, args.budget, geometry,
+                              held_out if all(held_out) else None)
+    print(path_table(selection))
+    if selection.held_out:
+        print(held_out_table(selection.held_out))
+    if args.report:
+        print("wrote " + ", ".join(map(str, write_report(selection, target.name, args.report))))
+    print(f"wrote {selection.spec}: {len(selection.path[-1].weights)} member(s), projected "
+          f"{selection.path[-1].seconds:.1f} s per case on {target.name}")
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    import json
+
+    from .app.locations import resolve_weights_root
+    from .engine.devices import select_device
+    from .engine.image import check_image
+    from .engine.members import describe_member
+    from .engine.spec import check_against_weights, load_spec
+    from .tools.cost import format_cost, measure_here, spec_cost, target_named
+
+    target = target_named(args.target)
+    geometry = _geometry(args.shape, args.spacing)
+    if (geometry is None) == (args.image is None):
+        raise PantherError("cost takes either --image or --shape and --spacing")
+    if geometry is None:
+        header = check_image(args.image)
+        geometry = header.shape_zyx, header.spacing_zyx
+    spec = load_spec(args.ensemble)
+    weights_root = resolve_weights_root(spec, args.weights)
+    check_against_weights(spec, weights_root)
+    members = [describe_member(weights_root, m) for m in spec.members]
+    measured = measure_here(members, select_device(args.device)) if target.tflops is None else None
+    cost = spec_cost(members, *geometry, target, measured)
+    print(json.dumps(cost, indent=2) if args.json else format_cost(cost))
+
+
 def _run(action, args: argparse.Namespace) -> int:
     try:
         action(args)
@@ -223,7 +335,7 @@ def exit_now(code: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     actions = {"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview, "benchmark": run_benchmark,
-               "export-onnx": run_export_onnx}
+               "export-onnx": run_export_onnx, "select": run_select, "cost": run_cost}
     return _run(actions[args.command], args)
 
 

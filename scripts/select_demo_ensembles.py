@@ -1,0 +1,137 @@
+"""Choose the shipped demo specs (ensemble/task1.toml, task2.toml) with `panther-ensemble select`, and score them.
+
+    python scripts/select_demo_ensembles.py --work /tmp/demo-selection [--task task1 --task task2] [--write]
+
+Per task, the candidate pool is every demo fold in weights/ (both tasks: the other task's folds are deliberately
+bad candidates, as is one random-weight fold with the demo plans). select chooses on 24 phantoms no earlier step of
+the project used (seeds 5400-5423 "t1", 6400-6423 "t2"), objective rank, for GC's T4 budget, and scores the choice
+against the best single candidate on 24 further fresh phantoms (5500-5523, 6500-6523). Then the member table of the
+chosen spec on those held-out phantoms: the ensemble against each of its members, with the paired difference to the
+best member ± its standard error per metric. With --write the chosen specs replace ensemble/<task>.toml (the
+numbers go into weights/README.md by hand, from <work>/<task>/summary.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from panther_ensemble.demo import synthetic as syn
+from panther_ensemble.demo.phantom import make_phantom
+from panther_ensemble.engine.spec import load_spec
+
+REPO = Path(__file__).resolve().parents[1]
+TASKS = {"task1": ("t1", "abdominal-t1-mri", range(5400, 5424), range(5500, 5524)),
+         "task2": ("t2", "abdominal-t2-mri", range(6400, 6424), range(6500, 6524))}
+RANDOM = "Dataset901_PantherT1/nnUNetTrainerRandomWeights__nnUNetResEncUNetDemoPlans__3d_fullres"
+METRICS = ("volumetric_dice", "surface_dice", "hausdorff95", "masd")
+
+
+def write_phantoms(flavour: str, seeds, folder: Path) -> Path:
+    for seed in seeds:
+        phantom = make_phantom(seed, flavour)
+        for sub, item in (("images", phantom.image), ("labels", phantom.label)):
+            target = folder / sub / f"{flavour}_{seed}.mha"
+            if not target.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                sitk.WriteImage(item, str(target), useCompression=True)
+    return folder
+
+
+def candidate_pool(work: Path, socket: str) -> tuple[Path, Path]:
+    """weights/ plus a random-weight fold, and a spec listing every fold of both tasks and the random one."""
+    weights = work / "weights"
+    if not weights.exists():
+        shutil.copytree(REPO / "weights", weights, ignore=shutil.ignore_patterns("README.md"))
+        plans_source = weights / "Dataset901_PantherT1" / "nnUNetTrainer__nnUNetResEncUNetDemoPlans__3d_fullres"
+        config = syn.ModelConfig(dataset="Dataset901_PantherT1", trainer="nnUNetTrainerRandomWeights",
+                                 plans_name="nnUNetResEncUNetDemoPlans", folds=(0,), seed=11,
+                                 checkpoints=("checkpoint_final.pth",),
+                                 plans=json.loads((plans_source / "plans.json").read_text()))
+        syn.make_model_folder(weights, config)
+        shutil.copy(plans_source / "dataset.json", weights / RANDOM / "dataset.json")
+    members = []
+    for checkpoint in sorted(weights.glob("Dataset*/*/fold_*/checkpoint_*.pth")):
+        model = checkpoint.parent.parent.relative_to(weights).as_posix()
+        members.append(f'[[member]]\nmodel = "{model}"\nfold = {checkpoint.parent.name.removeprefix("fold_")}\n'
+                       f'checkpoint = "{checkpoint.name}"\n')
+    spec = work / f"candidates-{socket}.toml"
+    spec.write_text(f'input_socket = "{socket}"\noutput_socket = "pancreatic-tumor-segmentation"\ntumor_label = 1\n'
+                    + "".join(members))
+    return spec, weights
+
+
+def run(*arguments: str) -> None:
+    print("$ panther-ensemble " + " ".join(arguments), flush=True)
+    subprocess.run([sys.executable, "-m", "panther_ensemble.cli", *arguments], check=True)
+
+
+def mean_se(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
+
+
+def summarize(table: dict, chosen: Path) -> str:
+    """The ensemble against its best member (by mean Dice) on the held-out phantoms, paired per case."""
+    ensemble = table.pop("ensemble")
+    best_name = max(table, key=lambda name: table[name]["aggregates"]["mean_volumetric_dice"])
+    best = table[best_name]
+    lines = [f"Chosen: {chosen}", f"Best member on the held-out phantoms (by Dice): {best_name}", "",
+             "| metric | ensemble | best member | ensemble - best member (± s.e.) | best of all rows |",
+             "| --- | --- | --- | --- | --- |"]
+    wins = 0
+    for metric in METRICS:
+        higher = metric in ("volumetric_dice", "surface_dice")
+        differences = [ensemble["per_subject"][c][metric] - best["per_subject"][c][metric]
+                       for c in ensemble["per_subject"]]
+        mean, se = mean_se(differences)
+        key = f"mean_{metric}" if metric != "volumetric_dice" else "mean_volumetric_dice"
+        rows = {name: row["aggregates"][key] for name, row in {**table, "ensemble": ensemble}.items()}
+        top = (max if higher else min)(rows, key=rows.get)
+        wins += top == "ensemble"
+        lines.append(f"| {metric} | {ensemble['aggregates'][key]:.4f} | {best['aggregates'][key]:.4f} | "
+                     f"{mean:+.4f} ± {se:.4f} | {top} |")
+    rmse = {name: row["aggregates"]["tumor_burden_rmse"] for name, row in {**table, "ensemble": ensemble}.items()}
+    wins += min(rmse, key=rmse.get) == "ensemble"
+    lines.append(f"| tumor_burden_rmse | {ensemble['aggregates']['tumor_burden_rmse']:.0f} | "
+                 f"{best['aggregates']['tumor_burden_rmse']:.0f} | | {min(rmse, key=rmse.get)} |")
+    lines += ["", f"The ensemble is best of all rows on {wins} of 5 metrics."]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--work", type=Path, required=True)
+    parser.add_argument("--task", action="append", choices=sorted(TASKS))
+    parser.add_argument("--write", action="store_true", help="replace ensemble/<task>.toml with the choice")
+    args = parser.parse_args()
+    for task in args.task or sorted(TASKS):
+        flavour, socket, choose_seeds, held_seeds = TASKS[task]
+        folder = args.work / task
+        choose = write_phantoms(flavour, choose_seeds, folder / "choose")
+        held = write_phantoms(flavour, held_seeds, folder / "held-out")
+        candidates, weights = candidate_pool(args.work, socket)
+        chosen = folder / f"{task}.toml"
+        run("select", "--candidates", str(candidates), "--weights", str(weights), "--images", str(choose / "images"),
+            "--labels", str(choose / "labels"), "--out", str(chosen), "--budget", "270", "--target", "t4",
+            "--held-out-images", str(held / "images"), "--held-out-labels", str(held / "labels"),
+            "--report", str(folder / "report"), "--device", "cpu")
+        run("evaluate", "--ensemble", str(chosen), "--weights", str(weights), "--images", str(held / "images"),
+            "--labels", str(held / "labels"), "--device", "cpu", "--out", str(folder / "held-out-table.json"))
+        summary = summarize(json.loads((folder / "held-out-table.json").read_text()), chosen)
+        (folder / "summary.md").write_text(summary + "\n")
+        print(summary)
+        if args.write:
+            assert all(m.model != RANDOM for m in load_spec(chosen).members)
+            shutil.copy(chosen, REPO / "ensemble" / f"{task}.toml")
+
+
+if __name__ == "__main__":
+    main()

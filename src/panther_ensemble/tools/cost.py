@@ -1,0 +1,186 @@
+"""What a spec costs on one case, projected for a target: a T4 by default, this machine (`here`, measured), or a
+given effective TFLOP/s.
+
+Per member: the tiles of its sliding window for that case (its preprocessing group's grid), the TFLOP of one tile
+forward (counted on the meta device), and its seconds: forwards at the target's effective TFLOP/s (`here`: its own
+measured seconds per tile) plus its export to the input grid. Per preprocessing group: its preprocessing. Once:
+start-up (imports, CUDA), the first network's load (the rest load while members predict) and writing the mask.
+
+The T4 is a projection, not a measurement: its effective rate is the fraction of its fp16 peak that this product's
+ResEncL forward reached on an H200 (benchmarks/RESULTS.md), applied to the T4's peak (see T4 below).
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..core.errors import PantherError
+from ..engine.ensemble import group_members
+from ..engine.image import Image
+from ..engine.input_grid import ProbabilitySum
+from ..engine.members import Member, load_network, network_from_plans
+from ..engine.preprocess import preprocess, resampled_shape
+from ..engine.sliding_window import tile_count, tiles_per_forward
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    tflops: float | None  # effective fp16 TFLOP/s of a tile forward (None: measured per architecture, `here`)
+    preprocess_seconds_per_mvoxel: float  # per million input voxels, per preprocessing group
+    export_seconds_per_mvoxel: float  # per million input voxels, per member
+    load_bytes_per_second: float  # the first network's checkpoint: read, hashed, copied to the device
+    startup_seconds: float  # process start, imports, CUDA initialization
+    write_seconds: float
+    source: str
+    projection: bool = True
+
+
+# The T4 (GC's GPU): 65 TFLOP/s dense fp16 tensor-core peak (NVIDIA T4 data sheet) at 8.2 %, the share of its
+# peak this product's ResEncL 192^3 tile forward reached on an H200 (80 of 989 TFLOP/s, benchmarks/RESULTS.md,
+# 2026-11-27). Preprocessing and export: the H200 run's stage times (0.5 s and 0.4 s for 6 M voxels, host-bound
+# steps included) doubled for a T4's 4 vCPUs and 320 GB/s; load: disk and PCIe 3 x16 at 1 GB/s; start-up: the
+# 30 s GC's budget keeps for the container's start is not counted here, imports and CUDA's start are.
+T4 = Target("T4 (projection)", 65.0 * 0.082, 0.17, 0.15, 1.0e9, 8.0, 0.5,
+            "65 TFLOP/s fp16 peak (NVIDIA T4 data sheet) x 8.2 % (this product's ResEncL forward on an H200, "
+            "benchmarks/RESULTS.md)")
+TARGETS = ("t4", "here")
+
+
+def target_named(name: str) -> Target:
+    """t4, here (measured later, per spec) or a number: an effective TFLOP/s with the T4's other rates."""
+    if name == "t4":
+        return T4
+    if name == "here":
+        return Target("here (measured)", None, 0.0, 0.0, 0.0, 0.0, 0.0, "measured on this machine", False)
+    try:
+        tflops = float(name)
+    except ValueError:
+        raise PantherError(f"--target must be t4, here or an effective TFLOP/s, got '{name}'") from None
+    if not tflops > 0:
+        raise PantherError(f"--target TFLOP/s must be positive, got {name}")
+    return Target(f"{tflops:g} TFLOP/s (given)", tflops, T4.preprocess_seconds_per_mvoxel,
+                  T4.export_seconds_per_mvoxel, T4.load_bytes_per_second, T4.startup_seconds, T4.write_seconds,
+                  "--target, with the T4's other rates")
+
+
+def tile_tflop(member: Member) -> float:
+    """TFLOP of one tile forward of the member's network, counted on the meta device."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.device("meta"):
+        network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
+        with FlopCounterMode(display=False) as counter, torch.inference_mode():
+            network(torch.empty(1, *member.input_shape))
+    return counter.get_total_flops() / 1e12
+
+
+def _architecture(member: Member) -> str:
+    configuration = member.configuration_manager
+    return repr((configuration.network_arch_class_name, configuration.network_arch_init_kwargs, member.input_shape))
+
+
+@dataclass
+class Measured:
+    """This machine's rates, measured once per architecture and per spec (cost target `here`)."""
+
+    seconds_per_tile: dict[str, float]
+    preprocess_seconds_per_mvoxel: float
+    export_seconds_per_mvoxel: float
+    load_bytes_per_second: float
+    startup_seconds: float
+
+
+def measure_here(members: list[Member], device: torch.device) -> Measured:
+    """A tile forward per architecture (batched as predict batches them, after one warm-up), preprocessing and an
+    export on a 64 x 192 x 192 volume, a network's load, and a fresh process's imports."""
+    seconds_per_tile: dict[str, float] = {}
+    load_seconds, load_bytes = 0.0, 0
+    for member in members:
+        key = _architecture(member)
+        if key in seconds_per_tile:
+            continue
+        before = time.perf_counter()
+        network = load_network(member, device)
+        load_seconds += time.perf_counter() - before
+        load_bytes += member.network_file.stat().st_size
+        batch = tiles_per_forward(member.configuration_manager.patch_size, device)
+        tiles = torch.zeros((batch, *member.input_shape), device=device)
+        with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+            network(tiles)  # warm-up
+            before = time.perf_counter()
+            for _ in range(2):
+                network(tiles)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+        seconds_per_tile[key] = (time.perf_counter() - before) / (2 * batch)
+    shape = (64, 192, 192)
+    array = np.random.default_rng(0).integers(1, 900, shape, dtype=np.int16)
+    image = Image(Path("measure.mha"), array, (1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    member = members[0]
+    before = time.perf_counter()
+    prepared = preprocess(image, member, device)
+    preprocess_seconds = time.perf_counter() - before
+    logits = torch.zeros((member.label_manager.num_segmentation_heads, *prepared.data.shape[1:]),
+                         dtype=torch.half, device=prepared.data.device)
+    total = ProbabilitySum(shape, member.label_manager.num_segmentation_heads, device)
+    before = time.perf_counter()
+    total.add(logits, member, prepared.properties, 1.0)
+    export_seconds = time.perf_counter() - before
+    before = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import panther_ensemble.app.predict_run"], check=True)
+    startup = time.perf_counter() - before
+    mvoxels = math.prod(shape) / 1e6
+    return Measured(seconds_per_tile, preprocess_seconds / mvoxels, export_seconds / mvoxels,
+                    load_bytes / max(load_seconds, 1e-3), startup)
+
+
+def spec_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
+              measured: Measured | None = None) -> dict:
+    """The projected cost of these members on one case of this geometry: {"target", "source", "projection",
+    "total_seconds", "fixed_seconds", "groups": [...], "members": [{model, fold, checkpoint, tiles, tflop,
+    seconds}, ...]} (tflop: per tile)."""
+    if target.tflops is None and measured is None:
+        raise ValueError("the 'here' target needs measure_here's rates")
+    rates = measured or target
+    mvoxels = math.prod(shape_zyx) / 1e6
+    rows, groups = [], []
+    for group in group_members(members):
+        grid = resampled_shape(shape_zyx, spacing_zyx, group[0])
+        groups.append({"members": len(group), "grid": list(grid),
+                       "seconds": round(rates.preprocess_seconds_per_mvoxel * mvoxels, 2)})
+        for member in group:
+            tiles = tile_count(grid, member.configuration_manager.patch_size)
+            tflop = tile_tflop(member)
+            per_tile = measured.seconds_per_tile[_architecture(member)] if measured else tflop / target.tflops
+            rows.append({"model": member.spec.model, "fold": member.spec.fold, "checkpoint": member.spec.checkpoint,
+                         "tiles": tiles, "tflop": round(tflop, 4),
+                         "seconds": round(tiles * per_tile + rates.export_seconds_per_mvoxel * mvoxels, 2)})
+    first_load = members[0].network_file.stat().st_size / rates.load_bytes_per_second
+    fixed = rates.startup_seconds + first_load + target.write_seconds
+    total = fixed + sum(g["seconds"] for g in groups) + sum(r["seconds"] for r in rows)
+    return {"target": target.name, "source": target.source, "projection": target.projection,
+            "shape_zyx": list(shape_zyx), "spacing_zyx": list(spacing_zyx), "total_seconds": round(total, 1),
+            "fixed_seconds": round(fixed, 1), "groups": groups, "members": rows,
+            **({"measured": asdict(measured)} if measured else {})}
+
+
+def format_cost(cost: dict) -> str:
+    lines = [f"{cost['target']}: {cost['total_seconds']:.1f} s for a {' x '.join(map(str, cost['shape_zyx']))} case "
+             f"at {' x '.join(f'{s:g}' for s in cost['spacing_zyx'])} mm (z, y, x)"
+             + (" — a projection, not a measurement" if cost["projection"] else ""),
+             f"  source: {cost['source']}",
+             f"  fixed (start-up, first load, write): {cost['fixed_seconds']:.1f} s; preprocessing: "
+             + ", ".join(f"{g['seconds']:.1f} s for {g['members']} member(s) on {g['grid']}" for g in cost["groups"]),
+             "  | member | tiles | TFLOP/tile | seconds |", "  | --- | --- | --- | --- |"]
+    lines += [f"  | {r['model']}/fold_{r['fold']}/{r['checkpoint']} | {r['tiles']} | {r['tflop']:.3f} | "
+              f"{r['seconds']:.1f} |" for r in cost["members"]]
+    return "\n".join(lines)

@@ -1,0 +1,264 @@
+"""Build the ensemble for the budget: metric-driven member selection, as the paper chose its "mix of experts".
+
+Every candidate (a spec listing every fold you have) predicts each labelled case once, through the product's own
+pipeline (each preprocessing group once). Its probabilities are kept where they can matter: a voxel can only come
+out as tumor in some weighted mean if some candidate gives the tumor at least 1/classes there, so only those voxels
+are kept (in memory as float32, on disk as float16 where they would not fit). Then greedy forward selection with
+replacement (Caruana et al., 2004): start from the best single candidate and add, step by step, the candidate that
+most improves the objective of the softmax-averaged ensemble; picking a member again raises its weight and costs
+no time. It stops when nothing improves or when the next new member would not fit the budget on the target
+(tools/cost.py). The objective `rank` is the mean of the five PANTHER metrics' ranks among the options of each
+step (the current ensemble among them), as the challenge ranks; the others optimise one metric.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+from ..core.errors import PantherError
+from ..core.log import StageTimer, log
+from ..engine.ensemble import Ensemble
+from ..engine.image import check_image, read_image
+from ..engine.memory import available_memory
+from ..engine.spec import EnsembleSpec, MemberSpec
+from .cost import Target, measure_here, spec_cost
+from .evaluate import aggregate, tumor_metrics
+from .member_table import labelled_cases, member_label
+
+# objective: (aggregate key, higher is better); the five PANTHER ranking metrics
+METRICS = {"dice": ("mean_volumetric_dice", True), "surface-dice": ("mean_surface_dice", True),
+           "hd95": ("mean_hausdorff95", False), "masd": ("mean_masd", False), "rmse": ("tumor_burden_rmse", False)}
+OBJECTIVES = ("rank", *METRICS)
+MEMORY_SHARE = 0.25  # of the available memory, for the kept probabilities; beyond it they go to disk
+
+
+@dataclass
+class Case:
+    """One labelled case: its truth and, per candidate, the probabilities at the voxels that can be tumor."""
+
+    name: str
+    shape: tuple[int, ...]
+    spacing_zyx: tuple[float, ...]
+    truth: np.ndarray  # bool, the whole grid
+    voxels: np.ndarray  # flat indices into the grid
+    probabilities: list[np.ndarray]  # per candidate: (classes, len(voxels)), float32 or a float16 memmap
+
+    def mask(self, weights: dict[int, float], tumor_label: int) -> np.ndarray:
+        total = sum(w * self.probabilities[k].astype(np.float32) for k, w in weights.items())
+        mask = np.zeros(math.prod(self.shape), bool)
+        if self.voxels.size:
+            mask[self.voxels] = np.argmax(total / sum(weights.values()), axis=0) == tumor_label
+        return mask.reshape(self.shape)
+
+
+def predict_candidates(spec: EnsembleSpec, weights_root: Path, cases: list[tuple[str, Path, Path]],
+                       device: torch.device, work: Path) -> list[Case]:
+    """Every candidate's probabilities on every case, kept where tumor is possible (see the module's docstring)."""
+    timer = StageTimer()
+    ensemble = Ensemble.load(spec, weights_root, device, timer)
+    classes = ensemble.classes
+    index = {id(member): k for k, member in enumerate(ensemble.members)}
+    budget = (available_memory() or (8 * 2 ** 30, ""))[0] * MEMORY_SHARE
+    kept_bytes, result = 0, []
+    try:
+        for name, image_file, label_file in cases:
+            image = read_image(image_file)
+            truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))) == spec.tumor_label
+            if truth.shape != image.shape:
+                raise PantherError(f"{label_file}: shape {truth.shape} differs from the image's {image.shape}")
+            scratch = Path(tempfile.mkdtemp(dir=work))
+            tumor_max = np.zeros(image.shape, np.float32)
+            for member, logits, properties in ensemble.member_logits(image, timer):
+                alone = ensemble.new_sum(image)
+                alone.add(logits, member, properties, 1.0, ensemble.mode)
+                probabilities = alone.probabilities().cpu().numpy()
+                np.maximum(tumor_max, probabilities[spec.tumor_label], out=tumor_max)
+                np.save(scratch / f"{index[id(member)]}.npy", probabilities)
+            voxels = np.flatnonzero(tumor_max >= 1.0 / classes)
+            kept = []
+            for k in range(len(ensemble.members)):
+                full = np.load(scratch / f"{k}.npy", mmap_mode="r").reshape(classes, -1)
+                values = np.ascontiguousarray(full[:, voxels])
+                if kept_bytes + values.nbytes <= budget:
+                    kept.append(values)
+                    kept_bytes += values.nbytes
+                else:  # beyond the memory share: float16 on disk
+                    stored = np.lib.format.open_memmap(work / f"{name}-{k}.npy", "w+", np.float16, values.shape)
+                    stored[:] = values
+                    kept.append(stored)
+            shutil.rmtree(scratch)
+            result.append(Case(name, image.shape, tuple(reversed(image.spacing)), truth, voxels, kept))
+            log(f"{name}: {len(ensemble.members)} candidates predicted; {voxels.size} of {truth.size} voxels can be "
+                "tumor in some ensemble")
+    finally:
+        ensemble.close()
+    return result
+
+
+def score(cases: list[Case], weights: dict[int, float], tumor_label: int) -> tuple[dict, dict]:
+    """(aggregates, per-case metrics) of the weighted ensemble."""
+    per_case = {c.name: tumor_metrics(c.mask(weights, tumor_label), c.truth, c.spacing_zyx) for c in cases}
+    return aggregate(per_case), per_case
+
+
+def best_option(options: list[dict], objective: str) -> int:
+    """The index of the best option's aggregates; ties go to the earliest (the current ensemble comes first)."""
+    if objective != "rank":
+        key, higher = METRICS[objective]
+        values = [o[key] if higher else -o[key] for o in options]
+        return int(np.argmax(values))
+    ranks = np.zeros(len(options))
+    for key, higher in METRICS.values():
+        values = np.array([o[key] for o in options])
+        order = -values if higher else values
+        ranks += np.array([1 + np.sum(order < v) for v in order])  # competition ranking, ties share a rank
+    return int(np.argmin(ranks / len(METRICS)))
+
+
+@dataclass
+class Step:
+    candidate: int
+    weights: dict[int, float]
+    aggregates: dict
+    seconds: float
+
+
+def select(cases: list[Case], candidates: list[MemberSpec], costs: list[float], fixed_seconds: float,
+           budget: float | None, objective: str, tumor_label: int) -> tuple[list[Step], list[dict]]:
+    """The greedy path (first step: the best single candidate that fits), and every candidate alone."""
+    alone = [score(cases, {k: 1.0}, tumor_label)[0] for k in range(len(candidates))]
+    fits = [k for k in range(len(candidates)) if budget is None or fixed_seconds + costs[k] <= budget]
+    if not fits:
+        raise ValueError("no candidate fits the budget (run_selection checks this before predicting)")
+    first = fits[best_option([alone[k] for k in fits], objective)]
+    path = [Step(first, {first: 1.0}, alone[first], fixed_seconds + costs[first])]
+    while True:
+        current = path[-1]
+        options = [(None, current.weights, current.aggregates, current.seconds)]
+        for k in range(len(candidates)):
+            seconds = current.seconds + (0.0 if k in current.weights else costs[k])
+            if budget is not None and seconds > budget:
+                continue
+            weights = {**current.weights, k: current.weights.get(k, 0.0) + 1.0}
+            options.append((k, weights, score(cases, weights, tumor_label)[0], seconds))
+        chosen = best_option([o[2] for o in options], objective)
+        if chosen == 0:  # nothing improves the current ensemble, or nothing more fits
+            return path, alone
+        k, weights, aggregates, seconds = options[chosen]
+        path.append(Step(k, weights, aggregates, seconds))
+        log(f"step {len(path)}: + {member_label(candidates[k])} -> Dice {aggregates['mean_volumetric_dice']:.4f}, "
+            f"{seconds:.1f} s projected")
+
+
+def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], costs: list[float], target: Target,
+               objective: str, budget: float | None) -> Path:
+    """The chosen members in the order they were first chosen (most valuable first: the deadline drops the last),
+    each with its weight (times chosen) and a comment: the step's gain and the member's projected cost."""
+    lines = [f"# chosen by `panther-ensemble select` from {candidates.path.name} (objective {objective}, "
+             f"target {target.name}{f', budget {budget:g} s' if budget else ''}): projected "
+             f"{path_steps[-1].seconds:.1f} s per case of the largest labelled geometry",
+             f'input_socket  = "{candidates.input_socket}"', f'output_socket = "{candidates.output_socket}"',
+             f"tumor_label   = {candidates.tumor_label}"]
+    final = path_steps[-1].weights
+    previous: dict | None = None
+    for number, step in enumerate(path_steps, start=1):
+        if step.candidate in (previous or {}):
+            previous = step.aggregates
+            continue
+        member = candidates.members[step.candidate]
+        gain = "the best single candidate" if previous is None else \
+            f"Dice {step.aggregates['mean_volumetric_dice'] - previous['mean_volumetric_dice']:+.4f}"
+        lines += ["", f"# step {number}: {gain}; {costs[step.candidate]:.1f} s projected ({target.name})",
+                  "[[member]]", f'model      = "{member.model}"',
+                  f"fold       = {member.fold if isinstance(member.fold, int) else repr(member.fold)}",
+                  f'checkpoint = "{member.checkpoint}"', f"weight     = {final[step.candidate]:g}"]
+        previous = step.aggregates
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text("\n".join(lines).replace("'", '"') + "\n")
+    partial.replace(path)
+    return path
+
+
+def candidate_costs(members, shape, spacing, target: Target, device: torch.device) -> tuple[list[float], float]:
+    """(each candidate's projected seconds, the fixed and preprocessing seconds of the whole pool) on the target."""
+    measured = measure_here(members, device) if target.tflops is None else None
+    cost = spec_cost(members, shape, spacing, target, measured)
+    fixed = cost["fixed_seconds"] + sum(g["seconds"] for g in cost["groups"])
+    return [row["seconds"] for row in cost["members"]], fixed
+
+
+def largest_case(cases: list[tuple[str, Path, Path]]) -> tuple[tuple[int, ...], tuple[float, ...]]:
+    headers = [check_image(image) for _, image, _ in cases]
+    largest = max(headers, key=lambda h: math.prod(h.shape_zyx))
+    return largest.shape_zyx, largest.spacing_zyx
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
+
+
+def held_out_comparison(cases: list[Case], ensemble: dict[int, float], single: int, tumor_label: int) -> dict:
+    """The chosen ensemble and the best single candidate on held-out cases: means and the paired difference ±
+    its standard error per metric (RMSE: values only)."""
+    chosen_aggregates, chosen = score(cases, ensemble, tumor_label)
+    single_aggregates, alone = score(cases, {single: 1.0}, tumor_label)
+    result = {"cases": len(cases), "ensemble": chosen_aggregates, "best_single": single_aggregates, "difference": {}}
+    for key in ("volumetric_dice", "surface_dice", "hausdorff95", "masd"):
+        mean, se = _mean_se([chosen[c][key] - alone[c][key] for c in chosen])
+        result["difference"][key] = {"mean": mean, "standard_error": se}
+    return result
+
+
+@dataclass
+class Selection:
+    spec: Path
+    path: list[Step]
+    alone: list[dict]
+    candidates: list[MemberSpec]
+    costs: list[float]
+    fixed_seconds: float
+    held_out: dict | None
+
+
+def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, labels: Path, out: Path,
+                  device: torch.device, target: Target, objective: str = "rank", budget: float | None = None,
+                  geometry: tuple[tuple[int, ...], tuple[float, ...]] | None = None,
+                  held_out: tuple[Path, Path] | None = None) -> Selection:
+    """Everything is checked (labels, budget against the cheapest candidate) before any candidate predicts; the
+    spec is written last, whole, or not at all."""
+    from ..engine.members import describe_member
+
+    if objective not in OBJECTIVES:
+        raise PantherError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
+    if budget is not None and not budget > 0:
+        raise PantherError(f"--budget must be positive, got {budget:g}")
+    cases = labelled_cases(images, labels)
+    held = labelled_cases(*held_out) if held_out else None
+    members = [describe_member(weights_root, m) for m in candidates.members]
+    shape, spacing = geometry or largest_case(cases)
+    costs, fixed = candidate_costs(members, shape, spacing, target, device)
+    if budget is not None and fixed + min(costs) > budget:
+        raise PantherError(f"--budget {budget:g} s: even the cheapest candidate needs {fixed + min(costs):.1f} s on "
+                           f"{target.name} for a {' x '.join(map(str, shape))} case")
+    with tempfile.TemporaryDirectory(prefix="panther-select-") as work:
+        scored = predict_candidates(candidates, weights_root, cases, device, Path(work))
+        path, alone = select(scored, candidates.members, costs, fixed, budget, objective, candidates.tumor_label)
+        comparison = None
+        if held:  # only the chosen members and the best single candidate predict these
+            needed = sorted({*path[-1].weights, path[0].candidate})
+            log(f"held-out: {len(held)} case(s), {len(needed)} member(s)")
+            subset = replace(candidates, members=tuple(candidates.members[k] for k in needed))
+            comparison = held_out_comparison(predict_candidates(subset, weights_root, held, device, Path(work)),
+                                             {needed.index(k): w for k, w in path[-1].weights.items()},
+                                             needed.index(path[0].candidate), candidates.tumor_label)
+    written = write_spec(out, candidates, path, costs, target, objective, budget)
+    return Selection(written, path, alone, list(candidates.members), costs, fixed, comparison)

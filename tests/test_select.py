@@ -1,0 +1,176 @@
+"""select and cost: the greedy path on hand-made probabilities, the whole command on the demo folds with bad
+candidates among them, and its failures (one line, nothing written)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from panther_ensemble.cli import main
+from panther_ensemble.demo import synthetic as syn
+from panther_ensemble.demo.phantom import make_phantom
+from panther_ensemble.engine.spec import MemberSpec, load_spec
+from panther_ensemble.tools.select import Case, best_option, select
+
+REPO = Path(__file__).resolve().parents[1]
+T1 = "Dataset901_PantherT1"
+GOOD = [f"{T1}/{trainer}__nnUNetResEncUNetDemoPlans__3d_fullres"
+        for trainer in ("nnUNetTrainer", "nnUNetTrainerDA5", "nnUNetTrainerDA5ord0")]
+OTHER_TASK = "Dataset902_PantherT2/nnUNetTrainerDA5__nnUNetResEncUNetDemoPlans__3d_fullres"
+RANDOM = f"{T1}/nnUNetTrainerRandomWeights__nnUNetResEncUNetDemoPlans__3d_fullres"
+
+
+def hand_made_case(rng, truth, good_noise):
+    """Three classes on a 1-D 'image' reshaped to 3-D: candidates whose tumor probability follows the truth with
+    the given noise (a large noise: a bad candidate)."""
+    probabilities = []
+    for noise in good_noise:
+        tumor = np.clip(truth.ravel() * 0.8 + rng.normal(0, noise, truth.size), 0, 1)
+        probabilities.append(np.stack([1 - tumor, tumor * 0, tumor]).astype(np.float32))
+    return Case("c", truth.shape, (1.0, 1.0, 1.0), truth, np.arange(truth.size), probabilities)
+
+
+def test_greedy_path_picks_good_candidates_stops_and_respects_the_budget():
+    rng = np.random.default_rng(0)
+    truth = np.zeros((4, 16, 16), bool)
+    truth[1:3, 4:12, 5:11] = True
+    cases = [hand_made_case(rng, truth, (0.25, 0.3, 2.0, 3.0)) for _ in range(3)]
+    names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(4)]
+    for objective in ("rank", "dice", "hd95"):
+        path, alone = select(cases, names, [1.0] * 4, 2.0, None, objective, 2)
+        chosen = {k for step in path for k in step.weights}
+        assert chosen <= {0, 1}, (objective, chosen)  # never a noisy candidate
+        assert path[0].candidate == int(np.argmax([a["mean_volumetric_dice"] for a in alone[:2]])) or \
+            objective != "dice"
+        assert sum(path[-1].weights.values()) == len(path)  # each step added one pick (repeats raise a weight)
+    # a budget that fits the first member only: no second member, and the path's cost stays within it
+    path, _ = select(cases, names, [1.0, 1.5, 0.5, 0.5], 2.0, 3.2, "rank", 2)
+    assert set(path[-1].weights) == {path[0].candidate} and path[-1].seconds <= 3.2
+
+
+def test_rank_objective_ranks_as_the_challenge_does():
+    options = [dict(mean_volumetric_dice=0.8, mean_surface_dice=0.9, mean_hausdorff95=10, mean_masd=2,
+                    tumor_burden_rmse=100),
+               dict(mean_volumetric_dice=0.82, mean_surface_dice=0.88, mean_hausdorff95=9, mean_masd=2.5,
+                    tumor_burden_rmse=90),
+               dict(mean_volumetric_dice=0.7, mean_surface_dice=0.7, mean_hausdorff95=30, mean_masd=9,
+                    tumor_burden_rmse=500)]
+    # ranks: option 0: 2,1,2,1,2 = 1.6; option 1: 1,2,1,2,1 = 1.4; option 2: 3 everywhere
+    assert best_option(options, "rank") == 1
+    assert best_option(options, "surface-dice") == 0 and best_option(options, "masd") == 0
+    assert best_option([options[0], options[0]], "rank") == 0  # a tie keeps the current ensemble: stop
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """The demo's Task 1 folds, a random-weight fold with the same plans and a Task 2 fold (the other task), as one
+    candidate pool; three labelled Task 1 phantoms to choose on and two held out."""
+    root = tmp_path_factory.mktemp("select")
+    weights = root / "weights"
+    for model in (*GOOD, OTHER_TASK):
+        shutil.copytree(REPO / "weights" / model, weights / model)
+    plans = json.loads((REPO / "weights" / GOOD[0] / "plans.json").read_text())
+    config = syn.ModelConfig(dataset=T1, trainer="nnUNetTrainerRandomWeights", plans_name="nnUNetResEncUNetDemoPlans",
+                             folds=(0,), checkpoints=("checkpoint_final.pth",), seed=3, plans=plans)
+    syn.make_model_folder(weights, config)
+    shutil.copy(REPO / "weights" / GOOD[0] / "dataset.json", weights / RANDOM / "dataset.json")
+    members = [(GOOD[0], 0, "checkpoint_best.pth"), (GOOD[1], 0, "checkpoint_final.pth"),
+               (GOOD[2], 0, "checkpoint_best.pth"), (RANDOM, 0, "checkpoint_final.pth"),
+               (OTHER_TASK, 0, "checkpoint_best.pth")]
+    text = 'input_socket = "abdominal-t1-mri"\noutput_socket = "pancreatic-tumor-segmentation"\ntumor_label = 1\n'
+    text += "".join(f'[[member]]\nmodel = "{m}"\nfold = {f}\ncheckpoint = "{c}"\n' for m, f, c in members)
+    (root / "candidates.toml").write_text(text)
+    for folder, seeds in (("choose", (7001, 7002, 7003)), ("held", (7101, 7102))):
+        for seed in seeds:
+            phantom = make_phantom(seed, "t1")
+            for sub, item in (("images", phantom.image), ("labels", phantom.label)):
+                (root / folder / sub).mkdir(parents=True, exist_ok=True)
+                sitk.WriteImage(item, str(root / folder / sub / f"t1_{seed}.mha"), useCompression=True)
+    return root
+
+
+def test_select_on_the_demo_folds_never_picks_a_bad_candidate(pool, tmp_path, capsys):
+    out = tmp_path / "chosen.toml"
+    # with a T4 budget that leaves room for two of the members
+    assert main(["select", "--candidates", str(pool / "candidates.toml"), "--weights", str(pool / "weights"),
+                 "--images", str(pool / "choose" / "images"), "--labels", str(pool / "choose" / "labels"),
+                 "--out", str(out), "--budget", "9.3", "--held-out-images", str(pool / "held" / "images"),
+                 "--held-out-labels", str(pool / "held" / "labels"), "--report", str(tmp_path / "report"),
+                 "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    spec = load_spec(out)
+    assert {m.model for m in spec.members} <= set(GOOD) and 1 <= len(spec.members) <= 2
+    assert "# step 1: the best single candidate" in out.read_text()
+    report = json.loads((tmp_path / "report" / "selection.json").read_text())
+    assert report["path"][-1]["projected_seconds"] <= 9.3
+    assert (tmp_path / "report" / "selection.png").stat().st_size > 10_000
+    assert "| step | member | weight |" in (tmp_path / "report" / "selection.md").read_text()
+    held = report["held_out"]
+    assert held["cases"] == 2 and set(held["difference"]) == {"volumetric_dice", "surface_dice", "hausdorff95",
+                                                              "masd"}
+    assert "Held-out: 2 case(s)" in printed
+    # the written spec runs unchanged
+    gc = tmp_path / "input" / "images" / "abdominal-t1-mri"
+    gc.mkdir(parents=True)
+    shutil.copy(next((pool / "held" / "images").iterdir()), gc / "case.mha")
+    assert main(["predict", "--input", str(tmp_path / "input"), "--output", str(tmp_path / "out"), "--ensemble",
+                 str(out), "--weights", str(pool / "weights"), "--device", "cpu", "--budget", "0"]) == 0
+
+
+@pytest.mark.parametrize("problem", ["label maps", "missing label", "budget", "objective"])
+def test_bad_input_is_one_line_and_writes_nothing(pool, tmp_path, capsys, problem):
+    candidates, labels = pool / "candidates.toml", pool / "choose" / "labels"
+    arguments = []
+    if problem == "label maps":
+        weights = tmp_path / "weights"
+        shutil.copytree(pool / "weights", weights)
+        dataset = weights / RANDOM / "dataset.json"
+        dataset.write_text(dataset.read_text().replace('"tumor": 1', '"lesion": 1'))
+        arguments = ["--weights", str(weights)]
+        expected = "members have different label maps"
+    elif problem == "missing label":
+        labels = tmp_path / "labels"
+        shutil.copytree(pool / "choose" / "labels", labels)
+        next(labels.iterdir()).unlink()
+        expected = "no label for"
+    elif problem == "budget":
+        arguments = ["--budget", "1"]
+        expected = "--budget 1 s: even the cheapest candidate needs"
+    else:
+        arguments = ["--objective", "speed"]
+        expected = None
+    arguments = arguments or ["--weights", str(pool / "weights")]
+    if "--weights" not in arguments:
+        arguments += ["--weights", str(pool / "weights")]
+    out = tmp_path / "chosen.toml"
+    call = ["select", "--candidates", str(candidates), "--images", str(pool / "choose" / "images"), "--labels",
+            str(labels), "--out", str(out), "--device", "cpu", *arguments]
+    if expected is None:  # argparse: a usage error, exit 2
+        with pytest.raises(SystemExit):
+            main(call)
+        assert "invalid choice: 'speed'" in capsys.readouterr().err
+    else:
+        assert main(call) == 1
+        errors = capsys.readouterr().err.strip().splitlines()
+        assert len(errors) == 1 and errors[0].startswith("error: ") and expected in errors[0], errors
+    assert not out.exists() and not list(tmp_path.glob(".*partial"))
+
+
+def test_cost_json_and_its_errors(capsys):
+    spec = REPO / "ensemble" / "task2.toml"
+    assert main(["cost", "--ensemble", str(spec), "--shape", "40,300,300", "--spacing", "3,1.2,1.2", "--json"]) == 0
+    cost = json.loads(capsys.readouterr().out)
+    assert cost["target"] == "T4 (projection)" and cost["projection"] and "data sheet" in cost["source"]
+    assert [set(m) for m in cost["members"]] == [{"model", "fold", "checkpoint", "tiles", "tflop", "seconds"}] * 5
+    assert cost["total_seconds"] == pytest.approx(cost["fixed_seconds"] + sum(g["seconds"] for g in cost["groups"])
+                                                  + sum(m["seconds"] for m in cost["members"]), abs=0.3)
+    assert main(["cost", "--ensemble", str(spec), "--shape", "40,300"]) == 1
+    assert main(["cost", "--ensemble", str(spec), "--shape", "40,300,300", "--spacing", "3,1,1", "--target", "x"]) == 1
+    errors = capsys.readouterr().err.strip().splitlines()
+    assert errors == ["error: --shape and --spacing take Z,Y,X numbers together, got '40,300' and None",
+                      "error: --target must be t4, here or an effective TFLOP/s, got 'x'"]
