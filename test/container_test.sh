@@ -240,11 +240,13 @@ sys.exit(0 if np.array_equal(one, two) and one.any() and old.any() else 1)' \
 
 # suite_in_image: the repository's pytest suite run by the image's Python and torch (read-only checkout, /tmp for
 # the tests' files), with pytest added on top of the image
-SUITE_REQUIREMENTS=(pytest==9.2.0 panimg==0.18.2)  # the dev extra's test tools
+SUITE_REQUIREMENTS=(pytest==9.2.0 panimg==0.18.2 kubernetes-validate==1.37.0)  # the dev extra's test tools
 suite_in_image() {
     echo "== the pytest suite on the image's own Python and torch ($TAG with ${SUITE_REQUIREMENTS[*]})"
-    printf 'FROM %s\nUSER root\nRUN PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 python -m pip install -q --no-cache-dir %s\nUSER user\n' \
-        "$TAG" "${SUITE_REQUIREMENTS[*]}" | docker build -q --network host -t "$TAG-suite" - >/dev/null
+    # and a panther-ensemble command, as the dev install has one (the image runs inference.py)
+    printf 'FROM %s\nUSER root\nRUN PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 python -m pip install -q --no-cache-dir %s && printf "#!/bin/sh\\nexec python -m panther_ensemble.cli \\"\\$@\\"\\n" > /usr/local/bin/panther-ensemble && chmod 755 /usr/local/bin/panther-ensemble\nUSER user\n' \
+        "$TAG" "${SUITE_REQUIREMENTS[*]}" | docker build -q --network host -t "$TAG-suite" - >/dev/null 2>&1 \
+        || fail "the suite's image (pytest on $TAG) could not be built"
     local start
     start="$(now)"
     docker run --rm --network none --read-only --user "$run_user" --tmpfs /tmp:exec --shm-size 256m \

@@ -40,13 +40,26 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "270 = GC's 300 s minus a safety margin; 0: no limit)")
     parser.add_argument("--mode", choices=("fast", "exact"), default="fast",
                         help="fast (default): nnU-Net's resampling arithmetic on the device, the image's (cubic "
-                             "B-spline as matrices) and the logits' (nnU-Net's torch resampling), and on a CPU small "
-                             "tiles a few per forward, within the parity bound; exact: stock nnU-Net step by step "
-                             "(the plans' resampling on the host, one tile per forward), bit-equal to it")
+                             "B-spline as matrices) and the logits' (nnU-Net's torch resampling, slab by slab), and "
+                             "on a CPU small tiles a few per forward: within the parity bound of stock nnU-Net; "
+                             "exact: stock nnU-Net's arithmetic step by step (the plans' resampling on the host, one "
+                             "tile per forward): the same masks as stock nnU-Net on every parity case")
     parser.add_argument("--backend", choices=("torch", "onnxruntime"),
                         help="what runs the member networks: torch (the checkpoints) or onnxruntime (members "
                              "written by export-onnx, beside the checkpoints they came from) (default: the spec's "
                              "backend, else torch)")
+    cohort = parser.add_argument_group("cohorts (docs/cohorts.md)")
+    cohort.add_argument("--shard", metavar="I/N", help="predict every N-th case of the sorted inputs, starting at I "
+                        "(default: the Slurm, Kubernetes or LSF array index where one is set, else every case)")
+    cohort.add_argument("--shard-count", type=int, metavar="N",
+                        help="the number of shards, with an index from the engine (a Kubernetes Indexed Job's "
+                             "completions; or set PANTHER_SHARD_COUNT)")
+    cohort.add_argument("--skip-existing", action="store_true",
+                        help="skip a case whose mask is there and valid on its input's grid (predict anything else "
+                             "again)")
+    cohort.add_argument("--records", type=Path, metavar="FILE",
+                        help="append one JSON line per case (status, seconds, members used and dropped, tumor "
+                             "volume, error); with records a failing case is recorded and the others go on")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -118,6 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     benchmark.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON report")
     _add_selection_commands(commands)
+    summarize = commands.add_parser("summarize", help="a cohort's totals from predict's --records files",
+                                    description="Cases predicted, skipped and failed (a case's latest record counts), "
+                                                "seconds, members dropped, the slowest cases and every failure, from "
+                                                "the JSON lines predict --records appended (any number of files).")
+    summarize.add_argument("records", type=Path, nargs="+", help="records files")
+    summarize.add_argument("--slowest", type=int, default=5, help="how many slowest cases to list (default: 5)")
     return parser
 
 
@@ -173,10 +192,17 @@ def inference_parser() -> argparse.ArgumentParser:
 
 
 def run_predict(args: argparse.Namespace) -> None:
-    from .app.predict_run import predict_folder  # heavy imports (torch, nnunetv2) only once the arguments are fine
+    from .app.predict_run import CohortOptions, predict_folder  # heavy imports (torch, nnunetv2) only now
 
     predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
-                   budget=args.budget, mode=args.mode, backend=args.backend)
+                   budget=args.budget, mode=args.mode, backend=args.backend,
+                   cohort=CohortOptions(args.shard, args.shard_count, args.skip_existing, args.records))
+
+
+def run_summarize(args: argparse.Namespace) -> None:
+    from .app.cohort import summarize
+
+    print(summarize(args.records, args.slowest))
 
 
 def run_evaluate(args: argparse.Namespace) -> None:
@@ -335,7 +361,7 @@ def exit_now(code: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     actions = {"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview, "benchmark": run_benchmark,
-               "export-onnx": run_export_onnx, "select": run_select, "cost": run_cost}
+               "export-onnx": run_export_onnx, "select": run_select, "cost": run_cost, "summarize": run_summarize}
     return _run(actions[args.command], args)
 
 

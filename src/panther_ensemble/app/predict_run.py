@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 import os
 import resource
-from dataclasses import replace
+import sys
+import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ from ..engine.loading import Verify
 from ..engine.members import Member
 from ..engine.memory import check_host_memory, device_free_bytes, estimate_device, host_bytes, plan_device
 from ..engine.spec import BACKENDS, EnsembleSpec, check_against_weights, load_spec, member_files, network_files
+from .cohort import Records, existing_mask_problem, resolve_shard
 from .gc_io import check_writable, find_inputs, output_path
 from .locations import find_spec, resolve_weights_root, spec_dirs
 from .manifest import Manifest
@@ -77,12 +80,32 @@ def choose_backend(cli_backend: str | None, spec: EnsembleSpec, mode: str) -> st
     return backend
 
 
+@dataclass(frozen=True)
+class CohortOptions:
+    """How a run takes part in a cohort (app.cohort): its shard, resuming, its records."""
+
+    shard: str | None = None  # --shard I/N
+    shard_count: int | None = None  # --shard-count, with an index from the engine
+    skip_existing: bool = False
+    records: Path | None = None  # with records, each case stands alone: a failure is recorded, the rest goes on
+
+
 def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = None, weights: Path | None = None,
                    device: str = "auto", budget: float | None = None, mode: str = "fast",
-                   backend: str | None = None, timer: StageTimer | None = None) -> list[Path]:
-    """Predict every image of the input socket; returns the written mask paths."""
+                   backend: str | None = None, timer: StageTimer | None = None,
+                   cohort: CohortOptions | None = None) -> list[Path]:
+    """Predict every image of the input socket (of this shard); returns the written mask paths."""
     timer = timer or StageTimer()
+    cohort = cohort or CohortOptions()
     inputs = find_inputs(input_dir)
+    shard = resolve_shard(cohort.shard, cohort.shard_count)
+    files = shard.cases(inputs.files) if shard else inputs.files
+    if shard:
+        log(f"shard {shard} (from {shard.source}): {len(files)} of {len(inputs.files)} case(s)")
+    if not files:
+        log(f"nothing to do: shard {shard} has no cases ({len(inputs.files)} in all)")
+        return []
+    records = Records(cohort.records, shard) if cohort.records else None
     spec = load_spec(ensemble) if ensemble is not None else find_spec(inputs.socket, spec_dirs())
     if spec.input_socket != inputs.socket:
         raise PantherError(f"{spec.path}: is for input socket '{spec.input_socket}', but the input is "
@@ -92,11 +115,23 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     check_against_weights(spec, weights_root, backend)
     with timer.stage("verify"):
         verify = weights_verifier(spec, weights_root, backend)
-    headers = {file: check_image(file) for file in inputs.files}
-    check_writable(output_path(output_dir, spec.output_socket, inputs.files[0]).parent)
+    cases = _Cases(records)
+    headers = {}
+    for file in files:
+        ok, header = cases.attempt(file, check_image, file)
+        if ok:
+            headers[file] = header
+    if cohort.skip_existing:
+        headers = {file: header for file, header in headers.items() if not _finished(file, header, output_dir, spec,
+                                                                                    cases)}
+    if not headers:
+        log("nothing to predict: every case's mask is there" if cases.failed == 0 else "nothing left to predict")
+        cases.raise_failures()
+        return []
+    check_writable(output_path(output_dir, spec.output_socket, next(iter(headers))).parent)
     torch_device = select_device(device)
     seconds = budget_seconds(budget, spec.budget_seconds)
-    log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(inputs.files)} image(s)")
+    log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(headers)} image(s)")
 
     def placement(members: list[Member]) -> Placement:
         """On a device, what fits it for the largest image; then every image must fit the host."""
@@ -108,17 +143,73 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
             if os.environ.get(CUDA_GRAPHS_VARIABLE, "on") == "off":  # a diagnostic switch (benchmarks/t4_check.py)
                 chosen = replace(chosen, capture_graphs=False)
                 log(f"{CUDA_GRAPHS_VARIABLE}=off: no CUDA graph capture")
-        for file, header in headers.items():
-            check_host_memory(file, host_needs(members, header, mode, torch_device, chosen))
+        for file, header in list(headers.items()):
+            ok, _ = cases.attempt(file, check_host_memory, file, host_needs(members, header, mode, torch_device,
+                                                                             chosen))
+            if not ok:
+                del headers[file]
         return chosen
 
     model = Ensemble.load(spec, weights_root, torch_device, timer, mode, backend, placement, verify)
+    written = []
     try:
-        return [_predict_file(model, file, output_dir, spec, timer, seconds, index) for index, file in
-                enumerate(inputs.files)]
+        for index, file in enumerate(headers):
+            started = time.perf_counter()
+            ok, done = cases.attempt(file, _predict_file, model, file, output_dir, spec, timer, seconds, index)
+            if ok:
+                target, volume = done
+                written.append(target)
+                cases.record(file, "ok", time.perf_counter() - started, output=str(target),
+                             members_used=len(spec.members) - len(model.dropped),
+                             members_dropped=[m.spec.name for m in model.dropped], tumor_ml=round(volume, 3))
     finally:
         model.close()
         log(timer.summary())
+    cases.raise_failures()
+    return written
+
+
+class _Cases:
+    """Without records a case's error ends the run (GC: one case, one error line, nothing written); with records
+    each case stands alone: its error is one line on stderr and a record, and the others go on."""
+
+    def __init__(self, records: Records | None) -> None:
+        self.records, self.failed = records, 0
+
+    def attempt(self, file: Path, action, *arguments) -> tuple[bool, object]:
+        """(True, action(*arguments)), or (False, None) where it failed and there are records."""
+        started = time.perf_counter()
+        try:
+            return True, action(*arguments)
+        except PantherError as e:
+            if self.records is None:
+                raise
+            self.failed += 1
+            print(f"error: {e}", file=sys.stderr, flush=True)
+            self.record(file, "error", time.perf_counter() - started, error=str(e))
+            return False, None
+
+    def record(self, file: Path, status: str, seconds: float, **fields) -> None:
+        if self.records is not None:
+            self.records.append(file, status, seconds, **fields)
+
+    def raise_failures(self) -> None:
+        if self.failed:
+            raise PantherError(f"{self.failed} case(s) failed; each has its error line above and its record in "
+                               f"{self.records.path}")
+
+
+def _finished(file: Path, header: Header, output_dir: Path, spec: EnsembleSpec, cases: _Cases) -> bool:
+    """--skip-existing: whether the case's mask is there and valid (then it is skipped, and recorded so)."""
+    target = output_path(output_dir, spec.output_socket, file)
+    problem = existing_mask_problem(target, header)
+    if problem is None:
+        log(f"skipping {file.name}: {target} is a finished mask")
+        cases.record(file, "skipped", 0.0, output=str(target))
+        return True
+    if problem != "missing":
+        log(f"{target}: {problem}: predicting it again")
+    return False
 
 
 def host_needs(members: list[Member], header: Header, mode: str, device: torch.device, placement: Placement) -> int:
@@ -127,7 +218,8 @@ def host_needs(members: list[Member], header: Header, mode: str, device: torch.d
 
 
 def _predict_file(model: Ensemble, file: Path, output_dir: Path, spec: EnsembleSpec, timer: StageTimer,
-                  seconds: float | None, index: int) -> Path:
+                  seconds: float | None, index: int) -> tuple[Path, float]:
+    """The case's mask written; returns its path and the tumor volume in mL."""
     # one budget per case; the first one also pays for loading the models
     deadline = Deadline(seconds, start=timer.started if index == 0 else None)
     with timer.stage("read"):
@@ -141,11 +233,11 @@ def _predict_file(model: Ensemble, file: Path, output_dir: Path, spec: EnsembleS
     target = output_path(output_dir, spec.output_socket, file)
     with timer.stage("write"):
         write_mask(mask, image, target)
-    log(f"wrote {target}: tumor {tumor_volume_ml(mask, image.spacing):.2f} mL ({int(mask.sum())} voxels) "
-        f"in {timer.last['write']:.1f}s")
+    volume = tumor_volume_ml(mask, image.spacing)
+    log(f"wrote {target}: tumor {volume:.2f} mL ({int(mask.sum())} voxels) in {timer.last['write']:.1f}s")
     used = len(spec.members) - len(model.dropped)
     budget_note = "no budget" if seconds is None else f"budget left {deadline.left():.1f}s of {seconds:.0f}s"
     log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"
         f"{' (' + ', '.join(m.spec.name for m in model.dropped) + ')' if model.dropped else ''}; "
         f"{budget_note}; peak memory {peak_memory()}")
-    return target
+    return target, volume

@@ -91,13 +91,15 @@ class Header:
     shape_zyx: tuple[int, int, int]
     spacing_zyx: tuple[float, float, float]
     bytes_per_voxel: int  # as read_image holds the voxels
+    origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
+    direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 
 
 def check_image(path: Path) -> Header:
     """Validate an input's header without reading its voxels (done for every file before heavy work)."""
     reader = _validated_reader(Path(path))
     return Header(tuple(reversed(reader.GetSize())), tuple(reversed(reader.GetSpacing())),
-                  _INTEGER_PIXELS.get(reader.GetPixelID(), 4))
+                  _INTEGER_PIXELS.get(reader.GetPixelID(), 4), reader.GetOrigin(), reader.GetDirection())
 
 
 # integer images are kept in their type (a float32 copy costs 4 bytes per voxel); every other one becomes float32
