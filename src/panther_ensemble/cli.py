@@ -7,6 +7,7 @@ import os
 import sys
 from pathlib import Path
 
+from . import commands
 from .core.errors import PantherError
 
 PREDICT_HELP = """\
@@ -64,11 +65,11 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panther-ensemble", description=__doc__.splitlines()[0])
-    commands = parser.add_subparsers(dest="command", required=True)
-    predict = commands.add_parser("predict", help="segment the input images", description=PREDICT_HELP,
+    subcommands = parser.add_subparsers(dest="command", required=True)
+    predict = subcommands.add_parser("predict", help="segment the input images", description=PREDICT_HELP,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_predict_arguments(predict)
-    evaluate = commands.add_parser(
+    evaluate = subcommands.add_parser(
         "evaluate", help="PANTHER metrics: of a prediction folder, or of every member and the ensemble",
         description="PANTHER metrics as the organizers compute them (surface-distance): per subject volumetric "
                     "Dice, surface Dice at 5 mm, HD95, MASD and tumor volumes; aggregates with the tumor burden "
@@ -89,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
     evaluate.add_argument("--tumor-label", type=int, default=1, help="tumor label with --pred/--gt (default: 1)")
     evaluate.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
-    preview = commands.add_parser("preview", help="PNG montage of the slices through the tumor",
+    preview = subcommands.add_parser("preview", help="PNG montage of the slices through the tumor",
                                   description="A PNG montage of the axial slices through the tumor: the MRI with "
                                               "the predicted contour in red and, with --gt, the ground truth's in "
                                               "green. For local review; never written into /output.")
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--mask", type=Path, required=True, help="the predicted mask")
     preview.add_argument("--gt", type=Path, help="a ground-truth label map")
     preview.add_argument("--out", type=Path, required=True, help="the PNG to write")
-    export_onnx = commands.add_parser(
+    export_onnx = subcommands.add_parser(
         "export-onnx", help="write every member of a spec as an ONNX model, for --backend onnxruntime",
         description="Export each member of the spec to ONNX (torch.export-based exporter, dynamic batch axis, the "
                     "plans' patch size; weights in a .onnx.data file beside the model when the network exceeds "
@@ -110,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--weights", type=Path, help="weights root (default as for predict)")
     export_onnx.add_argument("--out", type=Path, required=True, help="a new (or empty) folder to write")
     export_onnx.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 17 (default: 18)")
-    benchmark = commands.add_parser(
+    benchmark = subcommands.add_parser(
         "benchmark", help="time the stock nnU-Net chain against this product, alternated in one run",
         description="Random-weight members with nnU-Net's ResEncL architecture (its own planner; 1 mm isotropic, "
                     "patch 192^3 in the gpu preset, cut down in cpu and smoke), the paper's 3+2+1 (t1) and 1+4 "
@@ -130,8 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                                 "has a provider for the device)")
     benchmark.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     benchmark.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON report")
-    _add_selection_commands(commands)
-    summarize = commands.add_parser("summarize", help="a cohort's totals from predict's --records files",
+    _add_selection_commands(subcommands)
+    summarize = subcommands.add_parser("summarize", help="a cohort's totals from predict's --records files",
                                     description="Cases predicted, skipped and failed (a case's latest record counts), "
                                                 "seconds, members dropped, the slowest cases and every failure, from "
                                                 "the JSON lines predict --records appended (any number of files).")
@@ -140,8 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_selection_commands(commands) -> None:
-    select = commands.add_parser(
+def _add_selection_commands(subcommands) -> None:
+    select = subcommands.add_parser(
         "select", help="choose the ensemble's members by metric within a time budget",
         description="Every candidate predicts each labelled case once; greedy forward selection with replacement "
                     "(Caruana et al., 2004) adds the candidate that most improves the objective of the softmax-"
@@ -167,7 +168,7 @@ def _add_selection_commands(commands) -> None:
     select.add_argument("--held-out-labels", type=Path, help="their label maps")
     select.add_argument("--report", type=Path, help="folder for selection.md, selection.png and selection.json")
     select.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
-    cost = commands.add_parser(
+    cost = subcommands.add_parser(
         "cost", help="the projected seconds of a spec on one case, per member",
         description="Per member: the tiles of its sliding window for the case, TFLOP per tile (counted from the "
                     "network) and projected seconds on --target; per preprocessing group its preprocessing; once: "
@@ -191,156 +192,6 @@ def inference_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run_predict(args: argparse.Namespace) -> None:
-    from .app.predict_run import CohortOptions, predict_folder  # heavy imports (torch, nnunetv2) only now
-
-    predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
-                   budget=args.budget, mode=args.mode, backend=args.backend,
-                   cohort=CohortOptions(args.shard, args.shard_count, args.skip_existing, args.records))
-
-
-def run_summarize(args: argparse.Namespace) -> None:
-    from .app.cohort import summarize
-
-    print(summarize(args.records, args.slowest))
-
-
-def run_evaluate(args: argparse.Namespace) -> None:
-    import json
-
-    folders, members = (args.pred, args.gt), (args.ensemble, args.images, args.labels)
-    if all(folders) and not any(members):
-        from .tools.evaluate import evaluate_folders
-
-        result = evaluate_folders(args.pred, args.gt, args.tumor_label)
-        summary = ", ".join(f"{k} {v:.4g}" for k, v in result["aggregates"].items())
-    elif all(members) and not any(folders):
-        from .app.locations import resolve_weights_root
-        from .engine.devices import select_device
-        from .engine.spec import check_against_weights, load_spec
-        from .tools.member_table import compare_members, format_table
-
-        spec = load_spec(args.ensemble)
-        weights_root = resolve_weights_root(spec, args.weights)
-        check_against_weights(spec, weights_root)
-        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device))
-        summary = "\n" + format_table(result)
-    else:
-        raise PantherError("evaluate takes either --pred and --gt, or --ensemble, --images and --labels")
-    if args.out is None:
-        print(json.dumps(result, indent=2))
-        print(summary.strip())
-        return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}: {summary}")
-
-
-def run_preview(args: argparse.Namespace) -> None:
-    from .tools.preview import write_preview
-
-    print(f"wrote {write_preview(args.image, args.mask, args.out, args.gt)}")
-
-
-def run_export_onnx(args: argparse.Namespace) -> None:
-    from .app.locations import resolve_weights_root
-    from .engine.spec import load_spec
-    from .tools.onnx_export import export_ensemble
-
-    spec = load_spec(args.ensemble)
-    written = export_ensemble(spec, resolve_weights_root(spec, args.weights), args.out, args.opset)
-    print(f"wrote {len(spec.members)} ONNX members to {args.out}; run them with: panther-ensemble predict "
-          f"--ensemble {written} --weights {args.out}")
-
-
-def run_benchmark(args: argparse.Namespace) -> None:
-    import tempfile
-
-    from .engine.devices import select_device
-
-    try:
-        from .tools.benchmark import format_report, run_benchmark
-    except ModuleNotFoundError as e:  # the image leaves the demo package out
-        raise PantherError(f"benchmark needs {e.name}, which this installation lacks (run it from a checkout: "
-                           "pip install -e .)") from None
-
-    if args.repeats is not None and args.repeats < 1:
-        raise PantherError(f"--repeats must be at least 1, got {args.repeats}")
-    with tempfile.TemporaryDirectory(prefix="panther-benchmark-") as scratch:
-        report = run_benchmark(args.preset, args.work or Path(scratch), select_device(args.device), args.case,
-                               args.repeats, args.max_minutes, args.out, not args.no_onnxruntime)
-    print(format_report(report))
-    print(f"wrote {args.out}")
-
-
-def _geometry(shape: str | None, spacing: str | None) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
-    """--shape Z,Y,X and --spacing Z,Y,X, both or neither."""
-    if shape is None and spacing is None:
-        return None
-    try:
-        dims, mm = tuple(int(v) for v in shape.split(",")), tuple(float(v) for v in spacing.split(","))
-    except (AttributeError, ValueError):
-        raise PantherError(f"--shape and --spacing take Z,Y,X numbers together, got {shape!r} and {spacing!r}") \
-            from None
-    if len(dims) != 3 or len(mm) != 3 or min(dims) < 1 or min(mm) <= 0:
-        raise PantherError(f"--shape and --spacing take three positive numbers each, got {shape!r} and {spacing!r}")
-    return dims, mm
-
-
-def run_select(args: argparse.Namespace) -> None:
-    from .app.locations import resolve_weights_root
-    from .engine.devices import select_device
-    from .engine.spec import check_against_weights, load_spec
-    from .tools.cost import target_named
-    from .tools.select import run_selection
-    from .tools.selection_report import held_out_table, path_table, write_report
-
-    target = target_named(args.target)
-    geometry = _geometry(args.shape, args.spacing)
-    held_out = (args.held_out_images, args.held_out_labels)
-    if any(held_out) and not all(held_out):
-        raise PantherError("--held-out-images and --held-out-labels go together")
-    candidates = load_spec(args.candidates)
-    weights_root = resolve_weights_root(candidates, args.weights)
-    check_against_weights(candidates, weights_root)
-    selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
-                              select_device(args.device), target, args.objective, args.budget, geometry,
-                              held_out if all(held_out) else None)
-    print(path_table(selection))
-    if selection.held_out:
-        print(held_out_table(selection.held_out))
-    if args.report:
-        print("wrote " + ", ".join(map(str, write_report(selection, target.name, args.report))))
-    print(f"wrote {selection.spec}: {len(selection.path[-1].weights)} member(s), projected "
-          f"{selection.path[-1].seconds:.1f} s per case on {target.name}")
-
-
-def run_cost(args: argparse.Namespace) -> None:
-    import json
-
-    from .app.locations import resolve_weights_root
-    from .engine.devices import select_device
-    from .engine.image import check_image
-    from .engine.members import describe_member
-    from .engine.spec import check_against_weights, load_spec
-    from .tools.cost import format_cost, measure_here, spec_cost, target_named
-
-    target = target_named(args.target)
-    geometry = _geometry(args.shape, args.spacing)
-    if (geometry is None) == (args.image is None):
-        raise PantherError("cost takes either --image or --shape and --spacing")
-    if geometry is None:
-        header = check_image(args.image)
-        geometry = header.shape_zyx, header.spacing_zyx
-    spec = load_spec(args.ensemble)
-    weights_root = resolve_weights_root(spec, args.weights)
-    check_against_weights(spec, weights_root)
-    members = [describe_member(weights_root, m) for m in spec.members]
-    measured = measure_here(members, select_device(args.device)) if target.tflops is None else None
-    cost = spec_cost(members, *geometry, target, measured)
-    print(json.dumps(cost, indent=2) if args.json else format_cost(cost))
-
-
 def _run(action, args: argparse.Namespace) -> int:
     try:
         action(args)
@@ -360,13 +211,14 @@ def exit_now(code: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    actions = {"predict": run_predict, "evaluate": run_evaluate, "preview": run_preview, "benchmark": run_benchmark,
-               "export-onnx": run_export_onnx, "select": run_select, "cost": run_cost, "summarize": run_summarize}
+    actions = {"predict": commands.run_predict, "evaluate": commands.run_evaluate, "preview": commands.run_preview,
+               "benchmark": commands.run_benchmark, "export-onnx": commands.run_export_onnx,
+               "select": commands.run_select, "cost": commands.run_cost, "summarize": commands.run_summarize}
     return _run(actions[args.command], args)
 
 
 def inference_main(argv: list[str] | None = None) -> int:
-    return _run(run_predict, inference_parser().parse_args(argv))
+    return _run(commands.run_predict, inference_parser().parse_args(argv))
 
 
 def console_main() -> None:

@@ -1,0 +1,159 @@
+"""What each command does, once its arguments are parsed (cli.py): heavy imports (torch, nnunetv2) happen here,
+per command, so --help and argument errors cost nothing."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .core.errors import PantherError
+
+
+def run_predict(args: argparse.Namespace) -> None:
+    from .app.predict_run import CohortOptions, predict_folder  # heavy imports (torch, nnunetv2) only now
+
+    predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
+                   budget=args.budget, mode=args.mode, backend=args.backend,
+                   cohort=CohortOptions(args.shard, args.shard_count, args.skip_existing, args.records))
+
+
+def run_summarize(args: argparse.Namespace) -> None:
+    from .app.cohort import summarize
+
+    print(summarize(args.records, args.slowest))
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    folders, members = (args.pred, args.gt), (args.ensemble, args.images, args.labels)
+    if all(folders) and not any(members):
+        from .tools.evaluate import evaluate_folders
+
+        result = evaluate_folders(args.pred, args.gt, args.tumor_label)
+        summary = ", ".join(f"{k} {v:.4g}" for k, v in result["aggregates"].items())
+    elif all(members) and not any(folders):
+        from .app.locations import resolve_weights_root
+        from .engine.devices import select_device
+        from .engine.spec import check_against_weights, load_spec
+        from .tools.member_table import compare_members, format_table
+
+        spec = load_spec(args.ensemble)
+        weights_root = resolve_weights_root(spec, args.weights)
+        check_against_weights(spec, weights_root)
+        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device))
+        summary = "\n" + format_table(result)
+    else:
+        raise PantherError("evaluate takes either --pred and --gt, or --ensemble, --images and --labels")
+    if args.out is None:
+        print(json.dumps(result, indent=2))
+        print(summary.strip())
+        return
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}: {summary}")
+
+
+def run_preview(args: argparse.Namespace) -> None:
+    from .tools.preview import write_preview
+
+    print(f"wrote {write_preview(args.image, args.mask, args.out, args.gt)}")
+
+
+def run_export_onnx(args: argparse.Namespace) -> None:
+    from .app.locations import resolve_weights_root
+    from .engine.spec import load_spec
+    from .tools.onnx_export import export_ensemble
+
+    spec = load_spec(args.ensemble)
+    written = export_ensemble(spec, resolve_weights_root(spec, args.weights), args.out, args.opset)
+    print(f"wrote {len(spec.members)} ONNX members to {args.out}; run them with: panther-ensemble predict "
+          f"--ensemble {written} --weights {args.out}")
+
+
+def run_benchmark(args: argparse.Namespace) -> None:
+    import tempfile
+
+    from .engine.devices import select_device
+
+    try:
+        from .tools.benchmark import format_report, run_benchmark
+    except ModuleNotFoundError as e:  # the image leaves the demo package out
+        raise PantherError(f"benchmark needs {e.name}, which this installation lacks (run it from a checkout: "
+                           "pip install -e .)") from None
+
+    if args.repeats is not None and args.repeats < 1:
+        raise PantherError(f"--repeats must be at least 1, got {args.repeats}")
+    with tempfile.TemporaryDirectory(prefix="panther-benchmark-") as scratch:
+        report = run_benchmark(args.preset, args.work or Path(scratch), select_device(args.device), args.case,
+                               args.repeats, args.max_minutes, args.out, not args.no_onnxruntime)
+    print(format_report(report))
+    print(f"wrote {args.out}")
+
+
+def _geometry(shape: str | None, spacing: str | None) -> tuple[tuple[int, ...], tuple[float, ...]] | None:
+    """--shape Z,Y,X and --spacing Z,Y,X, both or neither."""
+    if shape is None and spacing is None:
+        return None
+    try:
+        dims, mm = tuple(int(v) for v in shape.split(",")), tuple(float(v) for v in spacing.split(","))
+    except (AttributeError, ValueError):
+        raise PantherError(f"--shape and --spacing take Z,Y,X numbers together, got {shape!r} and {spacing!r}") \
+            from None
+    if len(dims) != 3 or len(mm) != 3 or min(dims) < 1 or min(mm) <= 0:
+        raise PantherError(f"--shape and --spacing take three positive numbers each, got {shape!r} and {spacing!r}")
+    return dims, mm
+
+
+def run_select(args: argparse.Namespace) -> None:
+    from .app.locations import resolve_weights_root
+    from .engine.devices import select_device
+    from .engine.spec import check_against_weights, load_spec
+    from .tools.cost import target_named
+    from .tools.select import run_selection
+    from .tools.selection_report import held_out_table, path_table, write_report
+
+    target = target_named(args.target)
+    geometry = _geometry(args.shape, args.spacing)
+    held_out = (args.held_out_images, args.held_out_labels)
+    if any(held_out) and not all(held_out):
+        raise PantherError("--held-out-images and --held-out-labels go together")
+    candidates = load_spec(args.candidates)
+    weights_root = resolve_weights_root(candidates, args.weights)
+    check_against_weights(candidates, weights_root)
+    selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
+                              select_device(args.device), target, args.objective, args.budget, geometry,
+                              held_out if all(held_out) else None)
+    print(path_table(selection))
+    if selection.held_out:
+        print(held_out_table(selection.held_out))
+    if args.report:
+        print("wrote " + ", ".join(map(str, write_report(selection, target.name, args.report))))
+    print(f"wrote {selection.spec}: {len(selection.path[-1].weights)} member(s), projected "
+          f"{selection.path[-1].seconds:.1f} s per case on {target.name}")
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    import json
+
+    from .app.locations import resolve_weights_root
+    from .engine.devices import select_device
+    from .engine.image import check_image
+    from .engine.members import describe_member
+    from .engine.spec import check_against_weights, load_spec
+    from .tools.cost import format_cost, measure_here, spec_cost, target_named
+
+    target = target_named(args.target)
+    geometry = _geometry(args.shape, args.spacing)
+    if (geometry is None) == (args.image is None):
+        raise PantherError("cost takes either --image or --shape and --spacing")
+    if geometry is None:
+        header = check_image(args.image)
+        geometry = header.shape_zyx, header.spacing_zyx
+    spec = load_spec(args.ensemble)
+    weights_root = resolve_weights_root(spec, args.weights)
+    check_against_weights(spec, weights_root)
+    members = [describe_member(weights_root, m) for m in spec.members]
+    measured = measure_here(members, select_device(args.device)) if target.tflops is None else None
+    cost = spec_cost(members, *geometry, target, measured)
+    print(json.dumps(cost, indent=2) if args.json else format_cost(cost))
