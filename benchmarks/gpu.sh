@@ -11,18 +11,8 @@ cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/gpu.sh OUT_DIR [gpu|cpu|smoke [BENCHMARK OPTIONS]]}
 preset=${2:-gpu}
 mkdir -p "$out"
-if ! python3 -c "import nnunetv2, SimpleITK" 2>/dev/null; then
-    site=/tmp/panther-site
-    # by name from .whl/, so pip takes the wheel that fits this Python where there are several
-    python3 -m pip install -q --no-index --find-links .whl --no-deps --no-compile --no-cache-dir --upgrade \
-        --target "$site" $(ls .whl/*.whl | xargs -n1 basename | cut -d- -f1 | sort -u)
-    tar -C "$site" -xJf .whl/simpleitk.tar.xz
-    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-fi
-export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(),
-torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
+# shellcheck source=benchmarks/device_env.sh
+. benchmarks/device_env.sh
 # the GPU tests (tests/test_cuda_graph.py, tests/test_predict.py: skipped where there is no GPU), then the memory-format
 # measurement, bounded, so that the benchmark always runs
 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graph.py tests/test_predict.py 2>&1 | tail -3

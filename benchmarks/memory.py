@@ -4,7 +4,8 @@ and attributed to the log line it was printing at the time.
     python benchmarks/memory.py [--shape 200,512,512] [--spacing 1.5,0.7,0.7] [--ensemble ensemble/task1.toml]
                                 [--mode fast] [--work DIR] [--out FILE]
 
-With PYTHONPATH=<another checkout>/src the child runs that version of the product (an earlier commit's worktree).
+With PYTHONPATH=<another checkout>/src the child runs that version of the product (an earlier commit's worktree); give
+both runs the same --work so that they predict the same file.
 
 The case is a Task 1 phantom (panther_ensemble's own generator, seed 9101) resampled onto the given (z, y, x) grid,
 with background noise where it has none (as a scanner's images have: nnU-Net's crop keeps the whole volume).
@@ -31,6 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], socket: str) -> Path:
+    """The case, once per --work folder (so that another version of the product can be measured on the same file)."""
+    target = input_dir / "images" / socket / "large.mha"
+    if target.exists():
+        return target
     from panther_ensemble.demo.phantom import make_phantom
 
     phantom = make_phantom(9101, "t1").image
@@ -48,7 +53,6 @@ def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[f
     noisy = sitk.GetImageFromArray(array)
     noisy.CopyInformation(image)
     image = noisy
-    target = input_dir / "images" / socket / "large.mha"
     target.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(target), useCompression=True)
     return target

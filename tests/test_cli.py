@@ -129,8 +129,18 @@ def test_missing_weights(workspace, tmp_path):
     input_dir = gc_input(tmp_path, T1, {"x.mha": dict(shape_zyx=(6, 20, 20), spacing_xyz=(1, 1, 3), seed=1)})
     output = tmp_path / "output"
     result = run(["-m", "panther_ensemble.cli", "predict", "--input", str(input_dir), "--output", str(output),
+                  "--ensemble", str(workspace.t1_spec), "--weights", str(tmp_path / "missing")])
+    assert_fails_cleanly(result, f"{tmp_path / 'missing'}: weights folder does not exist (--weights)", output)
+    (tmp_path / "empty").mkdir()
+    result = run(["-m", "panther_ensemble.cli", "predict", "--input", str(input_dir), "--output", str(output),
                   "--ensemble", str(workspace.t1_spec), "--weights", str(tmp_path / "empty")])
-    assert_fails_cleanly(result, "not found under", output)
+    assert_fails_cleanly(result, f"{tmp_path / 'empty'}: weights folder is empty (--weights); it should hold the "
+                                 "nnU-Net result folders the spec names, e.g. Dataset901", output)
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "Dataset999_Other").mkdir()
+    result = run(["-m", "panther_ensemble.cli", "predict", "--input", str(input_dir), "--output", str(output),
+                  "--ensemble", str(workspace.t1_spec), "--weights", str(tmp_path / "other")])
+    assert_fails_cleanly(result, "not found under", output)  # a root with other models: the spec's member
 
 
 def test_cuda_requested_without_cuda(workspace, tmp_path):

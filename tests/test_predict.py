@@ -44,7 +44,7 @@ def test_batched_tiles_equal_one_tile_at_a_time(batch):
     # overlapping tiles rounds to a few fp16 steps at most (0.002 each near 2.0)
     difference = (one.float() - batched.float()).abs()
     assert difference.max() < 0.02 and difference.mean() < 1e-4
-    assert (one.argmax(0) != batched.argmax(0)).float().mean() <= 0.0005  # DESIGN.md's voxel bound
+    assert (one.argmax(0) != batched.argmax(0)).float().mean() <= 0.0005  # the parity bound's voxel share
     tiles = tile_count(data.shape[1:], (16, 32, 32))
     assert tiles == len(tile_slicers(data.shape[1:], (16, 32, 32))) > batch  # several batches, the last partial
     assert [t for r, _ in calls for t in r] == list(range(tiles)) and all(len(r) <= batch for r, _ in calls)

@@ -149,7 +149,13 @@ def test_weights_root_resolution(tmp_path, weights, monkeypatch):
     monkeypatch.setattr(locations, "GC_MODEL_DIR", gc_model)
     monkeypatch.setattr(locations, "APP_DIR", app)
     assert resolve_weights_root(spec, weights) == weights  # --weights wins
-    assert resolve_weights_root(spec, None) == app / "weights"  # nothing anywhere: the app's, to report
+    with pytest.raises(PantherError, match=r"app/weights: weights folder does not exist \(no model tarball at "
+                                           r".*opt_ml_model holds the members, and the app's own weights folder\)"):
+        resolve_weights_root(spec, None)  # nothing anywhere: said so, not blamed on the spec
+    (app / "weights").mkdir(parents=True)
+    with pytest.raises(PantherError, match="app/weights: weights folder is empty"):
+        resolve_weights_root(spec, None)  # the weightless image without a model tarball
+    (app / "weights").rmdir()
     shutil.copytree(weights, app / "weights")
     assert resolve_weights_root(spec, None) == app / "weights"
     shutil.copytree(weights, gc_model)

@@ -1,8 +1,10 @@
-"""benchmarks/t4_check.py, the script a session with a GPU runs, exercised end to end on the CPU (smoke preset)."""
+"""benchmarks/t4_check.sh (and t4_check.py), what a session with a GPU runs, exercised end to end on the CPU (smoke
+preset)."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,8 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def test_t4_check_runs_and_reports_on_the_cpu(tmp_path):
-    result = subprocess.run([sys.executable, str(REPO / "benchmarks" / "t4_check.py"), "--out", str(tmp_path),
-                             "--preset", "smoke", "--device", "cpu"], capture_output=True, text=True, timeout=900)
+    result = subprocess.run(["bash", str(REPO / "benchmarks" / "t4_check.sh"), str(tmp_path), "smoke"],
+                            capture_output=True, text=True, timeout=900,
+                            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     report = json.loads((tmp_path / "t4_check.json").read_text())
     assert report["members"] == 6 and set(report["cases"]) == {"large", "panther_t1"}

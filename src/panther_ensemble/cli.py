@@ -71,15 +71,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_arguments(predict)
     evaluate = subcommands.add_parser(
         "evaluate", help="PANTHER metrics: of a prediction folder, or of every member and the ensemble",
-        description="PANTHER metrics as the organizers compute them (surface-distance): per subject volumetric "
-                    "Dice, surface Dice at 5 mm, HD95, MASD and tumor volumes; aggregates with the tumor burden "
-                    "RMSE (mm³).\n\n"
-                    "  evaluate --pred DIR --gt DIR [--out FILE]\n"
-                    "      score predicted masks; files pair by name (<id>.mha or .nii.gz; a prediction may "
-                    "end in _seg)\n"
-                    "  evaluate --ensemble SPEC --images DIR --labels DIR [--weights DIR] [--out FILE]\n"
-                    "      predict the labelled images with each member alone and with the ensemble, and "
-                    "print the member table (best per column in bold) to choose members by metric",
+        description="PANTHER metrics as the organizers compute them (surface-distance): per subject\n"
+                    "volumetric Dice, surface Dice at 5 mm, HD95, MASD and tumor volumes; aggregates with\n"
+                    "the tumor burden RMSE (mm³).\n\n"
+                    "  evaluate --pred DIR --gt DIR [--tumor-label N] [--out FILE]\n"
+                    "      score predicted masks; files pair by name (<id>.mha or .nii.gz; a\n"
+                    "      prediction may end in _seg)\n"
+                    "  evaluate --ensemble SPEC --images DIR --labels DIR [--weights DIR] [--device ...]\n"
+                    "           [--out FILE]\n"
+                    "      predict the labelled images with each member alone and with the ensemble,\n"
+                    "      and print the member table (best per column in bold) to choose members by\n"
+                    "      metric",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     evaluate.add_argument("--pred", type=Path, help="folder of predicted masks")
     evaluate.add_argument("--gt", type=Path, help="folder of ground-truth label maps")
@@ -87,7 +89,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--images", type=Path, help="folder of images (nnU-Net's _0000 suffix allowed)")
     evaluate.add_argument("--labels", type=Path, help="folder of label maps named like the images")
     evaluate.add_argument("--weights", type=Path, help="weights root (default as for predict)")
-    evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                          help="with --ensemble: where the members run, as for predict (default: auto)")
     evaluate.add_argument("--tumor-label", type=int, default=1, help="tumor label with --pred/--gt (default: 1)")
     evaluate.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
     preview = subcommands.add_parser("preview", help="PNG montage of the slices through the tumor",
@@ -125,7 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--repeats", type=int, help="alternated runs per path (default: the preset's)")
     benchmark.add_argument("--max-minutes", type=float, default=60.0,
                            help="start no new repeat or case after this (default: 60)")
-    benchmark.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    benchmark.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                           help="where both paths run (default: auto)")
     benchmark.add_argument("--no-onnxruntime", action="store_true",
                            help="skip this product's onnxruntime backend (default: run it too where ONNX Runtime "
                                 "has a provider for the device)")
@@ -167,7 +171,8 @@ def _add_selection_commands(subcommands) -> None:
     select.add_argument("--held-out-images", type=Path, help="labelled images the selection never sees")
     select.add_argument("--held-out-labels", type=Path, help="their label maps")
     select.add_argument("--report", type=Path, help="folder for selection.md, selection.png and selection.json")
-    select.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto")
+    select.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
+                        help="where the candidates predict (default: auto)")
     cost = subcommands.add_parser(
         "cost", help="the projected seconds of a spec on one case, per member",
         description="Per member: the tiles of its sliding window for the case, TFLOP per tile (counted from the "

@@ -31,10 +31,21 @@ def find_spec(socket: str, dirs: list[Path]) -> EnsembleSpec:
 
 
 def resolve_weights_root(spec: EnsembleSpec, explicit: Path | None) -> Path:
-    """--weights if given, else /opt/ml/model when it holds the members, else the app's weights/."""
+    """--weights if given, else /opt/ml/model when it holds the members, else the app's weights/. A root that is
+    missing or empty is said to be so (not blamed on the spec)."""
     if explicit is not None:
-        return Path(explicit)
+        return _existing_root(Path(explicit), spec, "--weights")
     for candidate in (GC_MODEL_DIR, APP_DIR / "weights"):
         if all((candidate / m.model).is_dir() for m in spec.members):
             return candidate
-    return APP_DIR / "weights"
+    return _existing_root(APP_DIR / "weights", spec, f"no model tarball at {GC_MODEL_DIR} holds the members, and "
+                          "the app's own weights folder")
+
+
+def _existing_root(root: Path, spec: EnsembleSpec, what: str) -> Path:
+    if not root.is_dir():
+        raise PantherError(f"{root}: weights folder does not exist ({what})")
+    if not any(root.iterdir()):
+        raise PantherError(f"{root}: weights folder is empty ({what}); it should hold the nnU-Net result folders "
+                           f"the spec names, e.g. {spec.members[0].model}")
+    return root

@@ -5,7 +5,7 @@ scipy.ndimage.zoom(order, mode "nearest", grid_mode) and a clip to the input's r
 spacings the zoom runs per slice in-plane (each slice clipped to its own range) and nearest-neighbour
 (order_z 0) along the slow axis. A spline zoom of a grid is separable and linear, so along each axis it is
 one fixed (n_out, n_in) matrix. Each matrix is taken from scipy itself, by zooming the unit vectors, so the
-arithmetic is scipy's cubic B-spline (not trilinear, which moves masks: DESIGN.md); the device applies them
+arithmetic is scipy's cubic B-spline (not trilinear, which moves masks: docs/measured.md); the device applies them
 as three float64 matrix products and clips as skimage does. tests/test_resample.py holds it to nnU-Net's
 function; on a GPU this replaces the slowest single-threaded step of nnU-Net's preprocessing.
 """

@@ -7,8 +7,9 @@
     members exported by export-onnx (the export timed apart, once).
 All are timed as a whole process would be (models loaded, image read, mask written) with per-stage times,
 peak host RSS and peak device memory; runs alternate (a-b-c, b-c-a, c-a-b, ...) and the report takes medians.
-(b)'s masks are compared with the per-member reference (DESIGN.md) once, outside the timing. On a GPU one untimed tile
-forward comes first, so that the first timed run does not pay alone for CUDA's start and cuDNN's autotuning.
+(b)'s masks are compared with the per-member reference (docs/contracts.md) once, outside the timing. On a GPU one
+untimed tile forward comes first, so that the first timed run does not pay alone for CUDA's start and cuDNN's
+autotuning.
 
 Members are random-weight nnU-Net folders with the ResEncL architecture that nnU-Net's own planner
 (nnUNetPlannerResEncL) designs for 1 mm isotropic spacing, patch 192^3 as in the paper; presets cut the

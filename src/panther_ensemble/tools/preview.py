@@ -59,8 +59,10 @@ def write_preview(image_file: Path, mask_file: Path, out: Path, truth_file: Path
     x_mm, y_mm = reference.GetSpacing()[:2]
     columns = min(4, len(slices))
     rows = -(-len(slices) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, 3.2 * rows * image.shape[1] * y_mm /
-                                                            (image.shape[2] * x_mm) + 0.4), squeeze=False)
+    panel_height = 3.2 * image.shape[1] * y_mm / (image.shape[2] * x_mm)
+    # each row's height holds its panels' titles too, so a title never sits on the row above (constrained layout)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.2 * columns, rows * (panel_height + 0.35) + 0.5),
+                                squeeze=False, layout="constrained")
     for axis in axes.ravel():
         axis.axis("off")
     for axis, z in zip(axes.ravel(), slices):
@@ -71,7 +73,6 @@ def write_preview(image_file: Path, mask_file: Path, out: Path, truth_file: Path
         axis.set_title(f"slice {z}", fontsize=8)
     legend = "red: prediction" + (", green: ground truth" if truth is not None else "")
     figure.suptitle(f"{Path(image_file).name}  ({legend})", fontsize=9)
-    figure.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(out, dpi=90)

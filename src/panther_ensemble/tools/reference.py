@@ -1,7 +1,7 @@
 """The reference: stock nnunetv2, one nnUNetPredictor per member, probabilities returned, weighted mean.
 
-This is what DESIGN.md defines as correct. Members whose trainer class nnunetv2 does not ship (or cannot
-import) are set up with nnUNetPredictor.manual_initialization and the network from the plans, since
+This is what docs/contracts.md defines as correct (Parity). Members whose trainer class nnunetv2 does not ship (or
+cannot import) are set up with nnUNetPredictor.manual_initialization and the network from the plans, since
 nnU-Net itself cannot find their trainer; everything after that is the stock predictor.
 """
 
