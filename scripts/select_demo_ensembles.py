@@ -2,13 +2,12 @@
 
     python scripts/select_demo_ensembles.py --work /tmp/demo-selection [--task task1 --task task2] [--write]
 
-Per task, the candidate pool is every demo fold in weights/ (both tasks: the other task's folds are deliberately
-bad candidates, as is one random-weight fold with the demo plans). select chooses on 24 phantoms no earlier step of
-the project used (seeds 5400-5423 "t1", 6400-6423 "t2"), objective rank, for GC's T4 budget, and scores the choice
-against the best single candidate on 24 further fresh phantoms (5500-5523, 6500-6523). Then the member table of the
-chosen spec on those held-out phantoms: the ensemble against each of its members, with the paired difference to the
-best member ± its standard error per metric. With --write the chosen specs replace ensemble/<task>.toml (the
-numbers go into weights/README.md by hand, from <work>/<task>/summary.md).
+Per task, the candidate pool is the task's demo folds in weights/ and two deliberately bad candidates: a random-weight
+fold with the demo plans and one fold of the other task. select chooses on 12 phantoms no earlier step of the project
+used (seeds 5400-5411 "t1", 6400-6411 "t2"), objective rank, for GC's T4 budget. Then the member table of the chosen
+spec on 24 further fresh phantoms (5500-5523, 6500-6523): the ensemble against each of its members, with the paired
+difference to its best member ± its standard error per metric. With --write the chosen specs replace
+ensemble/<task>.toml (the numbers go into weights/README.md by hand, from <work>/<task>/summary.md).
 """
 
 from __future__ import annotations
@@ -29,8 +28,10 @@ from panther_ensemble.demo.phantom import make_phantom
 from panther_ensemble.engine.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = {"task1": ("t1", "abdominal-t1-mri", range(5400, 5424), range(5500, 5524)),
-         "task2": ("t2", "abdominal-t2-mri", range(6400, 6424), range(6500, 6524))}
+TASKS = {"task1": ("t1", "abdominal-t1-mri", range(5400, 5412), range(5500, 5524), "Dataset901_PantherT1",
+                   "Dataset902_PantherT2/nnUNetTrainerDA5__nnUNetResEncUNetDemoPlans__3d_fullres/fold_0"),
+         "task2": ("t2", "abdominal-t2-mri", range(6400, 6412), range(6500, 6524), "Dataset902_PantherT2",
+                   "Dataset901_PantherT1/nnUNetTrainer__nnUNetResEncUNetDemoPlans__3d_fullres/fold_0")}
 RANDOM = "Dataset901_PantherT1/nnUNetTrainerRandomWeights__nnUNetResEncUNetDemoPlans__3d_fullres"
 METRICS = ("volumetric_dice", "surface_dice", "hausdorff95", "masd")
 
@@ -46,8 +47,9 @@ def write_phantoms(flavour: str, seeds, folder: Path) -> Path:
     return folder
 
 
-def candidate_pool(work: Path, socket: str) -> tuple[Path, Path]:
-    """weights/ plus a random-weight fold, and a spec listing every fold of both tasks and the random one."""
+def candidate_pool(work: Path, socket: str, dataset: str, other_task_fold: str) -> tuple[Path, Path]:
+    """weights/ plus a random-weight fold, and a spec listing the task's folds, the random one and one fold of the
+    other task."""
     weights = work / "weights"
     if not weights.exists():
         shutil.copytree(REPO / "weights", weights, ignore=shutil.ignore_patterns("README.md"))
@@ -59,7 +61,8 @@ def candidate_pool(work: Path, socket: str) -> tuple[Path, Path]:
         syn.make_model_folder(weights, config)
         shutil.copy(plans_source / "dataset.json", weights / RANDOM / "dataset.json")
     members = []
-    for checkpoint in sorted(weights.glob("Dataset*/*/fold_*/checkpoint_*.pth")):
+    pool = [*weights.glob(f"{dataset}/*/fold_*/checkpoint_*.pth"), *weights.glob(f"{other_task_fold}/*.pth")]
+    for checkpoint in sorted(pool):
         model = checkpoint.parent.parent.relative_to(weights).as_posix()
         members.append(f'[[member]]\nmodel = "{model}"\nfold = {checkpoint.parent.name.removeprefix("fold_")}\n'
                        f'checkpoint = "{checkpoint.name}"\n')
@@ -113,15 +116,14 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="replace ensemble/<task>.toml with the choice")
     args = parser.parse_args()
     for task in args.task or sorted(TASKS):
-        flavour, socket, choose_seeds, held_seeds = TASKS[task]
+        flavour, socket, choose_seeds, held_seeds, dataset, other_task_fold = TASKS[task]
         folder = args.work / task
         choose = write_phantoms(flavour, choose_seeds, folder / "choose")
         held = write_phantoms(flavour, held_seeds, folder / "held-out")
-        candidates, weights = candidate_pool(args.work, socket)
+        candidates, weights = candidate_pool(args.work, socket, dataset, other_task_fold)
         chosen = folder / f"{task}.toml"
         run("select", "--candidates", str(candidates), "--weights", str(weights), "--images", str(choose / "images"),
             "--labels", str(choose / "labels"), "--out", str(chosen), "--budget", "270", "--target", "t4",
-            "--held-out-images", str(held / "images"), "--held-out-labels", str(held / "labels"),
             "--report", str(folder / "report"), "--device", "cpu")
         run("evaluate", "--ensemble", str(chosen), "--weights", str(weights), "--images", str(held / "images"),
             "--labels", str(held / "labels"), "--device", "cpu", "--out", str(folder / "held-out-table.json"))

@@ -162,9 +162,9 @@ def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], cos
                objective: str, budget: float | None) -> Path:
     """The chosen members in the order they were first chosen (most valuable first: the deadline drops the last),
     each with its weight (times chosen) and a comment: the step's gain and the member's projected cost."""
-    lines = [f"# chosen by `panther-ensemble select` from {candidates.path.name} (objective {objective}, "
-             f"target {target.name}{f', budget {budget:g} s' if budget else ''}): projected "
-             f"{path_steps[-1].seconds:.1f} s per case of the largest labelled geometry",
+    lines = [f"# chosen by `panther-ensemble select` from {candidates.path.name}: objective {objective}, target "
+             f"{target.name}{f', budget {budget:g} s' if budget else ''};",
+             f"# projected {path_steps[-1].seconds:.1f} s per case of the largest labelled geometry",
              f'input_socket  = "{candidates.input_socket}"', f'output_socket = "{candidates.output_socket}"',
              f"tumor_label   = {candidates.tumor_label}"]
     final = path_steps[-1].weights
@@ -176,7 +176,7 @@ def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], cos
         member = candidates.members[step.candidate]
         gain = "the best single candidate" if previous is None else \
             f"Dice {step.aggregates['mean_volumetric_dice'] - previous['mean_volumetric_dice']:+.4f}"
-        lines += ["", f"# step {number}: {gain}; {costs[step.candidate]:.1f} s projected ({target.name})",
+        lines += ["", f"# step {number}: {gain}; {costs[step.candidate]:.1f} s projected on {target.name}",
                   "[[member]]", f'model      = "{member.model}"',
                   f"fold       = {member.fold if isinstance(member.fold, int) else repr(member.fold)}",
                   f'checkpoint = "{member.checkpoint}"', f"weight     = {final[step.candidate]:g}"]

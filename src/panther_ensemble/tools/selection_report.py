@@ -51,7 +51,7 @@ def plot(selection: Selection, target: str, png: Path) -> None:
         axis.plot([s.seconds for s in selection.path], [s.aggregates[key] for s in selection.path], "o-",
                   color="tab:red", label="the chosen path")
         axis.set_title(f"{COLUMNS[key]} ({'higher' if higher else 'lower'} is better)")
-        axis.set_xlabel(f"projected seconds per case ({target})")
+        axis.set_xlabel(f"projected seconds per case, {target}")
     axes[0].legend(loc="best", fontsize="small")
     png.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(png, dpi=110)
