@@ -9,7 +9,8 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
    move_plans_between_datasets), as fine-tuning across datasets requires;
 3. train: a foundation model from scratch on all Task 1 phantoms, every member fine-tuned from a trained
    model (the paper's cascade, T1 -> T2), with nnUNetTrainer, DA5, DA5ord0 and DA5Segord0 at short schedules;
-4. export the folds the specs use to weights/, checkpoints stripped to what inference needs.
+4. export every fold but the foundation to weights/ (the candidate pool the specs are chosen from with `select`:
+   scripts/select_demo_ensembles.py), checkpoints stripped to what inference needs.
 """
 
 from __future__ import annotations
@@ -57,6 +58,12 @@ SCHEDULE = [
     (T2, "nnUNetTrainerDA5Segord0", 1, 500, T2_VOLUME, 5e-3),
     (T2, "nnUNetTrainerDA5Segord0", 2, 500, T2_VOLUME, 5e-3),
     (T2, "nnUNetTrainerDA5Segord0", 3, 500, T2_VOLUME, 5e-3),
+    # a wider Task 2 pool for `select` (scripts/select_demo_ensembles.py): default augmentation (the paper's boundary
+    # specialist for Task 2) and more all-rounder folds from the all-rounder, a fifth volume fold
+    (T2, "nnUNetTrainer", 0, 500, T2_ALL_ROUNDER, 5e-3),
+    (T2, "nnUNetTrainer", 1, 500, T2_ALL_ROUNDER, 5e-3),
+    (T2, "nnUNetTrainerDA5", 1, 500, T2_ALL_ROUNDER, 5e-3),
+    (T2, "nnUNetTrainerDA5Segord0", 4, 500, T2_VOLUME, 5e-3),
 ]
 ITERATIONS_PER_EPOCH = 50
 
@@ -166,23 +173,27 @@ def train(task, trainer_name: str, fold: int | str, iterations: int, init_from, 
         f"in {time.time() - start:.0f} s, best EMA pseudo Dice {trainer._best_ema:.3f}")
 
 
+# the checkpoint each model of the pool ships (one per fold): chosen on validation phantoms (weights/README.md)
+POOL_CHECKPOINT = {(T1, "nnUNetTrainer"): "checkpoint_best.pth", (T1, "nnUNetTrainerDA5ord0"): "checkpoint_best.pth",
+                   (T2, "nnUNetTrainerDA5"): "checkpoint_best.pth"}
+
+
 def export(weights: Path) -> None:
-    """The folds the specs use, checkpoints stripped of optimizer state and training logs."""
+    """Every fold of the pool (the schedule but the foundation), its checkpoint stripped of optimizer state and
+    training log: the candidates `select` chooses the specs from."""
     import torch
 
     from panther_ensemble.engine.members import INFERENCE_CHECKPOINT_KEYS
-    from panther_ensemble.engine.spec import load_spec
 
-    for spec_file in ("task1.toml", "task2.toml"):
-        for member in load_spec(REPO / "ensemble" / spec_file).members:
-            source = Path(os.environ["nnUNet_results"]) / member.model
-            target = weights / member.model
-            (target / f"fold_{member.fold}").mkdir(parents=True, exist_ok=True)
-            for name in ("plans.json", "dataset.json"):
-                shutil.copy(source / name, target / name)
-            checkpoint = torch.load(source / f"fold_{member.fold}" / member.checkpoint, map_location="cpu",
-                                    weights_only=False)
-            torch.save({k: checkpoint[k] for k in INFERENCE_CHECKPOINT_KEYS}, member.checkpoint_path(weights))
+    for task, trainer, fold, *_ in SCHEDULE[1:]:
+        source = result_folder(task, trainer)
+        checkpoint_name = POOL_CHECKPOINT.get((task, trainer), "checkpoint_final.pth")
+        target = weights / task[1] / source.name
+        (target / f"fold_{fold}").mkdir(parents=True, exist_ok=True)
+        for name in ("plans.json", "dataset.json"):
+            shutil.copy(source / name, target / name)
+        checkpoint = torch.load(source / f"fold_{fold}" / checkpoint_name, map_location="cpu", weights_only=False)
+        torch.save({k: checkpoint[k] for k in INFERENCE_CHECKPOINT_KEYS}, target / f"fold_{fold}" / checkpoint_name)
     log(f"exported to {weights}")
 
 
