@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import kubernetes_validate
@@ -40,7 +41,9 @@ def test_multi_gpu_script_on_the_cpu_predicts_every_case_once_and_resumes(worksp
                                                                          spacing_xyz=(1, 1, 3), seed=40 + i)
                                                         for i in range(5)})
     output = tmp_path / "output"
-    env = {**os.environ, "GPUS": "2", "DEVICE": "cpu"}
+    # the script calls `panther-ensemble` as an installed command: this interpreter's, whether or not its venv is active
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "GPUS": "2", "DEVICE": "cpu", "PATH": path}
     command = [str(DEPLOY / "multi-gpu.sh"), str(input_dir), str(output), "--ensemble", str(workspace.mixed_spec),
                "--weights", str(workspace.weights), "--budget", "0"]
     first = subprocess.run(command, env=env, capture_output=True, text=True)
