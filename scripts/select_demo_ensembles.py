@@ -2,12 +2,14 @@
 
     python scripts/select_demo_ensembles.py --work /tmp/demo-selection [--task task1 --task task2] [--write]
 
-Per task, the candidate pool is the task's demo folds in weights/ and two deliberately bad candidates: a random-weight
-fold with the demo plans and one fold of the other task. select chooses on 12 phantoms no earlier step of the project
-used (seeds 5400-5411 "t1", 6400-6411 "t2"), objective rank, for GC's T4 budget. Then the member table of the chosen
-spec on 24 further fresh phantoms (5500-5523, 6500-6523): the ensemble against each of its members, with the paired
-difference to its best member ± its standard error per metric. With --write the chosen specs replace
-ensemble/<task>.toml (the numbers go into weights/README.md by hand, from <work>/<task>/summary.md).
+Per task, the candidate pool is the task's demo folds in weights/ and deliberately bad candidates: one fold of the
+other task and, for Task 1 (whose dataset it is written into), a random-weight fold with the demo plans. select
+chooses on phantoms no earlier step of the project used (seeds 5400-5411 "t1", 6400-6435 "t2"), objective rank,
+for GC's T4 budget. Then the member table of the chosen spec on 24 further fresh phantoms (the demo's HELD_OUT_SEEDS:
+5500-5523, 6700-6723): the ensemble against each of its members, with the paired difference to its best member ±
+its standard error per metric. Earlier Task 2 choices (12 phantoms, 6400-6411) were scored on 6500-6523 and
+6600-6623 (weights/README.md). With --write the chosen specs replace ensemble/<task>.toml (the numbers go into
+weights/README.md by hand, from <work>/<task>/summary.md).
 """
 
 from __future__ import annotations
@@ -25,12 +27,14 @@ import SimpleITK as sitk
 
 from panther_ensemble.demo import synthetic as syn
 from panther_ensemble.demo.phantom import make_phantom
+from panther_ensemble.demo.sample_cases import HELD_OUT_SEEDS
 from panther_ensemble.engine.spec import load_spec
 
 REPO = Path(__file__).resolve().parents[1]
-TASKS = {"task1": ("t1", "abdominal-t1-mri", range(5400, 5412), range(5500, 5524), "Dataset901_PantherT1",
+# held out: the demo's HELD_OUT_SEEDS (5500-5523, 6700-6723)
+TASKS = {"task1": ("t1", "abdominal-t1-mri", range(5400, 5412), HELD_OUT_SEEDS["t1"], "Dataset901_PantherT1",
                    "Dataset902_PantherT2/nnUNetTrainerDA5__nnUNetResEncUNetDemoPlans__3d_fullres/fold_0"),
-         "task2": ("t2", "abdominal-t2-mri", range(6400, 6412), range(6500, 6524), "Dataset902_PantherT2",
+         "task2": ("t2", "abdominal-t2-mri", range(6400, 6436), HELD_OUT_SEEDS["t2"], "Dataset902_PantherT2",
                    "Dataset901_PantherT1/nnUNetTrainer__nnUNetResEncUNetDemoPlans__3d_fullres/fold_0")}
 RANDOM = "Dataset901_PantherT1/nnUNetTrainerRandomWeights__nnUNetResEncUNetDemoPlans__3d_fullres"
 METRICS = ("volumetric_dice", "surface_dice", "hausdorff95", "masd")

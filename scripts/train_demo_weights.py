@@ -58,8 +58,8 @@ SCHEDULE = [
     (T2, "nnUNetTrainerDA5Segord0", 1, 500, T2_VOLUME, 5e-3),
     (T2, "nnUNetTrainerDA5Segord0", 2, 500, T2_VOLUME, 5e-3),
     (T2, "nnUNetTrainerDA5Segord0", 3, 500, T2_VOLUME, 5e-3),
-    # a wider Task 2 pool for `select` (scripts/select_demo_ensembles.py): default augmentation (the paper's boundary
-    # specialist for Task 2) and more all-rounder folds from the all-rounder, a fifth volume fold
+    # a wider Task 2 pool for `select` (scripts/select_demo_ensembles.py): default augmentation (the paper found it
+    # gives the better boundaries) and one more fold from the all-rounder, a fifth volume fold
     (T2, "nnUNetTrainer", 0, 500, T2_ALL_ROUNDER, 5e-3),
     (T2, "nnUNetTrainer", 1, 500, T2_ALL_ROUNDER, 5e-3),
     (T2, "nnUNetTrainerDA5", 1, 500, T2_ALL_ROUNDER, 5e-3),

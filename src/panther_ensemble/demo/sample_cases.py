@@ -26,9 +26,10 @@ class DemoCase:
 
 
 SAMPLE_CASES = (DemoCase("task1", "t1", 9101, "abdominal-t1-mri"), DemoCase("task2", "t2", 9207, "abdominal-t2-mri"))
-# never used in training (seeds 1000-1039 t1, 2000-2047 t2) or in choosing checkpoints (validation seeds
-# 5100-5111 t1, 6100-6111 t2)
-HELD_OUT_SEEDS = {"t1": range(5200, 5224), "t2": range(6200, 6224)}
+# never used in training (seeds 1000-1039 t1, 2000-2047 t2), in choosing checkpoints (validation seeds 5100-5111 t1,
+# 6100-6111 t2) or members (select: 5400-5411 t1, 6400-6435 t2); 5200-5223 and 6200-6223 scored earlier ensembles,
+# 6500-6523 and 6600-6623 earlier Task 2 choices of select (weights/README.md)
+HELD_OUT_SEEDS = {"t1": range(5500, 5524), "t2": range(6700, 6724)}
 
 
 def write_sample_input(case: DemoCase, test_dir: Path) -> Path:
