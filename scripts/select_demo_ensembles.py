@@ -16,19 +16,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import SimpleITK as sitk
 
 from panther_ensemble.demo import synthetic as syn
 from panther_ensemble.demo.phantom import make_phantom
 from panther_ensemble.demo.sample_cases import HELD_OUT_SEEDS
 from panther_ensemble.engine.spec import load_spec
+from panther_ensemble.tools.select import mean_and_standard_error
 
 REPO = Path(__file__).resolve().parents[1]
 # held out: the demo's HELD_OUT_SEEDS (5500-5523, 6700-6723)
@@ -81,10 +80,6 @@ def run(*arguments: str) -> None:
     subprocess.run([sys.executable, "-m", "panther_ensemble.cli", *arguments], check=True)
 
 
-def mean_se(values: list[float]) -> tuple[float, float]:
-    return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values)))
-
-
 def summarize(table: dict, chosen: Path) -> str:
     """The ensemble against its best member (by mean Dice) on the held-out phantoms, paired per case."""
     ensemble = table.pop("ensemble")
@@ -98,7 +93,7 @@ def summarize(table: dict, chosen: Path) -> str:
         higher = metric in ("volumetric_dice", "surface_dice")
         differences = [ensemble["per_subject"][c][metric] - best["per_subject"][c][metric]
                        for c in ensemble["per_subject"]]
-        mean, se = mean_se(differences)
+        mean, se = mean_and_standard_error(differences)
         key = f"mean_{metric}" if metric != "volumetric_dice" else "mean_volumetric_dice"
         rows = {name: row["aggregates"][key] for name, row in {**table, "ensemble": ensemble}.items()}
         top = (max if higher else min)(rows, key=rows.get)

@@ -5,8 +5,23 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .core.errors import PantherError
+
+if TYPE_CHECKING:
+    from .engine.spec import EnsembleSpec
+
+
+def _spec_and_weights(spec_file: Path, weights: Path | None) -> tuple[EnsembleSpec, Path]:
+    """The spec, its weights root (--weights or the app's lookup) and the check that the root holds its members."""
+    from .app.locations import resolve_weights_root
+    from .engine.spec import check_against_weights, load_spec
+
+    spec = load_spec(spec_file)
+    weights_root = resolve_weights_root(spec, weights)
+    check_against_weights(spec, weights_root)
+    return spec, weights_root
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -33,14 +48,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
         result = evaluate_folders(args.pred, args.gt, args.tumor_label)
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result["aggregates"].items())
     elif all(members) and not any(folders):
-        from .app.locations import resolve_weights_root
         from .engine.devices import select_device
-        from .engine.spec import check_against_weights, load_spec
         from .tools.member_table import compare_members, format_table
 
-        spec = load_spec(args.ensemble)
-        weights_root = resolve_weights_root(spec, args.weights)
-        check_against_weights(spec, weights_root)
+        spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
         result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device))
         summary = "\n" + format_table(result)
     else:
@@ -106,9 +117,7 @@ def _geometry(shape: str | None, spacing: str | None) -> tuple[tuple[int, ...], 
 
 
 def run_select(args: argparse.Namespace) -> None:
-    from .app.locations import resolve_weights_root
     from .engine.devices import select_device
-    from .engine.spec import check_against_weights, load_spec
     from .tools.cost import target_named
     from .tools.select import run_selection
     from .tools.selection_report import held_out_table, path_table, write_report
@@ -118,9 +127,7 @@ def run_select(args: argparse.Namespace) -> None:
     held_out = (args.held_out_images, args.held_out_labels)
     if any(held_out) and not all(held_out):
         raise PantherError("--held-out-images and --held-out-labels go together")
-    candidates = load_spec(args.candidates)
-    weights_root = resolve_weights_root(candidates, args.weights)
-    check_against_weights(candidates, weights_root)
+    candidates, weights_root = _spec_and_weights(args.candidates, args.weights)
     selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
                               select_device(args.device), target, args.objective, args.budget, geometry,
                               held_out if all(held_out) else None)
@@ -136,12 +143,10 @@ def run_select(args: argparse.Namespace) -> None:
 def run_cost(args: argparse.Namespace) -> None:
     import json
 
-    from .app.locations import resolve_weights_root
     from .engine.devices import select_device
     from .engine.image import check_image
     from .engine.members import describe_member
-    from .engine.spec import check_against_weights, load_spec
-    from .tools.cost import format_cost, measure_here, spec_cost, target_named
+    from .tools.cost import cost_on, format_cost, target_named
 
     target = target_named(args.target)
     geometry = _geometry(args.shape, args.spacing)
@@ -150,10 +155,7 @@ def run_cost(args: argparse.Namespace) -> None:
     if geometry is None:
         header = check_image(args.image)
         geometry = header.shape_zyx, header.spacing_zyx
-    spec = load_spec(args.ensemble)
-    weights_root = resolve_weights_root(spec, args.weights)
-    check_against_weights(spec, weights_root)
+    spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
     members = [describe_member(weights_root, m) for m in spec.members]
-    measured = measure_here(members, select_device(args.device)) if target.tflops is None else None
-    cost = spec_cost(members, *geometry, target, measured)
+    cost = cost_on(members, *geometry, target, select_device(args.device))
     print(json.dumps(cost, indent=2) if args.json else format_cost(cost))

@@ -153,13 +153,17 @@ def spec_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tu
     rates = measured or target
     mvoxels = math.prod(shape_zyx) / 1e6
     rows, groups = [], []
+    tflop_per_tile: dict[str, float] = {}
     for group in group_members(members):
         grid = resampled_shape(shape_zyx, spacing_zyx, group[0])
         groups.append({"members": len(group), "grid": list(grid),
                        "seconds": round(rates.preprocess_seconds_per_mvoxel * mvoxels, 2)})
         for member in group:
             tiles = tile_count(grid, member.configuration_manager.patch_size)
-            tflop = tile_tflop(member)
+            architecture = _architecture(member)
+            if architecture not in tflop_per_tile:  # counted once per architecture: folds of a model share it
+                tflop_per_tile[architecture] = tile_tflop(member)
+            tflop = tflop_per_tile[architecture]
             per_tile = measured.seconds_per_tile[_architecture(member)] if measured else tflop / target.tflops
             rows.append({"model": member.spec.model, "fold": member.spec.fold, "checkpoint": member.spec.checkpoint,
                          "tiles": tiles, "tflop": round(tflop, 4),
@@ -171,6 +175,13 @@ def spec_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tu
             "shape_zyx": list(shape_zyx), "spacing_zyx": list(spacing_zyx), "total_seconds": round(total, 1),
             "fixed_seconds": round(fixed, 1), "groups": groups, "members": rows,
             **({"measured": asdict(measured)} if measured else {})}
+
+
+def cost_on(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
+            device: torch.device) -> dict:
+    """spec_cost on the target; for `here`, this machine's rates measured first."""
+    measured = measure_here(members, device) if target.tflops is None else None
+    return spec_cost(members, shape_zyx, spacing_zyx, target, measured)
 
 
 def format_cost(cost: dict) -> str:

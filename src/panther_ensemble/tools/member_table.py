@@ -6,6 +6,7 @@ It is what metric-aware member selection (the paper's "mix of experts") needs: o
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ import torch
 from ..core.errors import PantherError
 from ..core.log import StageTimer, log
 from ..engine.ensemble import Ensemble
-from ..engine.image import IMAGE_SUFFIXES, image_files_by_id, read_image
+from ..engine.image import IMAGE_SUFFIXES, Image, image_files_by_id, read_image
+from ..engine.input_grid import ProbabilitySum
+from ..engine.members import Member
 from ..engine.spec import EnsembleSpec, MemberSpec
 from .evaluate import aggregate, tumor_metrics
 
@@ -40,6 +43,23 @@ def labelled_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, 
     return [(case, images[case], labels[case]) for case in images]
 
 
+def read_labelled_case(image_file: Path, label_file: Path, tumor_label: int) -> tuple[Image, np.ndarray]:
+    """The image and its tumor truth (bool, the image's grid)."""
+    image = read_image(image_file)
+    truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))) == tumor_label
+    if truth.shape != image.shape:
+        raise PantherError(f"{label_file}: shape {truth.shape} differs from the image's {image.shape}")
+    return image, truth
+
+
+def each_member_alone(ensemble: Ensemble, image: Image, timer: StageTimer) -> Iterator[tuple[Member, ProbabilitySum]]:
+    """Each member's probabilities alone on the image's grid, through the product's own pipeline."""
+    for member, logits, properties in ensemble.member_logits(image, timer):
+        alone = ensemble.new_sum(image)
+        alone.add(logits, member, properties, 1.0, ensemble.mode)
+        yield member, alone
+
+
 def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, labels_dir: Path,
                     device: torch.device) -> dict[str, dict]:
     """{row name: {'per_subject': ..., 'aggregates': ...}} for each member (in spec order) and the ensemble."""
@@ -48,15 +68,10 @@ def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, la
     rows: dict[str, dict[str, dict]] = {member_label(m): {} for m in spec.members}
     rows[ENSEMBLE] = {}
     for case, image_file, label_file in labelled_cases(images_dir, labels_dir):
-        image = read_image(image_file)
-        truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))) == spec.tumor_label
-        if truth.shape != image.shape:
-            raise PantherError(f"{label_file}: shape {truth.shape} differs from the image's {image.shape}")
+        image, truth = read_labelled_case(image_file, label_file, spec.tumor_label)
         spacing = tuple(reversed(image.spacing))
         total = ensemble.new_sum(image)
-        for member, logits, properties in ensemble.member_logits(image, timer):
-            alone = ensemble.new_sum(image)
-            alone.add(logits, member, properties, 1.0, ensemble.mode)
+        for member, alone in each_member_alone(ensemble, image, timer):
             rows[member_label(member.spec)][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
             total.add_sum(alone, member.spec.weight)
         rows[ENSEMBLE][case] = tumor_metrics(total.mask(spec.tumor_label), truth, spacing)

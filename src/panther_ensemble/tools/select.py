@@ -20,18 +20,17 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 import torch
 
 from ..core.errors import PantherError
 from ..core.log import StageTimer, log
 from ..engine.ensemble import Ensemble
-from ..engine.image import check_image, read_image
+from ..engine.image import check_image
 from ..engine.memory import available_memory
 from ..engine.spec import EnsembleSpec, MemberSpec
-from .cost import Target, measure_here, spec_cost
+from .cost import Target, cost_on
 from .evaluate import aggregate, tumor_metrics
-from .member_table import labelled_cases, member_label
+from .member_table import each_member_alone, labelled_cases, member_label, read_labelled_case
 
 # objective: (aggregate key, higher is better); the five PANTHER ranking metrics
 METRICS = {"dice": ("mean_volumetric_dice", True), "surface-dice": ("mean_surface_dice", True),
@@ -70,15 +69,10 @@ def predict_candidates(spec: EnsembleSpec, weights_root: Path, cases: list[tuple
     kept_bytes, result = 0, []
     try:
         for name, image_file, label_file in cases:
-            image = read_image(image_file)
-            truth = sitk.GetArrayFromImage(sitk.ReadImage(str(label_file))) == spec.tumor_label
-            if truth.shape != image.shape:
-                raise PantherError(f"{label_file}: shape {truth.shape} differs from the image's {image.shape}")
+            image, truth = read_labelled_case(image_file, label_file, spec.tumor_label)
             scratch = Path(tempfile.mkdtemp(dir=work))
             tumor_max = np.zeros(image.shape, np.float32)
-            for member, logits, properties in ensemble.member_logits(image, timer):
-                alone = ensemble.new_sum(image)
-                alone.add(logits, member, properties, 1.0, ensemble.mode)
+            for member, alone in each_member_alone(ensemble, image, timer):
                 probabilities = alone.probabilities().cpu().numpy()
                 np.maximum(tumor_max, probabilities[spec.tumor_label], out=tumor_max)
                 np.save(scratch / f"{index[id(member)]}.npy", probabilities)
@@ -190,8 +184,7 @@ def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], cos
 
 def candidate_costs(members, shape, spacing, target: Target, device: torch.device) -> tuple[list[float], float]:
     """(each candidate's projected seconds, the fixed and preprocessing seconds of the whole pool) on the target."""
-    measured = measure_here(members, device) if target.tflops is None else None
-    cost = spec_cost(members, shape, spacing, target, measured)
+    cost = cost_on(members, shape, spacing, target, device)
     fixed = cost["fixed_seconds"] + sum(g["seconds"] for g in cost["groups"])
     return [row["seconds"] for row in cost["members"]], fixed
 
@@ -202,7 +195,8 @@ def largest_case(cases: list[tuple[str, Path, Path]]) -> tuple[tuple[int, ...], 
     return largest.shape_zyx, largest.spacing_zyx
 
 
-def _mean_se(values: list[float]) -> tuple[float, float]:
+def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
+    """The mean of paired differences and its standard error (0 for a single case)."""
     return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
@@ -213,7 +207,7 @@ def held_out_comparison(cases: list[Case], ensemble: dict[int, float], single: i
     single_aggregates, alone = score(cases, {single: 1.0}, tumor_label)
     result = {"cases": len(cases), "ensemble": chosen_aggregates, "best_single": single_aggregates, "difference": {}}
     for key in ("volumetric_dice", "surface_dice", "hausdorff95", "masd"):
-        mean, se = _mean_se([chosen[c][key] - alone[c][key] for c in chosen])
+        mean, se = mean_and_standard_error([chosen[c][key] - alone[c][key] for c in chosen])
         result["difference"][key] = {"mean": mean, "standard_error": se}
     return result
 
