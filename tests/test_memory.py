@@ -25,38 +25,6 @@ def members(workspace, spec="mixed_spec"):
     return [describe_member(workspace.weights, m) for m in load_spec(getattr(workspace, spec)).members]
 
 
-def test_cgroup_v1_and_v2_limits(tmp_path):
-    v2 = tmp_path / "v2"
-    v2.mkdir()
-    (v2 / "memory.max").write_text(f"{16 * GiB}\n")
-    (v2 / "memory.current").write_text(f"{10 * GiB}\n")
-    (v2 / "memory.stat").write_text(f"anon {8 * GiB}\ninactive_file {2 * GiB}\n")
-    assert memory.cgroup_available_bytes(v2) == (8 * GiB, f"the container's memory limit ({v2 / 'memory.max'}: "
-                                                          "16.0 GiB)")
-    v1 = tmp_path / "v1" / "memory"
-    v1.mkdir(parents=True)
-    (v1 / "memory.limit_in_bytes").write_text(f"{4 * GiB}\n")
-    (v1 / "memory.usage_in_bytes").write_text(f"{GiB}\n")
-    (v1 / "memory.stat").write_text(f"total_inactive_file {GiB // 2}\n")
-    assert memory.cgroup_available_bytes(tmp_path / "v1")[0] == 3.5 * GiB
-    (v1 / "memory.limit_in_bytes").write_text("9223372036854771712\n")  # v1's "no limit"
-    assert memory.cgroup_available_bytes(tmp_path / "v1") is None
-    (v2 / "memory.max").write_text("max\n")
-    assert memory.cgroup_available_bytes(v2) is None
-
-
-def test_the_lower_of_memavailable_and_the_cgroup_counts(tmp_path):
-    meminfo = tmp_path / "meminfo"
-    meminfo.write_text(f"MemTotal: {256 * 2 ** 20} kB\nMemAvailable: {200 * 2 ** 20} kB\n")
-    cgroup = tmp_path / "cgroup"
-    cgroup.mkdir()
-    (cgroup / "memory.max").write_text(f"{16 * GiB}\n")
-    (cgroup / "memory.current").write_text(f"{GiB}\n")
-    assert memory.available_memory(meminfo, cgroup)[0] == 15 * GiB  # GC: a 16 GiB container on a big host
-    (cgroup / "memory.max").write_text("max\n")
-    assert memory.available_memory(meminfo, cgroup) == (200 * GiB, "the machine's available memory")
-
-
 def test_host_estimate_covers_a_measured_run(workspace, tmp_path):
     """The estimate is an upper bound of the anonymous memory a real run adds to its process (sampled every 5 ms in a
     child process; file-backed pages, the libraries' code and the mapped checkpoints, are reclaimable and not what

@@ -14,7 +14,7 @@ import panther_ensemble.engine.input_grid as input_grid
 import panther_ensemble.engine.sliding_window as predict
 from panther_ensemble.app.predict_run import predict_folder
 from panther_ensemble.core.errors import PantherError
-from panther_ensemble.engine import memory
+from panther_ensemble.engine import host_limits
 from panther_ensemble.engine.memory import check_host_memory
 
 T1 = "abdominal-t1-mri"
@@ -78,9 +78,10 @@ def test_case_too_large_for_the_containers_memory_limit_fails_cleanly(workspace,
     (cgroup / "memory.max").write_text(f"{300 * 2 ** 20}\n")
     (cgroup / "memory.current").write_text(f"{290 * 2 ** 20}\n")
     (cgroup / "memory.stat").write_text(f"anon 1\ninactive_file {2 ** 20}\n")
-    monkeypatch.setattr(memory, "CGROUP_ROOT", cgroup)
+    monkeypatch.setattr(host_limits, "CGROUP_ROOT", cgroup)
+    monkeypatch.setattr(host_limits, "PROC_SELF", tmp_path / "no-proc")  # the container's own cgroup: the mount
     input_dir = write_input(tmp_path, np.ones((40, 200, 200), np.int16), spacing=(1.0, 1.0, 1.0))
-    with pytest.raises(PantherError, match=r"would need about .* only 0.0 GiB are available \(the container's "
+    with pytest.raises(PantherError, match=r"would need about .* only 0.0 GiB are available \(the cgroup "
                                            r"memory limit \(.*memory.max: 0.3 GiB\)\)"):
         predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights,
                        device="cpu", budget=0)

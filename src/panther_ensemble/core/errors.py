@@ -1,5 +1,64 @@
-"""The one error type the command line turns into a single clear line on stderr."""
+"""The one error type the command line turns into a single clear line on stderr, and the one line for anything else
+that goes wrong (never a traceback, unless PANTHER_DEBUG asks for it)."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import traceback
+
+DEBUG_VARIABLE = "PANTHER_DEBUG"  # set to 1: a failure's traceback follows its error line
+# What an allocation that failed says where it is not a MemoryError: torch's CPU allocator, CUDA, cuDNN, SimpleITK
+_ALLOCATION_WORDS = ("can't allocate memory", "out of memory", "std::bad_alloc", "failed to allocate",
+                     "cudnn_status_alloc_failed", "cudnn_status_not_enough_workspace", "cannot allocate memory")
 
 
 class PantherError(Exception):
     """A problem with the user's input, spec or weights: message says which file and what is wrong."""
+
+
+class CaseFailure(PantherError):
+    """Something other than the input went wrong in one case (out of memory, a library's or our own bug): one line
+    that names the case, the original exception chained for PANTHER_DEBUG."""
+
+    @classmethod
+    def of(cls, case: object, error: Exception) -> PantherError:
+        """`error` as one line naming `case`; a PantherError already names its file and stays as it is."""
+        return error if isinstance(error, PantherError) else cls(f"{case}: {failure_line(error)}")
+
+
+def is_allocation_failure(error: BaseException) -> bool:
+    """A MemoryError, or an allocation failure that a library reports as a plain RuntimeError."""
+    if isinstance(error, MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and any(w in str(error).lower() for w in _ALLOCATION_WORDS)
+
+
+def _first_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    # torch prefixes its C++ checks with where they failed: the words after it say what
+    return re.sub(r"^\[enforce fail at [^\]]*\]\s*(\S+ == \S+\.\s*)?", "", lines[0])[:300] if lines else ""
+
+
+def failure_line(error: BaseException) -> str:
+    """What went wrong, in one line: a PantherError's own message, an allocation that failed as out of memory, else
+    the exception's type and first line (a bug or a library's complaint: PANTHER_DEBUG=1 shows where)."""
+    if isinstance(error, PantherError):
+        return str(error).replace("\n", " ")
+    if is_allocation_failure(error):
+        said = _first_line(error)
+        return "out of memory" + (f" ({said})" if said else "") + ": the case needs more memory than this " \
+            "process may use (its limit is in the log's 'host memory' line)"
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted"
+    said = _first_line(error)
+    return f"unexpected {type(error).__name__}" + (f": {said}" if said else "") + \
+        f" (set {DEBUG_VARIABLE}=1 for the traceback)"
+
+
+def print_failure(error: BaseException, prefix: str = "") -> None:
+    """The failure's one `error:` line on stderr (its traceback after it with PANTHER_DEBUG=1)."""
+    print(f"error: {prefix}{failure_line(error)}", file=sys.stderr, flush=True)
+    if os.environ.get(DEBUG_VARIABLE, "") not in ("", "0"):
+        traceback.print_exception(error, file=sys.stderr)

@@ -1,10 +1,11 @@
 """How much memory a case needs and how much there is, on the host and on the device, before any heavy work.
 
-Host: what is available is MemAvailable, or less where the container's cgroup limit is lower (GC runs a 16 GiB
-container on a bigger host: MemAvailable is the host's). A case that would not fit is refused with one error line
-instead of being OOM-killed halfway. Device: the free memory at start against an estimate of networks, captured
-graphs, window buffers and the input-grid stage; where it does not fit, the run gives up, in this order, the
-graph capture, the input-grid stage on the device and keeping every network loaded (pipeline.Placement).
+Host: what is available is the smallest room of the process's limits (engine.host_limits: MemAvailable, the cgroup
+limits, RLIMIT_DATA and RLIMIT_AS; GC runs a 16 GiB job on a bigger host and its shim sets RLIMIT_DATA). A case
+that would not fit is refused with one error line instead of being killed or failing an allocation halfway.
+Device: the free memory at start against an estimate of networks, captured graphs, window buffers and the
+input-grid stage; where it does not fit, the run gives up, in this order, the graph capture, the input-grid stage
+on the device and keeping every network loaded (ensemble.Placement).
 """
 
 from __future__ import annotations
@@ -21,13 +22,10 @@ from torch.utils._pytree import tree_flatten
 from ..core.errors import PantherError
 from ..core.log import log
 from .ensemble import Placement, group_members
+from .host_limits import available_memory
 from .input_grid import SLAB_BYTES
 from .members import Member, network_from_plans
 from .preprocess import resampled_shape
-
-CGROUP_ROOT = Path("/sys/fs/cgroup")
-MEMINFO = Path("/proc/meminfo")
-UNLIMITED = 2 ** 60  # cgroup v1 writes "no limit" as a page-rounded 2^63 - 1
 
 # Host bytes per input voxel beyond the image itself, measured with benchmarks/memory.py (README: "Memory"):
 # nnU-Net's preprocessing (a float32 copy, its normalization's temporary, the crop mask) and the image resampling's
@@ -45,58 +43,8 @@ FIXED_BYTES = 256 * 2 ** 20
 DEVICE_MARGIN = 1.15  # the allocator's fragmentation and cuDNN's workspaces over the counted tensors
 
 
-def _read_int(path: Path) -> int | None:
-    try:
-        text = path.read_text().strip()
-    except OSError:
-        return None
-    return UNLIMITED if text == "max" else int(text) if text.isdigit() else None
-
-
-def _stat(path: Path, key: str) -> int:
-    try:
-        for line in path.read_text().splitlines():
-            name, _, value = line.partition(" ")
-            if name == key:
-                return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
-
-
-def cgroup_available_bytes(root: Path | None = None) -> tuple[int, str] | None:
-    """(bytes the container may still use, where the limit was read) under a cgroup memory limit; None without one.
-    Reclaimable page cache (inactive files) counts as free, as the kernel's OOM logic sees it."""
-    root = root or CGROUP_ROOT
-    for limit_file, usage_file, stat_key in (("memory.max", "memory.current", "inactive_file"),  # v2
-                                             ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
-                                              "total_inactive_file")):  # v1
-        limit = _read_int(root / limit_file)
-        if limit is None or limit >= UNLIMITED:
-            continue
-        usage = _read_int(root / usage_file) or 0
-        usage -= _stat((root / usage_file).with_name("memory.stat"), stat_key)
-        where = f"the container's memory limit ({root / limit_file}: {limit / 2 ** 30:.1f} GiB)"
-        return max(0, limit - max(0, usage)), where
-    return None
-
-
-def available_memory(meminfo: Path | None = None, cgroup_root: Path | None = None) -> tuple[int, str] | None:
-    """(bytes available to this process, what limits it): the lower of MemAvailable and the cgroup's room."""
-    candidates = []
-    try:
-        for line in (meminfo or MEMINFO).read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                candidates.append((int(line.split()[1]) * 1024, "the machine's available memory"))
-    except OSError:
-        pass
-    cgroup = cgroup_available_bytes(cgroup_root)
-    if cgroup is not None:
-        candidates.append(cgroup)
-    return min(candidates) if candidates else None
-
-
 def check_host_memory(file: Path, needed: int, available: tuple[int, str] | None = None) -> None:
+    """A case that would not fit the smallest of the process's memory limits is refused before any heavy work."""
     available = available if available is not None else available_memory()
     if available is not None and needed > available[0]:
         raise PantherError(f"{file}: predicting it would need about {needed / 2 ** 30:.1f} GiB of memory at the "
@@ -104,15 +52,31 @@ def check_host_memory(file: Path, needed: int, available: tuple[int, str] | None
                            f"({available[1]}); is the image's size or spacing wrong?")
 
 
+def check_networks_fit(what: str, members: list[Member], device: torch.device,
+                       available: tuple[int, str] | None = None) -> None:
+    """A server holds its networks for every case: they and the run's fixed costs must fit the host's room now."""
+    available = available if available is not None else available_memory()
+    needed = FIXED_BYTES + network_host_bytes(members, device)
+    if available is not None and needed > available[0]:
+        raise PantherError(f"{what}: its networks would need about {needed / 2 ** 30:.2f} GiB of memory before any "
+                           f"case, but only {available[0] / 2 ** 30:.2f} GiB are available ({available[1]})")
+
+
+def network_host_bytes(members: list[Member], device: torch.device) -> int:
+    """What the members' networks hold in host memory: their files' size on a CPU, nothing once on a GPU."""
+    return sum(m.network_file.stat().st_size for m in members) if device.type == "cpu" else 0
+
+
 def _model_grid_voxels(group: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:
     return math.prod(resampled_shape(shape_zyx, spacing_zyx, group[0]))
 
 
 def host_bytes(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...],
-               image_bytes_per_voxel: int, mode: str, device: torch.device, input_grid_on_host: bool) -> int:
-    """An upper estimate of the host memory one image needs beyond what the process holds already (its imports),
-    from its header alone: the networks on a CPU, fixed costs and the largest of the preprocessing, the sliding
-    window and the export."""
+               image_bytes_per_voxel: int, mode: str, device: torch.device, input_grid_on_host: bool,
+               networks_loaded: bool = False) -> int:
+    """An upper estimate of the host memory one image needs beyond what the process holds already (its imports, and
+    its networks where `networks_loaded`), from its header alone: the networks on a CPU, fixed costs and the largest
+    of the preprocessing, the sliding window and the export."""
     voxels = math.prod(shape_zyx)
     classes = members[0].label_manager.num_segmentation_heads
     model_grid = max(_model_grid_voxels(group, shape_zyx, spacing_zyx) for group in group_members(members))
@@ -124,7 +88,7 @@ def host_bytes(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: t
     export = SLAB_TEMPORARIES * SLAB_BYTES["cpu"] if input_grid_on_host else 0
     if mode == "exact":
         export += voxels * 4 * classes * EXACT_EXPORT_COPIES
-    networks = sum(m.network_file.stat().st_size for m in members) if on_host else 0
+    networks = network_host_bytes(members, device) if not networks_loaded else 0
     return FIXED_BYTES + networks + image + grid + max(preprocess, window + export) + voxels * MASK_BYTES_PER_VOXEL
 
 
