@@ -42,6 +42,16 @@ def test_inputs_json_names_the_socket_and_folder(tmp_path):
     assert [p.name for p in inputs.files] == ["a.nii.gz", "b.mha"]
 
 
+@pytest.mark.parametrize("keys", [("socket", "interface"), ("socket",), ("interface",)],
+                         ids=["gc-today", "socket-alone", "legacy-interface-alone"])
+def test_inputs_json_as_gc_writes_it(tmp_path, keys):
+    """GC's serializer writes the socket under "socket" and, for older algorithms, again under "interface"."""
+    syn.make_image(tmp_path / "images" / T1 / "case.mha", (4, 8, 8), (1, 1, 2), seed=0)
+    (tmp_path / "inputs.json").write_text(json.dumps([syn.gc_image_value(T1, "case.mha", keys)]))
+    inputs = find_inputs(tmp_path)
+    assert inputs.socket == T1 and [p.name for p in inputs.files] == ["case.mha"]
+
+
 def test_without_inputs_json_the_images_folder_is_used(tmp_path):
     syn.make_image(tmp_path / "images" / "abdominal-t2-mri" / "x.nrrd", (4, 8, 8), (1, 1, 2), seed=0)
     inputs = find_inputs(tmp_path)
@@ -52,7 +62,7 @@ def test_without_inputs_json_the_images_folder_is_used(tmp_path):
     (lambda d: None, "no input image found"),
     (lambda d: (d / "inputs.json").write_text("[{"), "inputs.json: not valid JSON"),
     (lambda d: (d / "inputs.json").write_text('{"a": 1}'), "expected a JSON list of socket values"),
-    (lambda d: (d / "inputs.json").write_text('[{"interface": {}}]'), "entry 0 has no interface.slug"),
+    (lambda d: (d / "inputs.json").write_text('[{"interface": {}}]'), "entry 0 has no socket.slug"),
     (lambda d: (d / "inputs.json").write_text(json.dumps([socket_entry(T1)])), "no input image found"),
 ])
 def test_bad_input_folders(tmp_path, setup, expected):

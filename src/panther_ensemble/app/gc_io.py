@@ -54,14 +54,26 @@ def _image_sockets_from_inputs_json(inputs_json: Path, input_dir: Path) -> dict[
         raise PantherError(f"{inputs_json}: expected a JSON list of socket values, got {type(entries).__name__}")
     folders: dict[str, Path] = {}
     for i, entry in enumerate(entries):
-        interface = entry.get("interface") if isinstance(entry, dict) else None
-        if not isinstance(interface, dict) or "slug" not in interface:
-            raise PantherError(f"{inputs_json}: entry {i} has no interface.slug")
-        if interface.get("super_kind", "Image") != "Image":
+        # GC writes each value's socket under "socket" and, for algorithms made before that name, again under
+        # "interface" (its ComponentInterfaceValueSerializer); either alone is read
+        socket = _socket_of(entry)
+        if socket is None:
+            raise PantherError(f"{inputs_json}: entry {i} has no socket.slug (nor interface.slug)")
+        if socket.get("super_kind", "Image") != "Image":
             continue
-        relative = interface.get("relative_path") or f"images/{interface['slug']}"
-        folders[interface["slug"]] = input_dir / relative
+        relative = socket.get("relative_path") or f"images/{socket['slug']}"
+        folders[socket["slug"]] = input_dir / relative
     return folders
+
+
+def _socket_of(entry: object) -> dict | None:
+    if not isinstance(entry, dict):
+        return None
+    for key in ("socket", "interface"):
+        socket = entry.get(key)
+        if isinstance(socket, dict) and isinstance(socket.get("slug"), str):
+            return socket
+    return None
 
 
 def output_path(output_dir: Path, socket: str, input_file: Path) -> Path:

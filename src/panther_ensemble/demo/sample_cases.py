@@ -11,6 +11,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from .phantom import make_phantom
+from .synthetic import gc_image_value
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,7 @@ def write_sample_input(case: DemoCase, test_dir: Path) -> Path:
     image_file = input_dir / "images" / case.socket / f"{case.uuid}.mha"
     image_file.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(make_phantom(case.seed, case.flavour).image, str(image_file), useCompression=True)
-    entry = {"interface": {"slug": case.socket, "kind": "Image", "super_kind": "Image",
-                           "relative_path": f"images/{case.socket}"},
-             "image": {"name": image_file.name}, "file": None, "value": None}
-    (input_dir / "inputs.json").write_text(json.dumps([entry], indent=2) + "\n")
+    (input_dir / "inputs.json").write_text(json.dumps([gc_image_value(case.socket, image_file.name)], indent=2) + "\n")
     return input_dir
 
 

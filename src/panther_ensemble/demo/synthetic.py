@@ -229,14 +229,27 @@ def make_image(path: Path, shape_zyx: tuple[int, int, int], spacing_xyz: tuple[f
     return path
 
 
+GC_SOCKET_TITLES = {"abdominal-t1-mri": "Abdominal T1 MRI", "abdominal-t2-mri": "Abdominal T2 MRI"}
+
+
+def gc_image_value(socket: str, image_name: str, keys: tuple[str, ...] = ("socket", "interface")) -> dict:
+    """One image value of inputs.json as Grand Challenge writes it (ComponentInterfaceValueSerializer): the socket
+    under "socket" and again under "interface" (the legacy name; `keys` leaves either out)."""
+    described = {"title": GC_SOCKET_TITLES.get(socket, socket), "description": "", "slug": socket, "kind": "Image",
+                 "pk": 0, "default_value": None, "super_kind": "Image", "relative_path": f"images/{socket}",
+                 "overlay_segments": [], "look_up_table": None}
+    value = {key: dict(described) for key in keys}
+    return value | {"value": None, "file": None, "image": {"pk": image_name.split(".")[0], "name": image_name},
+                    "pk": 0}
+
+
 def write_gc_input(input_dir: Path, socket: str, images: dict[str, dict]) -> Path:
     """A GC-layout input folder (inputs.json + images/<socket>/); images maps file name -> make_image kwargs."""
     input_dir = Path(input_dir)
     for name, kwargs in images.items():
         make_image(input_dir / "images" / socket / name, **kwargs)
-    entry = {"interface": {"slug": socket, "relative_path": f"images/{socket}", "super_kind": "Image",
-                           "kind": "Image"}, "image": {"name": next(iter(images), "")}, "file": None, "value": None}
-    (input_dir / "inputs.json").write_text(json.dumps([entry], indent=2))
+    value = gc_image_value(socket, next(iter(images), ""))
+    (input_dir / "inputs.json").write_text(json.dumps([value], indent=2))
     return input_dir
 
 
