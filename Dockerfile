@@ -1,5 +1,5 @@
 # The Grand Challenge container: `python inference.py` (/input -> /output) on a PyTorch CUDA 12 runtime base.
-#   ./build.sh                      build and tag (see build.sh for BASE_IMAGE and --no-weights)
+#   ./build.sh                      build and tag (see build.sh for BASE_IMAGE, --no-weights and --api)
 # torch and torchvision come from the base image (the default: torch 2.7.1 for CUDA 12.6, cuDNN 9, Python 3.11;
 # it ran on GC's T4s), with the CUDA and cuDNN libraries they bring; everything else is pinned in
 # requirements-container.txt.
@@ -48,3 +48,11 @@ COPY --from=app /opt/app /opt/app
 USER user
 WORKDIR /opt/app
 ENTRYPOINT ["python", "inference.py"]
+
+# Grand Challenge's API method, read from this label when the image is uploaded: exec (GC runs the entrypoint once
+# per task, which predicts and exits) or invoke (GC starts the entrypoint once, which serves /health and /invoke on
+# 127.0.0.1:4743). The entrypoint follows the same value (PANTHER_API_METHOD); last, so both share every layer.
+ARG API_METHOD=exec
+RUN case "$API_METHOD" in exec|invoke) ;; *) echo "API_METHOD must be exec or invoke, got '$API_METHOD'" >&2; exit 1;; esac
+LABEL org.grand-challenge.api-method="${API_METHOD}"
+ENV PANTHER_API_METHOD="${API_METHOD}"

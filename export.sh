@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Write the Grand Challenge upload artifacts (default folder: export/, which git ignores):
 #
-#   <tag>_<date>.tar.gz   the image (docker save | gzip)  -> the algorithm's Containers page
+#   <tag>_<date>.tar.gz   the image (docker save | gzip)  -> the algorithm's Containers page: by default the invoke
+#                         image (TAG-invoke: GC starts it once and sends the case to its server; loading is
+#                         outside the case's time limit), with --api exec the exec one (TAG)
 #   model-<task>.tar.gz   for each ensemble/<task>.toml: the spec and only the member folds it uses from
 #                         weights/, checkpoints stripped to what inference needs, and a weights.sha256
 #                         manifest -> the algorithm's Models page; GC extracts it to /opt/ml/model, and the
@@ -9,7 +11,7 @@
 #                         instead (`panther-ensemble export-onnx`: no checkpoints, the spec says
 #                         backend = "onnxruntime", onnx_manifest.json beside weights.sha256)
 #
-#   ./export.sh [--tag TAG] [--out DIR] [--models-only | --image-only] [--onnx]
+#   ./export.sh [--tag TAG] [--api invoke|exec] [--out DIR] [--models-only | --image-only] [--onnx]
 #
 # Needs the built image (./build.sh): it also strips the checkpoints, with the image's own torch.
 # Prints each artifact's size and sha256.
@@ -17,6 +19,7 @@ set -euo pipefail
 cd "$(dirname "$0")"
 
 tag="panther-ensemble:latest"
+api=invoke
 out="export"
 do_image=1
 do_models=1
@@ -24,6 +27,7 @@ onnx=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
+        --api) api="${2:?--api needs invoke or exec}"; shift 2 ;;
         --out) out="${2:?--out needs a value}"; shift 2 ;;
         --models-only) do_image=0; shift ;;
         --image-only) do_models=0; shift ;;
@@ -32,7 +36,14 @@ while [[ $# -gt 0 ]]; do
         *) echo "export.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
     esac
 done
+case "$api" in
+    invoke) if [[ "${tag##*/}" == *:* ]]; then tag="$tag-invoke"; else tag="$tag:latest-invoke"; fi ;;
+    exec) ;;
+    *) echo "export.sh: --api takes invoke or exec, got '$api'" >&2; exit 2 ;;
+esac
 docker image inspect "$tag" >/dev/null 2>&1 || { echo "export.sh: no image '$tag'; run ./build.sh first" >&2; exit 1; }
+label="$(docker image inspect -f '{{index .Config.Labels "org.grand-challenge.api-method"}}' "$tag")"
+[[ "$label" == "$api" ]] || { echo "export.sh: $tag is labelled api-method '$label', not '$api'; rebuild it" >&2; exit 1; }
 mkdir -p "$out"
 out="$(cd "$out" && pwd)"
 
@@ -82,7 +93,7 @@ if [[ $do_image == 1 ]]; then
     docker save "$tag" | "${compress[@]}" > "$partial"
     mv "$partial" "$out/$image_file"
     echo "   written in $((SECONDS - start)) s"
-    artifacts+=("$out/$image_file|Containers page (image $tag)")
+    artifacts+=("$out/$image_file|Containers page (image $tag, API method $api)")
 fi
 
 echo "== artifacts in $out"

@@ -39,7 +39,9 @@ def test_the_command_list_has_the_options_of_help():
     for name, sub in commands.items():
         if name != "predict":
             assert listed[name] == parser_options(sub), name
-    assert parser_options(commands["predict"]) == parser_options(inference_parser())
+    # inference.py: predict's options, and the invoke API's (it serves when --api invoke or the image says so)
+    assert parser_options(inference_parser()) == parser_options(commands["predict"]) | {"--api", "--host", "--port",
+                                                                                       "--socket"}
 
 
 def test_links_lead_somewhere():

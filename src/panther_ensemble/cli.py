@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from . import commands
-from .core.errors import PantherError
+from .core.errors import print_failure
 
 PREDICT_HELP = """\
 Segment pancreatic tumors with a heterogeneous nnU-Net v2 ensemble, Grand Challenge style.
@@ -27,8 +27,22 @@ are dropped (logged) and the ensemble of those done is written; at least one mem
 Progress and timing go to stdout; errors are one line on stderr and a non-zero exit, with no output written.
 """
 
+SERVE_HELP = """\
+Serve Grand Challenge's invoke API (an image labelled org.grand-challenge.api-method=invoke; docs/container.md):
+an HTTP server that loads the ensembles once, then predicts INPUT into OUTPUT (as predict does) per task.
 
-def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
+  GET  /health   503 while loading, 200 once the ensembles are loaded (on CUDA: warmed)
+  POST /invoke   201: the masks are written; 422: bad input, 500: anything else (one error line on stderr each;
+                 the server stays up for the next task); 409: another task is running; 503: not loaded yet
+
+Loaded at start-up: --ensemble; else every spec of the first folder holding any (/opt/ml/model, then the app's
+ensemble/), only the sockets --socket or PANTHER_SOCKETS name where set. A task for another socket loads its spec
+then (within that task's budget) and keeps it. Each task's budget counts from its /invoke. A problem while loading
+is one error line and exit 1 (the health check never turns 200).
+"""
+
+
+def _add_predict_arguments(parser: argparse.ArgumentParser, cohorts: bool = True) -> None:
     parser.add_argument("--input", type=Path, default=Path("/input"), help="input folder (default: /input)")
     parser.add_argument("--output", type=Path, default=Path("/output"), help="output folder (default: /output)")
     parser.add_argument("--ensemble", type=Path, help="ensemble spec (TOML); default: the one for the input socket")
@@ -38,7 +52,8 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", type=float, metavar="SECONDS",
                         help="per-case time budget: members that would finish past it are dropped and the "
                              "ensemble of those done is written (default: the spec's budget_seconds, else "
-                             "270 = GC's 300 s minus a safety margin; 0: no limit)")
+                             "270 = GC's 300 s minus a safety margin for start-up; serving the invoke API, 290 from "
+                             "each /invoke; 0: no limit)")
     parser.add_argument("--mode", choices=("fast", "exact"), default="fast",
                         help="fast (default): nnU-Net's resampling arithmetic on the device, the image's (cubic "
                              "B-spline as matrices) and the logits' (nnU-Net's torch resampling, slab by slab), and "
@@ -49,6 +64,8 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what runs the member networks: torch (the checkpoints) or onnxruntime (members "
                              "written by export-onnx, beside the checkpoints they came from) (default: the spec's "
                              "backend, else torch)")
+    if not cohorts:
+        return
     cohort = parser.add_argument_group("cohorts (docs/cohorts.md)")
     cohort.add_argument("--shard", metavar="I/N", help="predict every N-th case of the sorted inputs, starting at I "
                         "(default: the Slurm, Kubernetes or LSF array index where one is set, else every case)")
@@ -63,12 +80,26 @@ def _add_predict_arguments(parser: argparse.ArgumentParser) -> None:
                              "volume, error); with records a failing case is recorded and the others go on")
 
 
+def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    serve = parser.add_argument_group("the invoke API (serve)")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, where GC's "
+                       "shim calls; 0.0.0.0 to reach it from outside the container)")
+    serve.add_argument("--port", type=int, default=4743, help="port (default: 4743, GC's)")
+    serve.add_argument("--socket", action="append", metavar="SLUG",
+                       help="load only this input socket's spec at start-up (repeatable; default: PANTHER_SOCKETS, "
+                            "else every spec found)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="panther-ensemble", description=__doc__.splitlines()[0])
     subcommands = parser.add_subparsers(dest="command", required=True)
     predict = subcommands.add_parser("predict", help="segment the input images", description=PREDICT_HELP,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     _add_predict_arguments(predict)
+    serve = subcommands.add_parser("serve", help="serve Grand Challenge's invoke API (/health, /invoke)",
+                                   description=SERVE_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_predict_arguments(serve, cohorts=False)
+    _add_serve_arguments(serve)
     evaluate = subcommands.add_parser(
         "evaluate", help="PANTHER metrics: of a prediction folder, or of every member and the ensemble",
         description="PANTHER metrics as the organizers compute them (surface-distance): per subject\n"
@@ -189,19 +220,28 @@ def _add_selection_commands(subcommands) -> None:
     cost.add_argument("--json", action="store_true", help="print the cost as JSON")
 
 
+API_METHOD_VARIABLE = "PANTHER_API_METHOD"  # the image sets it from its build argument, beside GC's label
+
+
 def inference_parser() -> argparse.ArgumentParser:
-    """`python inference.py`: the container entrypoint, predict with Grand Challenge defaults."""
-    parser = argparse.ArgumentParser(prog="inference.py", description=PREDICT_HELP,
+    """`python inference.py`: the container entrypoint, predict with Grand Challenge defaults, or serve."""
+    parser = argparse.ArgumentParser(prog="inference.py", description=PREDICT_HELP + "\n--api invoke: serve GC's "
+                                     "invoke API instead (see `panther-ensemble serve --help`).",
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--api", choices=("exec", "invoke"), default=os.environ.get(API_METHOD_VARIABLE) or "exec",
+                        help="GC's API method: exec (predict once and exit) or invoke (serve /health and /invoke) "
+                             f"(default: ${API_METHOD_VARIABLE}, which the image's build sets, else exec)")
     _add_predict_arguments(parser)
+    _add_serve_arguments(parser)
     return parser
 
 
 def _run(action, args: argparse.Namespace) -> int:
+    """The command; anything that goes wrong is one `error:` line on stderr and exit 1 (core.errors)."""
     try:
         action(args)
-    except PantherError as e:
-        print(f"error: {e}", file=sys.stderr, flush=True)
+    except (Exception, KeyboardInterrupt) as e:
+        print_failure(e)
         return 1
     return 0
 
@@ -216,14 +256,23 @@ def exit_now(code: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    actions = {"predict": commands.run_predict, "evaluate": commands.run_evaluate, "preview": commands.run_preview,
+    actions = {"predict": commands.run_predict, "serve": commands.run_serve, "evaluate": commands.run_evaluate,
+               "preview": commands.run_preview,
                "benchmark": commands.run_benchmark, "export-onnx": commands.run_export_onnx,
                "select": commands.run_select, "cost": commands.run_cost, "summarize": commands.run_summarize}
     return _run(actions[args.command], args)
 
 
 def inference_main(argv: list[str] | None = None) -> int:
-    return _run(commands.run_predict, inference_parser().parse_args(argv))
+    parser = inference_parser()
+    args = parser.parse_args(argv)
+    if args.api == "invoke":
+        given = [o for o, v in (("--shard", args.shard), ("--shard-count", args.shard_count),
+                                ("--skip-existing", args.skip_existing), ("--records", args.records)) if v]
+        if given:
+            parser.error(f"{', '.join(given)}: for exec only (a cohort run), not with --api invoke")
+        return _run(commands.run_serve, args)
+    return _run(commands.run_predict, args)
 
 
 def console_main() -> None:

@@ -32,6 +32,20 @@ def run_predict(args: argparse.Namespace) -> None:
                    cohort=CohortOptions(args.shard, args.shard_count, args.skip_existing, args.records))
 
 
+def run_serve(args: argparse.Namespace) -> None:
+    from .app.invoke_server import serve  # the port is bound before torch is imported
+
+    def load():
+        from .app.loaded_ensembles import LoadedEnsembles, ServeOptions
+
+        ensembles = LoadedEnsembles(ServeOptions(args.input, args.output, args.ensemble, args.weights, args.device,
+                                                 args.budget, args.mode, args.backend, tuple(args.socket or ())))
+        ensembles.load_at_start()
+        return ensembles.predict
+
+    serve(load, args.host, args.port)
+
+
 def run_summarize(args: argparse.Namespace) -> None:
     from .app.cohort import summarize
 

@@ -17,15 +17,29 @@ def spec_dirs() -> list[Path]:
     return [GC_MODEL_DIR, APP_DIR / "ensemble"]
 
 
-def find_spec(socket: str, dirs: list[Path]) -> EnsembleSpec:
-    """The spec whose input_socket is `socket`."""
-    seen = []
+def specs_by_socket(dirs: list[Path]) -> dict[str, EnsembleSpec]:
+    """Every spec in `dirs` by its input socket: a folder earlier in the list wins (GC's model tarball over the app's
+    own specs); two specs for one socket in one folder is an error naming both, never a silent choice."""
+    found: dict[str, EnsembleSpec] = {}
     for folder in dirs:
+        here: dict[str, EnsembleSpec] = {}
         for path in sorted(folder.glob("*.toml")) if folder.is_dir() else []:
             spec = load_spec(path)
-            if spec.input_socket == socket:
-                return spec
-            seen.append(f"{path.name} ({spec.input_socket})")
+            if spec.input_socket in here:
+                raise PantherError(f"{folder}: two ensemble specs for input socket '{spec.input_socket}': "
+                                   f"{here[spec.input_socket].path.name} and {path.name}; keep one (or pass "
+                                   "--ensemble)")
+            here[spec.input_socket] = spec
+        found = here | found
+    return found
+
+
+def find_spec(socket: str, dirs: list[Path]) -> EnsembleSpec:
+    """The spec whose input_socket is `socket`."""
+    specs = specs_by_socket(dirs)
+    if socket in specs:
+        return specs[socket]
+    seen = [f"{spec.path.name} ({spec.input_socket})" for spec in specs.values()]
     raise PantherError(f"no ensemble spec for input socket '{socket}' in {', '.join(map(str, dirs))}"
                        + (f"; found {', '.join(seen)}" if seen else ""))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import resource
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -13,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import PantherError
+from ..core.errors import CaseFailure, PantherError, print_failure
 from ..core.log import StageTimer, log, warn
 from ..engine.deadline import DEFAULT_BUDGET_SECONDS, Deadline
 from ..engine.devices import HOST, select_device
 from ..engine.ensemble import Ensemble, Placement
+from ..engine.host_limits import available_memory
 from ..engine.image import Header, check_image, read_image, write_mask
 from ..engine.loading import Verify
 from ..engine.members import Member
@@ -61,11 +61,12 @@ def tumor_volume_ml(mask: np.ndarray, spacing: tuple[float, float, float]) -> fl
     return float(mask.sum()) * float(np.prod(spacing)) / 1000.0
 
 
-def budget_seconds(cli_budget: float | None, spec_budget: float | None) -> float | None:
-    """--budget, else the spec's, else GC's default; 0 means no limit."""
+def budget_seconds(cli_budget: float | None, spec_budget: float | None,
+                   default: float = DEFAULT_BUDGET_SECONDS) -> float | None:
+    """--budget, else the spec's, else GC's default for the API method; 0 means no limit."""
     if cli_budget is not None and cli_budget < 0:
         raise PantherError(f"--budget must not be negative, got {cli_budget}")
-    seconds = cli_budget if cli_budget is not None else spec_budget or DEFAULT_BUDGET_SECONDS
+    seconds = cli_budget if cli_budget is not None else spec_budget or default
     return None if seconds == 0 else seconds
 
 
@@ -78,6 +79,50 @@ def choose_backend(cli_backend: str | None, spec: EnsembleSpec, mode: str) -> st
         raise PantherError("--mode exact runs stock nnU-Net's torch forward; the onnxruntime backend needs "
                            "--mode fast")
     return backend
+
+
+def check_socket(spec: EnsembleSpec, socket: str) -> None:
+    if spec.input_socket != socket:
+        raise PantherError(f"{spec.path}: is for input socket '{spec.input_socket}', but the input is '{socket}'")
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A spec checked against its weights, ready to load: the backend, the weights root, the manifest's check."""
+
+    spec: EnsembleSpec
+    backend: str
+    weights_root: Path
+    verify: Verify | None
+
+
+def prepare(spec: EnsembleSpec, weights: Path | None, backend: str | None, mode: str, timer: StageTimer) -> Prepared:
+    """Everything about the spec that can be checked before loading: backend, weights root, members' folders, the
+    manifest's listing."""
+    backend = choose_backend(backend, spec, mode)
+    weights_root = resolve_weights_root(spec, weights)
+    check_against_weights(spec, weights_root, backend)
+    with timer.stage("verify"):
+        verify = weights_verifier(spec, weights_root, backend)
+    return Prepared(spec, backend, weights_root, verify)
+
+
+def log_host_memory() -> None:
+    room = available_memory()
+    if room is not None:
+        log(f"host memory: {room.bytes / 2 ** 30:.2f} GiB available ({room.what})")
+
+
+def device_placement(members: list[Member], device: torch.device, shape_zyx: tuple[int, ...],
+                     spacing_zyx: tuple[float, ...]) -> Placement:
+    """On a GPU, what fits its free memory for a case of this geometry (memory.plan_device); on the host, all."""
+    if device == HOST:
+        return Placement()
+    chosen = plan_device(estimate_device(members, shape_zyx, spacing_zyx), device_free_bytes(device))
+    if os.environ.get(CUDA_GRAPHS_VARIABLE, "on") == "off":  # a diagnostic switch (benchmarks/t4_check.py)
+        chosen = replace(chosen, capture_graphs=False)
+        log(f"{CUDA_GRAPHS_VARIABLE}=off: no CUDA graph capture")
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -107,14 +152,8 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
         return []
     records = Records(cohort.records, shard) if cohort.records else None
     spec = load_spec(ensemble) if ensemble is not None else find_spec(inputs.socket, spec_dirs())
-    if spec.input_socket != inputs.socket:
-        raise PantherError(f"{spec.path}: is for input socket '{spec.input_socket}', but the input is "
-                           f"'{inputs.socket}'")
-    backend = choose_backend(backend, spec, mode)
-    weights_root = resolve_weights_root(spec, weights)
-    check_against_weights(spec, weights_root, backend)
-    with timer.stage("verify"):
-        verify = weights_verifier(spec, weights_root, backend)
+    check_socket(spec, inputs.socket)
+    prepared = prepare(spec, weights, backend, mode, timer)
     cases = _Cases(records)
     headers = {}
     for file in files:
@@ -132,17 +171,12 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     torch_device = select_device(device)
     seconds = budget_seconds(budget, spec.budget_seconds)
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(headers)} image(s)")
+    log_host_memory()
 
     def placement(members: list[Member]) -> Placement:
         """On a device, what fits it for the largest image; then every image must fit the host."""
-        chosen = Placement()
-        if torch_device != HOST:
-            largest = max(headers.values(), key=lambda h: math.prod(h.shape_zyx))
-            chosen = plan_device(estimate_device(members, largest.shape_zyx, largest.spacing_zyx),
-                                 device_free_bytes(torch_device))
-            if os.environ.get(CUDA_GRAPHS_VARIABLE, "on") == "off":  # a diagnostic switch (benchmarks/t4_check.py)
-                chosen = replace(chosen, capture_graphs=False)
-                log(f"{CUDA_GRAPHS_VARIABLE}=off: no CUDA graph capture")
+        largest = max(headers.values(), key=lambda h: math.prod(h.shape_zyx))
+        chosen = device_placement(members, torch_device, largest.shape_zyx, largest.spacing_zyx)
         for file, header in list(headers.items()):
             ok, _ = cases.attempt(file, check_host_memory, file, host_needs(members, header, mode, torch_device,
                                                                              chosen))
@@ -150,12 +184,15 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
                 del headers[file]
         return chosen
 
-    model = Ensemble.load(spec, weights_root, torch_device, timer, mode, backend, placement, verify)
+    model = Ensemble.load(spec, prepared.weights_root, torch_device, timer, mode, prepared.backend, placement,
+                          prepared.verify)
     written = []
     try:
         for index, file in enumerate(headers):
             started = time.perf_counter()
-            ok, done = cases.attempt(file, _predict_file, model, file, output_dir, spec, timer, seconds, index)
+            # one budget per case; the first one also pays for loading the models
+            deadline = Deadline(seconds, start=timer.started if index == 0 else None)
+            ok, done = cases.attempt(file, predict_case, model, file, output_dir, timer, deadline)
             if ok:
                 target, volume = done
                 written.append(target)
@@ -181,12 +218,13 @@ class _Cases:
         started = time.perf_counter()
         try:
             return True, action(*arguments)
-        except PantherError as e:
+        except Exception as e:  # one line naming the case, whatever went wrong (core.errors)
+            error = CaseFailure.of(file, e)
             if self.records is None:
-                raise
+                raise error from (None if error is e else e)
             self.failed += 1
-            print(f"error: {e}", file=sys.stderr, flush=True)
-            self.record(file, "error", time.perf_counter() - started, error=str(e))
+            print_failure(error)
+            self.record(file, "error", time.perf_counter() - started, error=str(error))
             return False, None
 
     def record(self, file: Path, status: str, seconds: float, **fields) -> None:
@@ -212,16 +250,19 @@ def _finished(file: Path, header: Header, output_dir: Path, spec: EnsembleSpec, 
     return False
 
 
-def host_needs(members: list[Member], header: Header, mode: str, device: torch.device, placement: Placement) -> int:
+def host_needs(members: list[Member], header: Header, mode: str, device: torch.device, placement: Placement,
+               networks_loaded: bool = False) -> int:
+    """The host memory a case needs beyond what the process holds; `networks_loaded`: the networks are held already
+    (a server's), so the room measured now is what is left beside them."""
     on_host = device.type == "cpu" or not placement.input_grid_on_device
-    return host_bytes(members, header.shape_zyx, header.spacing_zyx, header.bytes_per_voxel, mode, device, on_host)
+    return host_bytes(members, header.shape_zyx, header.spacing_zyx, header.bytes_per_voxel, mode, device, on_host,
+                      networks_loaded)
 
 
-def _predict_file(model: Ensemble, file: Path, output_dir: Path, spec: EnsembleSpec, timer: StageTimer,
-                  seconds: float | None, index: int) -> tuple[Path, float]:
-    """The case's mask written; returns its path and the tumor volume in mL."""
-    # one budget per case; the first one also pays for loading the models
-    deadline = Deadline(seconds, start=timer.started if index == 0 else None)
+def predict_case(model: Ensemble, file: Path, output_dir: Path, timer: StageTimer, deadline: Deadline
+                 ) -> tuple[Path, float]:
+    """The case's mask written within its deadline; returns its path and the tumor volume in mL."""
+    spec = model.spec
     with timer.stage("read"):
         image = read_image(file)
     if image.non_finite:
@@ -236,6 +277,7 @@ def _predict_file(model: Ensemble, file: Path, output_dir: Path, spec: EnsembleS
     volume = tumor_volume_ml(mask, image.spacing)
     log(f"wrote {target}: tumor {volume:.2f} mL ({int(mask.sum())} voxels) in {timer.last['write']:.1f}s")
     used = len(spec.members) - len(model.dropped)
+    seconds = deadline.seconds
     budget_note = "no budget" if seconds is None else f"budget left {deadline.left():.1f}s of {seconds:.0f}s"
     log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"
         f"{' (' + ', '.join(m.spec.name for m in model.dropped) + ')' if model.dropped else ''}; "

@@ -8,8 +8,6 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-import torch
-
 
 def log(message: str) -> None:
     print(message, flush=True)
@@ -34,7 +32,8 @@ class StageTimer:
         try:
             yield
         finally:
-            if torch.cuda.is_initialized():  # a stage's time includes the GPU work it queued
+            torch = sys.modules.get("torch")  # not imported by this module: the invoke server binds before torch
+            if torch is not None and torch.cuda.is_initialized():  # a stage's time includes the GPU work it queued
                 torch.cuda.synchronize()
             self.last[name] = time.perf_counter() - start
             self.seconds[name] += self.last[name]

@@ -84,6 +84,17 @@ class Ensemble:
     def classes(self) -> int:
         return self.members[0].label_manager.num_segmentation_heads
 
+    def wait_until_ready(self) -> None:
+        """Wait for the networks the first image needs (every one where they are kept, else the first) and, on CUDA
+        in fast mode, capture each architecture's graph: what a server does before it says it is healthy, so that
+        its first case pays neither. A network that fails to load raises here."""
+        members = [m for group in self.groups for m in group]
+        for member in members if self.placement.keep_networks else members[:1]:
+            network = self.loader.network(member)
+            if self.device.type == "cuda" and self.mode == "fast" and self.placement.capture_graphs \
+                    and isinstance(network, torch.nn.Module):
+                self._graphed(member, network)
+
     def close(self) -> None:
         """Stop loading networks (those of members the deadline dropped are not waited for)."""
         self.loader.cancel()

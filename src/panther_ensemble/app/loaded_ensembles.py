@@ -1,0 +1,129 @@
+"""The ensembles a server holds for Grand Challenge's invoke API, by input socket, and one task's prediction with them.
+
+Which load at start-up, before the server says it is healthy: every spec of the first folder that holds any — GC's
+model tarball (/opt/ml/model), else the app's ensemble/ — or only the sockets PANTHER_SOCKETS (or --socket) names,
+or the one --ensemble names. A task for a socket that is not loaded loads its spec then (that time counts in the
+task's budget) and keeps it. Each ensemble's networks and the run's fixed costs must fit the host's room when it
+loads; a case's check then counts only what the case adds (the networks are held already).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import CaseFailure, PantherError
+from ..core.log import StageTimer, log
+from ..engine.deadline import DEFAULT_INVOKE_BUDGET_SECONDS, Deadline
+from ..engine.devices import select_device
+from ..engine.ensemble import Ensemble, Placement
+from ..engine.image import check_image
+from ..engine.members import Member
+from ..engine.memory import check_host_memory, check_networks_fit
+from ..engine.spec import EnsembleSpec, load_spec
+from .gc_io import check_writable, find_inputs, output_path
+from .locations import spec_dirs, specs_by_socket
+from .predict_run import budget_seconds, device_placement, host_needs, log_host_memory, predict_case, prepare
+
+SOCKETS_VARIABLE = "PANTHER_SOCKETS"  # comma-separated input sockets to load at start-up
+# Before any case is known, the device's placement is planned for a large PANTHER case (memory.plan_device); a
+# larger case runs with it, any device step that then runs out of memory continuing on the host.
+DESIGN_SHAPE_ZYX, DESIGN_SPACING_ZYX = (200, 512, 512), (1.5, 0.7, 0.7)
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    input_dir: Path = Path("/input")
+    output_dir: Path = Path("/output")
+    ensemble: Path | None = None
+    weights: Path | None = None
+    device: str = "auto"
+    budget: float | None = None
+    mode: str = "fast"
+    backend: str | None = None
+    sockets: tuple[str, ...] = ()  # empty: PANTHER_SOCKETS, else every spec of the first folder holding any
+
+
+def sockets_from_environment() -> tuple[str, ...]:
+    return tuple(s.strip() for s in os.environ.get(SOCKETS_VARIABLE, "").split(",") if s.strip())
+
+
+class LoadedEnsembles:
+    def __init__(self, options: ServeOptions) -> None:
+        self.options = options
+        self.device = select_device(options.device)
+        self.loaded: dict[str, Ensemble] = {}
+
+    def _specs_at_start(self) -> dict[str, EnsembleSpec]:
+        if self.options.ensemble is not None:
+            spec = load_spec(self.options.ensemble)
+            return {spec.input_socket: spec}
+        for folder in spec_dirs():
+            specs = specs_by_socket([folder])
+            if specs:
+                return specs
+        raise PantherError(f"no ensemble spec (*.toml) in {' or '.join(map(str, spec_dirs()))}")
+
+    def load_at_start(self) -> None:
+        """Load every ensemble the server starts with (a problem with any is the server's one error line)."""
+        log_host_memory()
+        specs = self._specs_at_start()
+        sockets = self.options.sockets or sockets_from_environment() or tuple(specs)
+        for socket in sockets:
+            if socket not in specs:
+                found = ", ".join(f"{s.path.name} ({s.input_socket})" for s in specs.values())
+                raise PantherError(f"no ensemble spec for input socket '{socket}' to load at start-up; found {found}")
+        for socket in sockets:
+            self.loaded[socket] = self._load(specs[socket], StageTimer())
+
+    def _load(self, spec: EnsembleSpec, timer: StageTimer) -> Ensemble:
+        prepared = prepare(spec, self.options.weights, self.options.backend, self.options.mode, timer)
+
+        def placement(members: list[Member]) -> Placement:
+            check_networks_fit(str(spec.path), members, self.device)
+            return device_placement(members, self.device, DESIGN_SHAPE_ZYX, DESIGN_SPACING_ZYX)
+
+        model = Ensemble.load(spec, prepared.weights_root, self.device, timer, self.options.mode, prepared.backend,
+                              placement, prepared.verify)
+        try:
+            with timer.stage("load"):
+                model.wait_until_ready()
+        except BaseException:
+            model.close()
+            raise
+        log(f"{spec.input_socket}: {len(spec.members)} member(s) of {spec.path} ready on {self.device} in "
+            f"{timer.elapsed():.1f}s")
+        return model
+
+    def predict(self, started: float) -> list[Path]:
+        """One task: every image of the input folder's socket into the output folder, checked first; the first
+        case's budget counts from `started` (the /invoke call), each later one from its own start."""
+        options, timer = self.options, StageTimer()
+        inputs = find_inputs(options.input_dir)
+        model = self.loaded.get(inputs.socket)
+        if model is None:
+            spec = specs_by_socket(spec_dirs()).get(inputs.socket) if options.ensemble is None else None
+            if spec is None:
+                raise PantherError(f"{options.input_dir}: input socket '{inputs.socket}' has no ensemble here (loaded: "
+                                   f"{', '.join(self.loaded) or 'none'})")
+            log(f"{inputs.socket}: not loaded at start-up; loading {spec.path} now, within this task's budget")
+            model = self.loaded[inputs.socket] = self._load(spec, timer)
+        spec = model.spec
+        headers = {file: check_image(file) for file in inputs.files}
+        check_writable(output_path(options.output_dir, spec.output_socket, inputs.files[0]).parent)
+        for file, header in headers.items():
+            check_host_memory(file, host_needs(model.members, header, options.mode, self.device, model.placement,
+                                               networks_loaded=True))
+        seconds = budget_seconds(options.budget, spec.budget_seconds, DEFAULT_INVOKE_BUDGET_SECONDS)
+        written = []
+        try:
+            for index, file in enumerate(headers):
+                deadline = Deadline(seconds, start=started if index == 0 else None)
+                try:
+                    written.append(predict_case(model, file, options.output_dir, timer, deadline)[0])
+                except Exception as e:  # one line naming the case
+                    raise CaseFailure.of(file, e) from e
+        finally:
+            log(timer.summary())
+        return written

@@ -1,0 +1,320 @@
+"""Grand Challenge's invoke API: the HTTP contract with stand-in predictions (in this process), and the real server
+(`python inference.py --api invoke`) on the synthetic ensemble, as GC's shim drives it: health, tasks one after
+another with fresh input and output folders, bad input, an empty input, a refusal at start-up.
+The image under GC's own shim: test/gc_runtime_test.sh."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import resource
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import gc_input, read_mask
+from test_cli import OUTPUT_FOLDER, REPO, T1
+
+from panther_ensemble.app import invoke_server
+from panther_ensemble.app.loaded_ensembles import LoadedEnsembles, ServeOptions
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.engine.spec import load_spec
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def request(port: int, method: str, path: str, timeout: float = 300) -> tuple[int, str]:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request(method, path)
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    except (ConnectionError, OSError):
+        return 0, ""
+    finally:
+        connection.close()
+
+
+def wait_for(port: int, status: int, seconds: float = 120, process: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + seconds
+    while request(port, "GET", "/health", timeout=5)[0] != status:
+        assert time.monotonic() < deadline, f"/health never answered {status}"
+        assert process is None or process.poll() is None, f"the server ended: {process.returncode}"
+        time.sleep(0.05)
+
+
+# --- the HTTP contract, with stand-in predictions
+
+@pytest.fixture()
+def stand_in_server():
+    """serve() with a load that waits for the test and a predict the test scripts; stopped after the test."""
+    port, loaded, calls, stop = free_port(), threading.Event(), [], threading.Event()
+    behaviour = {"predict": lambda started: calls.append(started) or ["mask"]}
+
+    def load():
+        loaded.wait(30)
+        return lambda started: behaviour["predict"](started)
+
+    thread = threading.Thread(target=invoke_server.serve, args=(load, "127.0.0.1", port, stop), daemon=True)
+    thread.start()
+    wait_for(port, 503, 10)
+    yield port, loaded, behaviour, calls
+    loaded.set()
+    stop.set()
+    thread.join(10)
+
+
+def test_health_is_503_while_loading_then_200(stand_in_server):
+    port, loaded, _, calls = stand_in_server
+    wait_for(port, 503, 10)
+    assert request(port, "POST", "/invoke")[0] == 503 and calls == []  # no task before the ensembles are loaded
+    loaded.set()
+    wait_for(port, 200, 10)
+    assert request(port, "GET", "/health")[1] == "ready\n"
+    assert request(port, "GET", "/nowhere")[0] == 404
+    assert request(port, "POST", "/invoke") == (201, "1 mask(s) written\n") and len(calls) == 1
+
+
+def test_a_second_invoke_while_one_runs_is_refused(stand_in_server):
+    port, loaded, behaviour, _ = stand_in_server
+    running, release = threading.Event(), threading.Event()
+
+    def slow(started):
+        running.set()
+        release.wait(30)
+        return ["mask"]
+
+    behaviour["predict"] = slow
+    loaded.set()
+    wait_for(port, 200, 10)
+    first = {}
+    thread = threading.Thread(target=lambda: first.update(status=request(port, "POST", "/invoke")[0]))
+    thread.start()
+    assert running.wait(10)
+    assert request(port, "POST", "/invoke")[0] == 409  # refused, not queued
+    started = time.perf_counter()
+    assert request(port, "GET", "/health")[0] == 200  # health answers while a task runs
+    assert time.perf_counter() - started < 1
+    release.set()
+    thread.join(10)
+    assert first["status"] == 201
+    assert request(port, "POST", "/invoke")[0] == 201  # free again
+
+
+@pytest.mark.parametrize("error, status, line", [
+    (PantherError("/input/x.mha: cannot be read as an image"), 422, "error: /input/x.mha: cannot be read as an image"),
+    (ValueError("boom\nsecond line"), 500, "error: unexpected ValueError: boom (set PANTHER_DEBUG=1"),
+    (MemoryError(), 500, "error: out of memory: the case needs more memory"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory: you tried to "
+                  "allocate 4000000000 bytes"), 500, "error: out of memory (DefaultCPUAllocator"),
+], ids=["bad-input", "bug", "memory-error", "torch-allocation"])
+def test_a_failed_task_is_one_line_and_the_server_goes_on(stand_in_server, capfd, error, status, line):
+    port, loaded, behaviour, _ = stand_in_server
+    loaded.set()
+    wait_for(port, 200, 10)
+    capfd.readouterr()
+
+    def fail(started):
+        raise error
+
+    behaviour["predict"] = fail
+    assert request(port, "POST", "/invoke")[0] == status
+    stderr = capfd.readouterr().err.strip().splitlines()
+    assert len(stderr) == 1 and stderr[0].startswith(line), stderr
+    behaviour["predict"] = lambda started: ["mask"]
+    assert request(port, "GET", "/health")[0] == 200 and request(port, "POST", "/invoke")[0] == 201
+
+
+def test_a_failed_load_ends_the_server(capfd):
+    port = free_port()
+
+    def load():
+        raise PantherError("spec.toml: missing required key 'tumor_label'")
+
+    with pytest.raises(PantherError):
+        invoke_server.serve(load, "127.0.0.1", port)
+    assert request(port, "GET", "/health", timeout=2)[0] == 0  # closed: the port is free again
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_the_budget_counts_from_the_invoke(workspace, tmp_path, monkeypatch):
+    """Loading happens before the first task: the first case's deadline starts at the /invoke call, and by default
+    it is GC's 300 s less a margin for the call (no start-up or imports in it)."""
+    seen = []
+
+    def predict_case(model, file, output_dir, timer, deadline):
+        seen.append((deadline.start, deadline.seconds))
+        return file, 0.0
+
+    monkeypatch.setattr("panther_ensemble.app.loaded_ensembles.predict_case", predict_case)
+    input_dir = gc_input(tmp_path, T1, {"a.mha": dict(shape_zyx=(6, 20, 20), spacing_xyz=(1, 1, 3), seed=1),
+                                        "b.mha": dict(shape_zyx=(6, 20, 20), spacing_xyz=(1, 1, 3), seed=2)})
+    ensembles = LoadedEnsembles(ServeOptions(input_dir, tmp_path / "out", workspace.t1_spec, workspace.weights,
+                                             "cpu"))
+    ensembles.load_at_start()
+    invoked = time.perf_counter()
+    ensembles.predict(invoked)
+    assert seen[0] == (invoked, 290.0) and seen[1][0] > invoked  # the second case's budget is its own
+    ensembles.loaded[T1].close()
+
+
+# --- the real server on the synthetic ensemble
+
+def app_folder(workspace, root: Path) -> Path:
+    """An app folder like the image's /opt/app: ensemble/task1.toml and a Task 2 spec over the same folds."""
+    app = root / "app"
+    shutil.copytree(workspace.weights, app / "weights")
+    (app / "ensemble").mkdir()
+    text = workspace.t1_spec.read_text()
+    (app / "ensemble" / "task1.toml").write_text(text)
+    (app / "ensemble" / "task2.toml").write_text(text.replace(T1, "abdominal-t2-mri"))
+    return app
+
+
+def start_server(app: Path, folders: Path, port: int, *options: str, limit_data: int | None = None
+                 ) -> subprocess.Popen:
+    env = dict(os.environ, PANTHER_APP_DIR=str(app))
+
+    def limits():
+        if limit_data is not None:
+            resource.setrlimit(resource.RLIMIT_DATA, (limit_data, limit_data))
+
+    return subprocess.Popen([sys.executable, "inference.py", "--api", "invoke", "--port", str(port), "--input",
+                             str(folders / "input"), "--output", str(folders / "output"), *options], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=limits)
+
+
+def fresh_task(folders: Path, socket_slug: str, images: dict[str, dict]) -> None:
+    """What the shim does before each task: /input and /output emptied, the task's inputs downloaded."""
+    for name in ("input", "output"):
+        shutil.rmtree(folders / name, ignore_errors=True)
+    (folders / "output").mkdir(parents=True)
+    if images:
+        gc_input(folders, socket_slug, images)
+    else:
+        (folders / "input").mkdir()
+
+
+def stop(process: subprocess.Popen) -> tuple[str, str]:
+    process.terminate()
+    return process.communicate(timeout=30)
+
+
+CASE = {"case.mha": dict(shape_zyx=(10, 30, 34), spacing_xyz=(0.9, 0.9, 3.0), seed=21)}
+
+
+def test_the_server_predicts_task_after_task(workspace, tmp_path):
+    app, folders, port = app_folder(workspace, tmp_path), tmp_path / "gc", free_port()
+    exec_output = tmp_path / "exec"
+    fresh_task(folders, T1, CASE)
+    shutil.copytree(folders / "input", tmp_path / "exec-input")
+    exec_run = subprocess.run([sys.executable, "inference.py", "--input", str(tmp_path / "exec-input"), "--output",
+                               str(exec_output)], cwd=REPO, env=dict(os.environ, PANTHER_APP_DIR=str(app)),
+                              capture_output=True, text=True, timeout=300)
+    assert exec_run.returncode == 0, exec_run.stderr
+    spawned = time.monotonic()
+    server = start_server(app, folders, port)
+    try:
+        first = None  # the port is bound before the heavy imports: /health answers (503) from the first second
+        while first is None:
+            first = request(port, "GET", "/health", timeout=5)[0] or None
+            assert time.monotonic() - spawned < 10 and server.poll() is None
+        assert first == 503 and time.monotonic() - spawned < 2, time.monotonic() - spawned
+        wait_for(port, 200, 120, server)
+        # a good case, while /health is asked every 50 ms: it answers within a second throughout
+        latencies, done = [], threading.Event()
+
+        def poll():
+            while not done.is_set():
+                started = time.perf_counter()
+                assert request(port, "GET", "/health", timeout=5)[0] == 200
+                latencies.append(time.perf_counter() - started)
+                time.sleep(0.05)
+
+        poller = threading.Thread(target=poll)
+        poller.start()
+        assert request(port, "POST", "/invoke") == (201, "1 mask(s) written\n")
+        done.set()
+        poller.join()
+        assert latencies and max(latencies) < 1.0, max(latencies)
+        mask, _ = read_mask(folders / "output" / OUTPUT_FOLDER / "case.mha")
+        np.testing.assert_array_equal(mask, read_mask(exec_output / OUTPUT_FOLDER / "case.mha")[0])  # = exec mode
+        # a corrupt case, an empty input: an error status each, and the next good case predicts
+        fresh_task(folders, T1, CASE)
+        (folders / "input" / "images" / T1 / "case.mha").write_bytes(b"not an image")
+        assert request(port, "POST", "/invoke")[0] == 422
+        assert not any((folders / "output").rglob("*.mha"))
+        fresh_task(folders, T1, {})
+        assert request(port, "POST", "/invoke")[0] == 422
+        fresh_task(folders, "abdominal-t2-mri", CASE)
+        assert request(port, "POST", "/invoke")[0] == 201  # the other task's ensemble, loaded at start-up too
+        assert (folders / "output" / OUTPUT_FOLDER / "case.mha").is_file()
+    finally:
+        out, err = stop(server)
+    lines = err.splitlines()  # GC shows stderr as warnings: only the two failures, one line each
+    assert len(lines) == 2, err
+    assert lines[0].startswith(f"error: {folders / 'input' / 'images' / T1 / 'case.mha'}: cannot be read as an image")
+    assert lines[1].startswith(f"error: {folders / 'input'}: no input image found")
+    assert out.count("loading 6 members") == 2 and "healthy " in out  # each ensemble loaded once
+
+
+def test_a_socket_not_loaded_at_start_up_loads_with_its_first_task(workspace, tmp_path):
+    app, folders, port = app_folder(workspace, tmp_path), tmp_path / "gc", free_port()
+    server = start_server(app, folders, port, "--socket", T1)
+    try:
+        wait_for(port, 200, 120, server)
+        fresh_task(folders, "abdominal-t2-mri", CASE)
+        assert request(port, "POST", "/invoke")[0] == 201
+        fresh_task(folders, "abdominal-t2-mri", CASE)
+        assert request(port, "POST", "/invoke")[0] == 201
+    finally:
+        out, err = stop(server)
+    assert err == ""
+    assert out.count("not loaded at start-up; loading") == 1 and out.count("loading 6 members") == 2
+
+
+def test_a_broken_checkpoint_is_refused_at_start_up(workspace, tmp_path):
+    app, folders, port = app_folder(workspace, tmp_path), tmp_path / "gc", free_port()
+    last = load_spec(app / "ensemble" / "task1.toml").members[-1]
+    last.checkpoint_path(app / "weights").write_bytes(b"truncated")
+    server = start_server(app, folders, port)
+    out, err = server.communicate(timeout=120)
+    assert server.returncode == 1 and "healthy " not in out
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and "not a readable PyTorch checkpoint" in err
+
+
+def _data_in_use_after_imports() -> int:
+    """VmData of a Python that imported what the server imports before it loads (bytes)."""
+    code = ("import panther_ensemble.app.loaded_ensembles, panther_ensemble.app.invoke_server\n"
+            "print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmData:')))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return int(done.stdout) * 1024
+
+
+def test_a_data_limit_below_what_the_networks_need_is_refused_at_start_up(workspace, tmp_path):
+    """As GC's shim limits memory (RLIMIT_DATA): the imports fit, the networks and the run's fixed costs do not."""
+    app, folders, port = app_folder(workspace, tmp_path), tmp_path / "gc", free_port()
+    limit = _data_in_use_after_imports() + 120 * 2 ** 20
+    server = start_server(app, folders, port, limit_data=limit)
+    started = time.monotonic()
+    out, err = server.communicate(timeout=120)
+    assert server.returncode == 1 and "healthy " not in out and time.monotonic() - started < 60
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("error: ") and "its networks would need about" in err and "RLIMIT_DATA" in err, err
+
+
+def test_cohort_options_are_refused_with_invoke():
+    done = subprocess.run([sys.executable, "inference.py", "--api", "invoke", "--skip-existing"], cwd=REPO,
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "--skip-existing: for exec only" in done.stderr
