@@ -32,7 +32,6 @@ repo="$PWD"
 
 TAG="${TEST_TAG:-panther-ensemble:test}"
 TAG_NO_WEIGHTS="$TAG-no-weights"
-STANDIN="panther-ensemble-standin-base:bookworm-py3.11-torch2.7.1-cu126"
 BUDGET_S=300
 OUTPUT_SOCKET="pancreatic-tumor-segmentation"
 
@@ -54,25 +53,7 @@ done
 echo "== container test: tasks ${tasks[*]}"
 
 # --- 1. base image
-if [[ -n "${BASE_IMAGE:-}" ]]; then
-    echo "== base image $BASE_IMAGE (from BASE_IMAGE)"
-else
-    default_base="$(sed -n 's/^ARG BASE_IMAGE=//p' Dockerfile)"
-    if docker image inspect "$default_base" >/dev/null 2>&1 || docker pull -q "$default_base"; then
-        BASE_IMAGE="$default_base"
-        echo "== base image $BASE_IMAGE"
-    else
-        echo "== cannot pull $default_base (offline build host): using the stand-in base $STANDIN"
-        echo "   (Debian bookworm, Python 3.11, torch 2.7.1 for CUDA 12.6 with its NVIDIA libraries from PyPI, as in the default base)"
-        if docker image inspect "$STANDIN" >/dev/null 2>&1; then
-            echo "   stand-in base already built"
-        else
-            test/standin_base.sh "$STANDIN"
-        fi
-        BASE_IMAGE="$STANDIN"
-    fi
-fi
-export BASE_IMAGE
+source test/base_image.sh
 
 # --- 2. images
 ./build.sh --tag "$TAG"
@@ -134,7 +115,8 @@ check_case() {
     fi
     docker run --rm --network none --read-only --user "$run_user" --entrypoint python \
         --volume "$repo/test/expected_output/$task:/expected:ro" --volume "$work/$name/output:/output:ro" \
-        "$TAG" -c "$COMPARE_PY" /expected /output "$OUTPUT_SOCKET" \
+        --volume "$repo/test/compare_masks.py:/compare_masks.py:ro" \
+        "$TAG" /compare_masks.py /expected /output "$OUTPUT_SOCKET" \
         || { show_logs "$name"; fail "$name: the masks differ from test/expected_output/$task"; }
     grep -E '^(summary|timing)' "$work/$name/stdout" | sed 's/^/   /' || true
     awk -v s="$run_s" -v b="$BUDGET_S" -v n="$name" -v gpu="${#gpu[@]}" 'BEGIN {
@@ -146,37 +128,6 @@ check_case() {
     times+=("$name $run_s")
 }
 
-# Compare every expected mask with the output of the same name: same pixel type and geometry, Dice >= 0.999.
-COMPARE_PY='
-import sys
-from pathlib import Path
-
-import numpy as np
-import SimpleITK as sitk
-
-expected_dir, output_dir, socket = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]
-expected = sorted((expected_dir / "images" / socket).glob("*.mha"))
-written = sorted((output_dir / "images" / socket).glob("*.mha"))
-ok = bool(expected) and [p.name for p in expected] == [p.name for p in written]
-if not ok:
-    print(f"   expected {[p.name for p in expected]}, written {[p.name for p in written]}")
-for want_file in expected:
-    if not (output_dir / "images" / socket / want_file.name).exists():
-        continue
-    want, got = sitk.ReadImage(str(want_file)), sitk.ReadImage(str(output_dir / "images" / socket / want_file.name))
-    same_grid = (want.GetSize() == got.GetSize() and got.GetPixelID() == sitk.sitkUInt8
-                 and np.allclose(want.GetSpacing(), got.GetSpacing(), rtol=0, atol=1e-6)
-                 and np.allclose(want.GetOrigin(), got.GetOrigin(), rtol=0, atol=1e-6)
-                 and np.allclose(want.GetDirection(), got.GetDirection(), rtol=0, atol=1e-6))
-    a, b = sitk.GetArrayViewFromImage(want) > 0, sitk.GetArrayViewFromImage(got) > 0
-    total = int(a.sum() + b.sum())
-    dice = 1.0 if total == 0 else 2 * int((a & b).sum()) / total
-    geometry = "identical" if same_grid else "DIFFERENT"
-    print(f"   {want_file.name}: Dice {dice:.5f} ({int(a.sum())} expected, {int(b.sum())} written tumor voxels), "
-          f"geometry {geometry}")
-    ok = ok and same_grid and dice >= 0.999
-sys.exit(0 if ok else 1)
-'
 
 # keep_with_previews TASK: the baked run's masks into $results/TASK, a preview PNG per case beside them.
 results="${CONTAINER_TEST_RESULTS:-$repo/test/output}"
