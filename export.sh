@@ -4,14 +4,16 @@
 #   <tag>_<date>.tar.gz   the image (docker save | gzip)  -> the algorithm's Containers page: by default the invoke
 #                         image (TAG-invoke: GC starts it once and sends the case to its server; loading is
 #                         outside the case's time limit), with --api exec the exec one (TAG)
-#   model-<task>.tar.gz   for each ensemble/<task>.toml: the spec and only the member folds it uses from
-#                         weights/, checkpoints stripped to what inference needs, and a weights.sha256
+#   model-<name>.tar.gz   for each spec (--ensemble FILE, repeatable; default: every ensemble/*.toml): the spec
+#                         and only the member folds it uses from the weights root (--weights DIR; default:
+#                         weights/), checkpoints stripped to what inference needs, and a weights.sha256
 #                         manifest -> the algorithm's Models page; GC extracts it to /opt/ml/model, and the
 #                         image runs from that alone. With --onnx the tarball holds the members as ONNX models
-#                         instead (`panther-ensemble export-onnx`: no checkpoints, the spec says
-#                         backend = "onnxruntime", onnx_manifest.json beside weights.sha256)
+#                         instead (no checkpoints, the spec says backend = "onnxruntime", onnx_manifest.json
+#                         beside weights.sha256). Each is the image's `panther-ensemble export-model`.
 #
 #   ./export.sh [--tag TAG] [--api invoke|exec] [--out DIR] [--models-only | --image-only] [--onnx]
+#               [--ensemble FILE ...] [--weights DIR]
 #
 # Needs the built image (./build.sh): it also strips the checkpoints, with the image's own torch.
 # Prints each artifact's size and sha256.
@@ -24,8 +26,12 @@ out="export"
 do_image=1
 do_models=1
 onnx=0
+specs=()
+weights="$PWD/weights"
 while [[ $# -gt 0 ]]; do
     case "$1" in
+        --ensemble) specs+=("$(realpath "${2:?--ensemble needs a spec file}")"); shift 2 ;;
+        --weights) weights="$(realpath "${2:?--weights needs a folder}")"; shift 2 ;;
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
         --api) api="${2:?--api needs invoke or exec}"; shift 2 ;;
         --out) out="${2:?--out needs a value}"; shift 2 ;;
@@ -57,30 +63,21 @@ partial=""
 trap 'rm -rf "$work" ${partial:+"$partial"}' EXIT
 artifacts=()
 if [[ $do_models == 1 ]]; then
-    specs=(ensemble/*.toml)
-    [[ -e "${specs[0]}" ]] || { echo "export.sh: no ensemble/*.toml" >&2; exit 1; }
+    if [[ ${#specs[@]} -eq 0 ]]; then
+        specs=("$PWD"/ensemble/*.toml)
+        [[ -e "${specs[0]}" ]] || { echo "export.sh: no ensemble/*.toml (or pass --ensemble FILE)" >&2; exit 1; }
+    fi
+    [[ -d "$weights" ]] || { echo "export.sh: --weights $weights is not a folder" >&2; exit 1; }
+    chmod a+rwx "$work"
     for spec in "${specs[@]}"; do
-        task="$(basename "$spec" .toml)"
-        stage="$work/$task"
-        mkdir "$stage"
-        mounts=(-v "$PWD/ensemble:/in/ensemble:ro" -v "$PWD/weights:/in/weights:ro" -v "$stage:/stage")
-        if ((onnx)); then
-            echo "== model-$task.tar.gz from $spec, members as ONNX models"
-            # export-onnx writes a new folder beside which it stages: /stage/model, then tar that
-            docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python --env PYTHONPATH=/opt/app/src \
-                "${mounts[@]}" "$tag" -m panther_ensemble.cli export-onnx --ensemble "/in/ensemble/$task.toml" \
-                --weights /in/weights --out /stage/model
-            stage="$stage/model"
-        else
-            echo "== model-$task.tar.gz from $spec"
-            # the spec and the folds it names, checkpoints stripped by the image's own torch, and the manifest
-            docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python --env PYTHONPATH=/opt/app/src \
-                "${mounts[@]}" "$tag" -m panther_ensemble.app.model_tarball "/in/ensemble/$task.toml" /in/weights /stage
-        fi
-        (cd "$stage" && tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 \
-            --mode=u+rw,go+r,go-w,a+X -c -- *) | gzip -n > "$work/model-$task.tar.gz"
-        mv "$work/model-$task.tar.gz" "$out/"
-        artifacts+=("$out/model-$task.tar.gz|Models page; GC extracts it to /opt/ml/model")
+        name="$(basename "$spec" .toml)"
+        echo "== model-$name.tar.gz from $spec$( ((onnx)) && echo ", members as ONNX models")"
+        docker run --rm --network none --user "$(id -u):$(id -g)" --entrypoint python --env PYTHONPATH=/opt/app/src \
+            -v "$spec:/in/$name.toml:ro" -v "$weights:/in/weights:ro" -v "$work:/out" "$tag" \
+            -m panther_ensemble.cli export-model --ensemble "/in/$name.toml" --weights /in/weights \
+            --out "/out/model-$name.tar.gz" $( ((onnx)) && echo --onnx)
+        mv "$work/model-$name.tar.gz" "$out/"
+        artifacts+=("$out/model-$name.tar.gz|Models page; GC extracts it to /opt/ml/model")
     done
 fi
 if [[ $do_image == 1 ]]; then

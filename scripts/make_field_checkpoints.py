@@ -127,21 +127,9 @@ def log(message: str) -> None:
 
 def write_raw_dataset(raw: Path) -> None:
     """Small T1 phantoms at 5 mm: nnU-Net's raw layout."""
-    from panther_ensemble.demo.phantom import make_phantom
+    from panther_ensemble.demo.sample_cases import write_raw_dataset as write
 
-    folder = raw / DATASET[1]
-    if (folder / "dataset.json").exists():
-        return
-    for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    for seed in SEEDS:
-        phantom = make_phantom(seed, "t1")
-        for sub, item, suffix, interpolator in (("imagesTr", phantom.image, "_0000", sitk.sitkLinear),
-                                               ("labelsTr", phantom.label, "", sitk.sitkNearestNeighbor)):
-            sitk.WriteImage(coarse(item, interpolator), str(folder / sub / f"field_{seed}{suffix}.nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "T1"}, "labels": {"background": 0, "tumor": 1, "pancreas": 2},
-        "numTraining": len(SEEDS), "file_ending": ".nii.gz"}, indent=2))
+    write(raw / DATASET[1], "field", SEEDS, {"background": 0, "tumor": 1, "pancreas": 2}, resample=coarse)
 
 
 def write_field_case(out: Path) -> Path:

@@ -12,7 +12,9 @@
 #    (Dice >= 0.999, identical geometry), printing each case's wall time against GC's 5-minute budget;
 # 4. exports the model tarballs (export.sh --models-only), extracts each and runs the weightless image with
 #    it at /opt/ml/model: the product runs from the tarball's layout alone; then the same with the members as
-#    ONNX models (export.sh --models-only --onnx: the image's own export-onnx, its ONNX Runtime backend);
+#    ONNX models (export.sh --models-only --onnx: the image's own export-onnx, its ONNX Runtime backend); then a
+#    participant's own spec (a copy of task1.toml as my_task1.toml) through export.sh --ensemble and through
+#    build.sh --ensemble (baked in), each run and its mask compared;
 # 5. failures (a corrupt input image; the weightless image without a tarball; --device cuda where CUDA does not
 #    start; a case larger than `docker run --memory` allows): exit 1, one line on stderr, no output file;
 #    under a memory limit the sample case fits, its mask as expected;
@@ -166,8 +168,8 @@ field_runs() {
             "$OUTPUT_SOCKET" "$FIELD_MODEL" "$checkpoint" > "$work/$name/spec/field.toml"
         docker run --rm --network none --user "$run_user" --entrypoint python --env PYTHONPATH=/opt/app/src \
             --volume "$work/$name/spec:/in/spec:ro" --volume "$fixtures/$era:/in/weights:ro" \
-            --volume "$work/$name/model:/stage" "$TAG" -m panther_ensemble.app.model_tarball /in/spec/field.toml \
-            /in/weights /stage | sed 's/^/   /' || fail "$name: the image's export code could not stage the fold"
+            --volume "$work/$name/model:/stage" "$TAG" -m panther_ensemble.app.model_tarball --weights /in/weights \
+            --out /stage /in/spec/field.toml | sed 's/^/   /' || fail "$name: the image's export code could not stage the fold"
         gc_run "$name" "$TAG_NO_WEIGHTS" "$fixtures/input" --volume "$work/$name/model:/opt/ml/model:ro"
         if [[ $run_rc != 0 || -s "$work/$name/stderr" ]]; then
             show_logs "$name"; fail "$name: exit code $run_rc, or output on stderr"
@@ -260,6 +262,26 @@ tarball_runs() {
 }
 tarball_runs tarball torch
 tarball_runs onnx onnxruntime --onnx
+
+# --- a participant's own spec (the demo's Task 1 folds under another name), both routes to GC: the model tarball
+# (export.sh --ensemble: the image's export-model) and the image with it baked in (build.sh --ensemble)
+mine="$work/mine"
+mkdir -p "$mine" && cp ensemble/task1.toml "$mine/my_task1.toml"
+echo "== a participant's spec, my_task1.toml: export.sh --ensemble (model tarball) and build.sh --ensemble (baked in)"
+./export.sh --tag "$TAG" --out "$work/export-mine" --models-only --ensemble "$mine/my_task1.toml" --weights weights
+mkdir "$work/model-mine" && tar -xzf "$work/export-mine/model-my_task1.tar.gz" -C "$work/model-mine"
+gc_run "${tasks[0]}-mine-tarball" "$TAG_NO_WEIGHTS" "$repo/test/input/${tasks[0]}" \
+    --volume "$work/model-mine:/opt/ml/model:ro"
+grep -q "/opt/ml/model/my_task1.toml" "$work/${tasks[0]}-mine-tarball/stdout" \
+    || { show_logs "${tasks[0]}-mine-tarball"; fail "the participant's spec was not taken from the model tarball"; }
+check_case "${tasks[0]}-mine-tarball" "${tasks[0]}"
+./build.sh --tag "$TAG-mine" --api exec --ensemble "$mine/my_task1.toml" --weights weights
+[[ "$(docker run --rm --entrypoint ls "$TAG-mine" /opt/app/ensemble)" == "my_task1.toml" ]] \
+    || fail "$TAG-mine: its ensemble/ holds more than the participant's spec"
+gc_run "${tasks[0]}-mine-baked" "$TAG-mine" "$repo/test/input/${tasks[0]}"
+grep -q "/opt/app/ensemble/my_task1.toml" "$work/${tasks[0]}-mine-baked/stdout" \
+    || { show_logs "${tasks[0]}-mine-baked"; fail "the baked image did not run the participant's spec"; }
+check_case "${tasks[0]}-mine-baked" "${tasks[0]}"
 
 # --- 5. failures: exit 1, one 'error:' line on stderr, no output file
 expect_failure() {  # NAME WHAT IMAGE INPUT [docker options...]

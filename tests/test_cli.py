@@ -166,3 +166,14 @@ def test_synthetic_demo_folder(tmp_path):
     assert result.returncode == 0, result.stderr
     mask, _ = read_mask(demo / "output" / OUTPUT_FOLDER / "demo-case.mha")
     assert mask.shape == (24, 96, 110) and "tumor" in result.stdout
+
+
+def test_every_python_m_entry_point_has_help():
+    """Each module with a __main__ answers --help (and none is a traceback)."""
+    package = REPO / "src" / "panther_ensemble"
+    modules = [".".join(p.relative_to(REPO / "src").with_suffix("").parts) for p in package.rglob("*.py")
+               if "__main__" in p.read_text()]
+    assert "panther_ensemble.app.manifest" in modules and "panther_ensemble.app.model_tarball" in modules
+    for module in modules:
+        result = run(["-m", module, "--help"])
+        assert result.returncode == 0 and "usage:" in result.stdout, (module, result.stderr)

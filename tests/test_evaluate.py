@@ -104,3 +104,27 @@ def test_missing_prediction(tmp_path):
     (tmp_path / "pred").mkdir()
     with pytest.raises(PantherError, match="no prediction for 1 ground truth case"):
         evaluate_folders(tmp_path / "pred", tmp_path / "gt")
+
+
+def test_tumor_label_2_in_the_ground_truth_and_1_in_the_masks(tmp_path):
+    """PANTHER's annotations: 1 pancreas, 2 tumor; this product's masks: 1 tumor. A perfect mask scores 1, and
+    nnU-Net's case_0000 naming pairs with the ground truth's case."""
+    tumor = sphere((20, 60, 60), (10, 30, 30), 8)
+    truth = np.where(tumor, 2, np.where(sphere((20, 60, 60), (10, 30, 30), 16), 1, 0)).astype(np.uint8)
+    write_label(tmp_path / "gt" / "case1.nii.gz", truth)
+    write_label(tmp_path / "pred" / "case1_0000.mha", tumor.astype(np.uint8))
+    result = evaluate_folders(tmp_path / "pred", tmp_path / "gt", tumor_label=2)
+    assert result["per_subject"]["case1"]["volumetric_dice"] == 1.0
+    assert evaluate_folders(tmp_path / "pred", tmp_path / "gt", tumor_label=1)["per_subject"]["case1"][
+        "volumetric_dice"] == 0.0  # the pancreas is not the tumor
+    # a label map as the prediction (nnU-Net's own output): its tumor label given separately
+    write_label(tmp_path / "pred2" / "case1.nii.gz", truth)
+    assert evaluate_folders(tmp_path / "pred2", tmp_path / "gt", 2, pred_label=2)["aggregates"][
+        "mean_volumetric_dice"] == 1.0
+    run = subprocess.run([sys.executable, "-m", "panther_ensemble.cli", "evaluate", "--pred", str(tmp_path / "pred"),
+                          "--gt", str(tmp_path / "gt"), "--tumor-label", "2", "--json"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["aggregates"]["mean_volumetric_dice"] == 1.0  # stdout is the JSON alone
+    run = subprocess.run([sys.executable, "-m", "panther_ensemble.cli", "evaluate", "--pred", str(tmp_path / "pred"),
+                          "--gt", str(tmp_path / "gt"), "--tumor-label", "2"], capture_output=True, text=True)
+    assert run.stdout.startswith("mean_volumetric_dice 1,") and "{" not in run.stdout  # a summary, no JSON

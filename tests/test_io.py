@@ -164,3 +164,21 @@ def test_unwritable_output_leaves_nothing(tmp_path):
 
 def test_image_stem():
     assert image_stem(Path("a/b.nii.gz")) == "b" and image_stem(Path("c.d.mha")) == "c.d"
+
+
+def test_nnunet_channel_suffix_is_not_in_the_mask_name(tmp_path):
+    """nnU-Net's imagesTs/case_0000.nii.gz writes case.mha, which pairs with labelsTs/case.nii.gz."""
+    assert output_path(tmp_path, "s", Path("x/case_0000.nii.gz")) == tmp_path / "images" / "s" / "case.mha"
+    assert output_path(tmp_path, "s", Path("x/b822c9fd.mha")) == tmp_path / "images" / "s" / "b822c9fd.mha"
+
+
+@pytest.mark.parametrize("names", [("case.mha", "case.nii.gz"), ("case_0000.nii.gz", "case.mha")])
+def test_two_inputs_for_one_mask_are_refused(tmp_path, names):
+    for name in names:
+        syn.make_image(tmp_path / "images" / T1 / name, (4, 8, 8), (1, 1, 2), seed=0)
+    assert "would write the same mask, case.mha" in one_line_error(lambda: find_inputs(tmp_path))
+
+
+def test_a_file_given_as_the_input_folder(tmp_path):
+    image = syn.make_image(tmp_path / "case.mha", (4, 8, 8), (1, 1, 2), seed=0)
+    assert "is a file; the input is the folder that holds inputs.json" in one_line_error(lambda: find_inputs(image))

@@ -54,3 +54,27 @@ def test_mask_of_another_size(tmp_path):
     write(tmp_path / "pred.mha", np.zeros((12, 40, 51), np.uint8))
     with pytest.raises(PantherError, match="differs from the image's"):
         write_preview(tmp_path / "img.mha", tmp_path / "pred.mha", tmp_path / "x.png")
+
+
+def test_the_ground_truths_tumor_label(tmp_path, monkeypatch):
+    """PANTHER's annotations (1 pancreas, 2 tumor): with --tumor-label 2 the green contour is the tumor, not the
+    pancreas; the mask is this product's (1 = tumor)."""
+    import panther_ensemble.tools.preview as preview
+
+    write(tmp_path / "img.mha", np.random.default_rng(0).integers(0, 900, (12, 40, 50)).astype(np.int16))
+    tumor = np.zeros((12, 40, 50), bool)
+    tumor[4:8, 10:20, 10:25] = True
+    truth = np.where(tumor, 2, 1).astype(np.uint8)  # pancreas everywhere else
+    write(tmp_path / "gt.mha", truth)
+    write(tmp_path / "pred.mha", tumor.astype(np.uint8))
+    drawn = []
+    real = preview.tumor_slices
+    monkeypatch.setattr(preview, "tumor_slices", lambda masks, count: drawn.append(masks) or real(masks, count))
+    preview.write_preview(tmp_path / "img.mha", tmp_path / "pred.mha", tmp_path / "a.png", tmp_path / "gt.mha",
+                          tumor_label=2)
+    prediction, truth_drawn = drawn[0]
+    assert np.array_equal(prediction, tumor) and np.array_equal(truth_drawn, tumor)
+    run = subprocess.run([sys.executable, "-m", "panther_ensemble.cli", "preview", "--image", str(tmp_path / "img.mha"),
+                          "--mask", str(tmp_path / "pred.mha"), "--gt", str(tmp_path / "gt.mha"), "--tumor-label", "2",
+                          "--out", str(tmp_path / "b.png")], capture_output=True, text=True)
+    assert run.returncode == 0 and (tmp_path / "b.png").is_file(), run.stderr

@@ -12,10 +12,14 @@ import pytest
 import SimpleITK as sitk
 
 from panther_ensemble.cli import main
+from panther_ensemble.core.errors import PantherError
 from panther_ensemble.demo import synthetic as syn
 from panther_ensemble.demo.phantom import make_phantom
+from panther_ensemble.engine.members import describe_member
 from panther_ensemble.engine.spec import MemberSpec, load_spec
-from panther_ensemble.tools.select import Case, best_option, select
+from panther_ensemble.tools import cost as cost_module
+from panther_ensemble.tools.cost import T4, Measured, pool_cost
+from panther_ensemble.tools.select import Case, Step, best_option, check_tumor_predicted, select, write_spec
 
 REPO = Path(__file__).resolve().parents[1]
 T1 = "Dataset901_PantherT1"
@@ -35,6 +39,11 @@ def hand_made_case(rng, truth, good_noise):
     return Case("c", truth.shape, (1.0, 1.0, 1.0), truth, np.arange(truth.size), probabilities)
 
 
+def price(costs: list[float], fixed: float):
+    """A stand-in for PoolCost.total: the fixed seconds and each distinct member's."""
+    return lambda chosen: fixed + sum(costs[k] for k in set(chosen))
+
+
 def test_greedy_path_picks_good_candidates_stops_and_respects_the_budget():
     rng = np.random.default_rng(0)
     truth = np.zeros((4, 16, 16), bool)
@@ -42,14 +51,14 @@ def test_greedy_path_picks_good_candidates_stops_and_respects_the_budget():
     cases = [hand_made_case(rng, truth, (0.25, 0.3, 2.0, 3.0)) for _ in range(3)]
     names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(4)]
     for objective in ("rank", "dice", "hd95"):
-        path, alone = select(cases, names, [1.0] * 4, 2.0, None, objective, 2)
+        path, alone = select(cases, names, price([1.0] * 4, 2.0), None, objective, 2)
         chosen = {k for step in path for k in step.weights}
         assert chosen <= {0, 1}, (objective, chosen)  # never a noisy candidate
         assert path[0].candidate == int(np.argmax([a["mean_volumetric_dice"] for a in alone[:2]])) or \
             objective != "dice"
         assert sum(path[-1].weights.values()) == len(path)  # each step added one pick (repeats raise a weight)
     # a budget that fits the first member only: no second member, and the path's cost stays within it
-    path, _ = select(cases, names, [1.0, 1.5, 0.5, 0.5], 2.0, 3.2, "rank", 2)
+    path, _ = select(cases, names, price([1.0, 1.5, 0.5, 0.5], 2.0), 3.2, "rank", 2)
     assert set(path[-1].weights) == {path[0].candidate} and path[-1].seconds <= 3.2
 
 
@@ -176,3 +185,145 @@ def test_cost_json_and_its_errors(capsys):
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == ["error: --shape and --spacing take Z,Y,X numbers together, got '40,300' and None",
                       "error: --target must be t4, here or an effective TFLOP/s, got 'x'"]
+
+
+# --- the spec select writes: one block per distinct member, priced by cost as select priced it
+
+def random_case(rng, candidates: int, name: str) -> Case:
+    """A small case whose candidates' tumor probabilities are the truth plus noise of random strength."""
+    truth = np.zeros((4, 12, 12), bool)
+    truth[1:3, rng.integers(2, 5):rng.integers(7, 11), rng.integers(2, 5):rng.integers(7, 11)] = True
+    probabilities = []
+    for _ in range(candidates):
+        tumor = np.clip(truth.ravel() * rng.uniform(0.4, 0.9) + rng.normal(0, rng.uniform(0.1, 0.6), truth.size), 0, 1)
+        probabilities.append(np.stack([1 - tumor, tumor]).astype(np.float32))
+    return Case(name, truth.shape, (2.0, 1.0, 1.0), truth, np.arange(truth.size), probabilities)
+
+
+@pytest.fixture(scope="module")
+def candidate_pool(workspace):
+    """Every fold and checkpoint of the synthetic ensemble's models as one candidate pool (3 preprocessing
+    groups, several architectures), described once."""
+    from conftest import TRANSPOSED
+
+    from panther_ensemble.demo.synthetic import ALL_ROUNDER, BOUNDARY, VOLUME
+
+    specs = [MemberSpec(config.model, fold, checkpoint) for config in (ALL_ROUNDER, VOLUME, BOUNDARY, TRANSPOSED)
+             for fold in config.folds for checkpoint in ("checkpoint_best.pth", "checkpoint_final.pth")]
+    members = [describe_member(workspace.weights, spec) for spec in specs]
+    return specs, members
+
+
+def read_back(path, workspace, candidates_spec):
+    spec = load_spec(path)
+    return spec, [describe_member(workspace.weights, m) for m in spec.members]
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_written_spec_is_the_scored_ensemble_and_costs_what_the_path_said(workspace, candidate_pool, tmp_path,
+                                                                                seed):
+    """Random selection problems (random cases, pools, budgets, objectives; repeats happen): the spec holds each
+    chosen member once with weight = times chosen, and `cost`'s model prices it at the path's last seconds."""
+    specs, members = candidate_pool
+    rng = np.random.default_rng(seed)
+    chosen_pool = sorted(rng.choice(len(specs), size=rng.integers(2, len(specs) + 1), replace=False).tolist())
+    pool_specs, pool_members = [specs[k] for k in chosen_pool], [members[k] for k in chosen_pool]
+    shape, spacing = (int(rng.integers(20, 80)), 160, 180), (float(rng.uniform(1.0, 4.0)), 0.9, 0.9)
+    target = T4 if seed % 2 else cost_module.target_named("here")
+    measured = None if seed % 2 else Measured({repr_key: float(rng.uniform(0.01, 0.2)) for repr_key in {
+        cost_module._architecture(m) for m in pool_members}}, 0.3, 0.2, 1e8, 2.0, "2026-12-02T00:00:00")
+    pool = pool_cost(pool_members, shape, spacing, target, measured)
+    cases = [random_case(rng, len(pool_specs), f"c{i}") for i in range(3)]
+    budget = None if seed % 3 == 0 else float(max(pool.total([k]) for k in range(len(pool_specs))) * rng.uniform(1, 3))
+    objective = ["rank", "dice", "hd95", "masd"][seed % 4]
+    path, _ = select(cases, pool_specs, pool.total, budget, objective, 1)
+    candidates = syn_spec(tmp_path / "candidates.toml", pool_specs)
+    written = write_spec(tmp_path / "chosen.toml", candidates, path, pool, objective, budget)
+    spec, written_members = read_back(written, workspace, candidates)
+    counts = {}
+    for step in path:
+        counts[step.candidate] = counts.get(step.candidate, 0) + 1
+    assert len(spec.members) == len(counts) == len(path[-1].weights)  # each distinct member once
+    assert [(m.model, m.fold, m.checkpoint) for m in spec.members] == [
+        (pool_specs[k].model, pool_specs[k].fold, pool_specs[k].checkpoint) for k in dict.fromkeys(
+            step.candidate for step in path)]
+    assert [m.weight for m in spec.members] == [float(counts[k]) for k in dict.fromkeys(s.candidate for s in path)]
+    priced = pool_cost(written_members, shape, spacing, target, measured).report()
+    assert priced["total_seconds"] == path[-1].seconds
+    assert budget is None or priced["total_seconds"] <= budget
+
+
+def syn_spec(path, members: list[MemberSpec]):
+    text = 'input_socket = "abdominal-t1-mri"\noutput_socket = "pancreatic-tumor-segmentation"\ntumor_label = 1\n'
+    text += "".join(f'[[member]]\nmodel = "{m.model}"\nfold = {m.fold if isinstance(m.fold, int) else repr(m.fold)}'
+                    f'\ncheckpoint = "{m.checkpoint}"\n' for m in members)
+    path.write_text(text.replace("'", '"'))
+    return load_spec(path)
+
+
+def test_a_member_chosen_again_is_one_block_with_a_higher_weight(workspace, candidate_pool, tmp_path):
+    """The bug that made predict run 5 forwards for 2 folds at weights 9:4: the path 0, 1, 0, 0, 1."""
+    specs, members = candidate_pool
+    pool = pool_cost(members[:2], (40, 160, 180), (2.0, 0.9, 0.9), T4)
+    aggregates = dict(mean_volumetric_dice=0.5)
+    path = [Step(0, {0: 1.0}, aggregates, pool.total([0])), Step(1, {0: 1.0, 1: 1.0}, aggregates, pool.total([0, 1]))]
+    path += [Step(0, {0: 2.0, 1: 1.0}, aggregates, pool.total([0, 1])),
+             Step(0, {0: 3.0, 1: 1.0}, aggregates, pool.total([0, 1])),
+             Step(1, {0: 3.0, 1: 2.0}, aggregates, pool.total([0, 1]))]
+    spec = load_spec(write_spec(tmp_path / "chosen.toml", syn_spec(tmp_path / "c.toml", specs[:2]), path, pool,
+                                "rank", None))
+    assert [(m.model, m.fold, m.checkpoint, m.weight) for m in spec.members] == [
+        (specs[0].model, specs[0].fold, specs[0].checkpoint, 3.0), (specs[1].model, specs[1].fold, specs[1].checkpoint,
+                                                                    2.0)]
+    assert "--shape 40,160,180 --spacing 2,0.9,0.9 --target t4" in (tmp_path / "chosen.toml").read_text()
+
+
+def test_here_is_measured_once_and_reused_by_cost(workspace, candidate_pool, tmp_path, monkeypatch):
+    """select and cost price with one measurement of this machine: kept per machine, missing architectures
+    measured and added, --remeasure measures again."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    measured_architectures = []
+    general = []
+
+    def seconds_per_tile(member, device):
+        measured_architectures.append(cost_module._architecture(member))
+        return 0.05, 0.01, 1000
+
+    real_measure = cost_module.measure_here
+
+    def measure(members, device, known=None):
+        if known is None:
+            general.append(1)
+        return real_measure(members, device, known)
+
+    monkeypatch.setattr(cost_module, "_seconds_per_tile", seconds_per_tile)
+    monkeypatch.setattr(cost_module, "measure_here", measure)
+    _, members = candidate_pool
+    import torch
+
+    first = cost_module.measured_here(members[:2], torch.device("cpu"))
+    assert len(general) == 1 and cost_module.here_cache().is_file()
+    again = cost_module.measured_here(members[:2], torch.device("cpu"))
+    assert len(general) == 1 and again == first  # reused, nothing measured
+    count = len(measured_architectures)
+    cost_module.measured_here(members, torch.device("cpu"))  # a new architecture: only it is measured
+    assert len(general) == 1 and len(measured_architectures) > count
+    cost_module.measured_here(members[:2], torch.device("cpu"), remeasure=True)
+    assert len(general) == 2
+
+
+def test_no_candidate_predicting_tumor_is_a_warning_and_no_spec(capsys):
+    rng = np.random.default_rng(3)
+    truth = np.zeros((4, 16, 16), bool)
+    truth[1:3, 4:12, 5:11] = True
+    background = np.stack([np.full(truth.size, 0.9), np.full(truth.size, 0.1)]).astype(np.float32)
+    cases = [Case("c", truth.shape, (1.0, 1.0, 1.0), truth, np.arange(truth.size), [background, background])]
+    names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(2)]
+    path, _ = select(cases, names, price([1.0, 1.0], 1.0), None, "rank", 1)
+    with pytest.raises(PantherError, match="does not beat an empty mask"):
+        check_tumor_predicted(cases, names, path[-1], "rank", 1)
+    assert capsys.readouterr().err.startswith("warning: no candidate predicts a single voxel of tumor_label 1")
+    good = hand_made_case(rng, truth, (0.2, 0.3))
+    path, _ = select([good], names, price([1.0, 1.0], 1.0), None, "rank", 2)
+    check_tumor_predicted([good], names, path[-1], "rank", 2)  # a real ensemble passes, silently
+    assert capsys.readouterr().err == ""

@@ -160,3 +160,19 @@ def test_weights_root_resolution(tmp_path, weights, monkeypatch):
     assert resolve_weights_root(spec, None) == app / "weights"
     shutil.copytree(weights, gc_model)
     assert resolve_weights_root(spec, None) == gc_model  # GC's model tarball holds the members
+
+
+def test_two_specs_for_one_socket_in_one_folder_are_an_error(tmp_path):
+    """A participant's mytask1.toml beside the demo's task1.toml: named, not a silent choice; a spec in an earlier
+    folder (GC's model tarball) still wins over the app's."""
+    text = 'input_socket = "abdominal-t1-mri"\noutput_socket = "o"\ntumor_label = 1\n[[member]]\nmodel = "m"\n' \
+           'fold = 0\ncheckpoint = "c.pth"\n'
+    app, model = tmp_path / "app", tmp_path / "model"
+    for folder in (app, model):
+        folder.mkdir()
+    (app / "task1.toml").write_text(text)
+    (app / "mytask1.toml").write_text(text)
+    message = error_of(lambda: find_spec("abdominal-t1-mri", [app]))
+    assert "two ensemble specs for input socket 'abdominal-t1-mri': mytask1.toml and task1.toml" in message
+    (model / "mine.toml").write_text(text)
+    assert find_spec("abdominal-t1-mri", [model, tmp_path / "elsewhere"]).path.name == "mine.toml"

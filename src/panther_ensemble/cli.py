@@ -105,9 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="PANTHER metrics as the organizers compute them (surface-distance): per subject\n"
                     "volumetric Dice, surface Dice at 5 mm, HD95, MASD and tumor volumes; aggregates with\n"
                     "the tumor burden RMSE (mm³).\n\n"
-                    "  evaluate --pred DIR --gt DIR [--tumor-label N] [--out FILE]\n"
-                    "      score predicted masks; files pair by name (<id>.mha or .nii.gz; a\n"
-                    "      prediction may end in _seg)\n"
+                    "  evaluate --pred DIR --gt DIR [--tumor-label N] [--pred-label N] [--out FILE]\n"
+                    "      score predicted masks; files pair by case name (<id>.mha or .nii.gz; _seg\n"
+                    "      and nnU-Net's _0000 suffix do not count). --tumor-label is the ground\n"
+                    "      truth's (PANTHER's annotations: 2, the pancreas 1); this product's masks\n"
+                    "      are 1 = tumor (--pred-label for other label maps)\n"
                     "  evaluate --ensemble SPEC --images DIR --labels DIR [--weights DIR] [--device ...]\n"
                     "           [--out FILE]\n"
                     "      predict the labelled images with each member alone and with the ensemble,\n"
@@ -122,8 +124,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", type=Path, help="weights root (default as for predict)")
     evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                           help="with --ensemble: where the members run, as for predict (default: auto)")
-    evaluate.add_argument("--tumor-label", type=int, default=1, help="tumor label with --pred/--gt (default: 1)")
-    evaluate.add_argument("--out", type=Path, help="write the JSON here (default: print it)")
+    evaluate.add_argument("--tumor-label", type=int, default=1,
+                          help="with --pred/--gt: the ground truth's tumor label (default: 1)")
+    evaluate.add_argument("--pred-label", type=int, default=1,
+                          help="with --pred/--gt: the predictions' tumor label (default: 1, as predict writes them)")
+    evaluate.add_argument("--out", type=Path, help="also write the JSON here")
+    evaluate.add_argument("--json", action="store_true", help="print the JSON alone (default: a table)")
     preview = subcommands.add_parser("preview", help="PNG montage of the slices through the tumor",
                                   description="A PNG montage of the axial slices through the tumor: the MRI with "
                                               "the predicted contour in red and, with --gt, the ground truth's in "
@@ -131,6 +137,10 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--image", type=Path, required=True, help="the MRI")
     preview.add_argument("--mask", type=Path, required=True, help="the predicted mask")
     preview.add_argument("--gt", type=Path, help="a ground-truth label map")
+    preview.add_argument("--tumor-label", type=int, default=1, help="the ground truth's tumor label (default: 1; "
+                         "PANTHER's annotations: 2)")
+    preview.add_argument("--pred-label", type=int, default=1,
+                         help="the mask's tumor label (default: 1, as predict writes them)")
     preview.add_argument("--out", type=Path, required=True, help="the PNG to write")
     export_onnx = subcommands.add_parser(
         "export-onnx", help="write every member of a spec as an ONNX model, for --backend onnxruntime",
@@ -145,6 +155,18 @@ def build_parser() -> argparse.ArgumentParser:
     export_onnx.add_argument("--weights", type=Path, help="weights root (default as for predict)")
     export_onnx.add_argument("--out", type=Path, required=True, help="a new (or empty) folder to write")
     export_onnx.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 17 (default: 18)")
+    export_model = subcommands.add_parser(
+        "export-model", help="write your spec and its folds as a GC model tarball (the algorithm's Models page)",
+        description="The spec and only the member folds it names (plans.json, dataset.json, fold_K/<checkpoint>, "
+                    "checkpoints stripped to what inference needs) and a weights.sha256 manifest, as a reproducible "
+                    ".tar.gz: upload it on the algorithm's Models page; GC extracts it to /opt/ml/model, where the "
+                    "image takes its spec and weights from (docs/container.md). With --onnx the members go as "
+                    "ONNX models (export-onnx) and the spec says backend = \"onnxruntime\".")
+    export_model.add_argument("--ensemble", type=Path, required=True, help="your spec (TOML), e.g. select's")
+    export_model.add_argument("--weights", type=Path, help="weights root (default as for predict)")
+    export_model.add_argument("--out", type=Path, required=True, help="the .tar.gz to write")
+    export_model.add_argument("--onnx", action="store_true", help="the members as ONNX models")
+    export_model.add_argument("--opset", type=int, default=18, help="with --onnx: ONNX opset (default: 18)")
     benchmark = subcommands.add_parser(
         "benchmark", help="time the stock nnU-Net chain against this product, alternated in one run",
         description="Random-weight members with nnU-Net's ResEncL architecture (its own planner; 1 mm isotropic, "
@@ -192,8 +214,8 @@ def _add_selection_commands(subcommands) -> None:
     select.add_argument("--weights", type=Path, help="weights root (default as for predict)")
     select.add_argument("--budget", type=float, metavar="SECONDS",
                         help="projected seconds per case on --target, start-up included (default: no limit)")
-    select.add_argument("--target", default="t4", help="t4 (a projection), here (measured on this machine) or an "
-                                                       "effective TFLOP/s (default: t4)")
+    select.add_argument("--target", default="t4", help="t4 (a projection), here (measured on this machine, once) or "
+                                                       "an effective TFLOP/s (default: t4)")
     select.add_argument("--objective", default="rank", choices=("rank", "dice", "surface-dice", "hd95", "masd", "rmse"),
                         help="rank: the mean of the five PANTHER metrics' ranks among each step's options, as the "
                              "challenge ranks; or one metric (default: rank)")
@@ -204,6 +226,8 @@ def _add_selection_commands(subcommands) -> None:
     select.add_argument("--report", type=Path, help="folder for selection.md, selection.png and selection.json")
     select.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where the candidates predict (default: auto)")
+    select.add_argument("--remeasure", action="store_true", help="with --target here: measure this machine again "
+                        "(default: its rates measured once, kept and reused by select and cost alike)")
     cost = subcommands.add_parser(
         "cost", help="the projected seconds of a spec on one case, per member",
         description="Per member: the tiles of its sliding window for the case, TFLOP per tile (counted from the "
@@ -217,6 +241,8 @@ def _add_selection_commands(subcommands) -> None:
     cost.add_argument("--spacing", help="Z,Y,X mm, with --shape")
     cost.add_argument("--target", default="t4", help="t4, here or an effective TFLOP/s (default: t4)")
     cost.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="for --target here")
+    cost.add_argument("--remeasure", action="store_true", help="with --target here: measure this machine again "
+                      "(default: its rates measured once, kept and reused by select and cost alike)")
     cost.add_argument("--json", action="store_true", help="print the cost as JSON")
 
 
@@ -259,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     actions = {"predict": commands.run_predict, "serve": commands.run_serve, "evaluate": commands.run_evaluate,
                "preview": commands.run_preview,
                "benchmark": commands.run_benchmark, "export-onnx": commands.run_export_onnx,
+               "export-model": commands.run_export_model,
                "select": commands.run_select, "cost": commands.run_cost, "summarize": commands.run_summarize}
     return _run(actions[args.command], args)
 

@@ -59,9 +59,12 @@ def run_evaluate(args: argparse.Namespace) -> None:
     if all(folders) and not any(members):
         from .tools.evaluate import evaluate_folders
 
-        result = evaluate_folders(args.pred, args.gt, args.tumor_label)
+        result = evaluate_folders(args.pred, args.gt, args.tumor_label, args.pred_label)
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result["aggregates"].items())
     elif all(members) and not any(folders):
+        if args.pred_label != 1 or args.tumor_label != 1:
+            raise PantherError("with --ensemble the spec's tumor_label is the label: --tumor-label and --pred-label "
+                               "go with --pred and --gt")
         from .engine.devices import select_device
         from .tools.member_table import compare_members, format_table
 
@@ -70,19 +73,19 @@ def run_evaluate(args: argparse.Namespace) -> None:
         summary = "\n" + format_table(result)
     else:
         raise PantherError("evaluate takes either --pred and --gt, or --ensemble, --images and --labels")
-    if args.out is None:
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    if args.json:  # stdout is the JSON alone, for jq and scripts
         print(json.dumps(result, indent=2))
-        print(summary.strip())
-        return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}: {summary}")
+    else:
+        print((f"wrote {args.out}: " if args.out else "") + summary.strip())
 
 
 def run_preview(args: argparse.Namespace) -> None:
     from .tools.preview import write_preview
 
-    print(f"wrote {write_preview(args.image, args.mask, args.out, args.gt)}")
+    print(f"wrote {write_preview(args.image, args.mask, args.out, args.gt, args.tumor_label, args.pred_label)}")
 
 
 def run_export_onnx(args: argparse.Namespace) -> None:
@@ -94,6 +97,31 @@ def run_export_onnx(args: argparse.Namespace) -> None:
     written = export_ensemble(spec, resolve_weights_root(spec, args.weights), args.out, args.opset)
     print(f"wrote {len(spec.members)} ONNX members to {args.out}; run them with: panther-ensemble predict "
           f"--ensemble {written} --weights {args.out}")
+
+
+def run_export_model(args: argparse.Namespace) -> None:
+    import hashlib
+    import tempfile
+
+    from .app.model_tarball import stage_models, write_tarball
+
+    if not args.out.name.endswith(".tar.gz"):
+        raise PantherError(f"--out {args.out}: a model tarball's name ends in .tar.gz")
+    spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
+    with tempfile.TemporaryDirectory(prefix="panther-export-model-") as scratch:
+        stage = Path(scratch) / "model"
+        if args.onnx:
+            from .tools.onnx_export import export_ensemble
+
+            export_ensemble(spec, weights_root, stage, args.opset)
+        else:
+            stage_models([spec.path], weights_root, stage)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        write_tarball(stage, args.out)
+    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    print(f"wrote {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, sha256 {digest}, {len(spec.members)} member(s) "
+          f"of {spec.path.name} for {spec.input_socket}; upload it on the algorithm's Models page (GC extracts it "
+          "to /opt/ml/model)")
 
 
 def run_benchmark(args: argparse.Namespace) -> None:
@@ -144,7 +172,7 @@ def run_select(args: argparse.Namespace) -> None:
     candidates, weights_root = _spec_and_weights(args.candidates, args.weights)
     selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
                               select_device(args.device), target, args.objective, args.budget, geometry,
-                              held_out if all(held_out) else None)
+                              held_out if all(held_out) else None, args.remeasure)
     print(path_table(selection))
     if selection.held_out:
         print(held_out_table(selection.held_out))
@@ -160,7 +188,7 @@ def run_cost(args: argparse.Namespace) -> None:
     from .engine.devices import select_device
     from .engine.image import check_image
     from .engine.members import describe_member
-    from .tools.cost import cost_on, format_cost, target_named
+    from .tools.cost import format_cost, pool_cost_on, target_named
 
     target = target_named(args.target)
     geometry = _geometry(args.shape, args.spacing)
@@ -171,5 +199,5 @@ def run_cost(args: argparse.Namespace) -> None:
         geometry = header.shape_zyx, header.spacing_zyx
     spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
     members = [describe_member(weights_root, m) for m in spec.members]
-    cost = cost_on(members, *geometry, target, select_device(args.device))
+    cost = pool_cost_on(members, *geometry, target, select_device(args.device), args.remeasure).report()
     print(json.dumps(cost, indent=2) if args.json else format_cost(cost))

@@ -23,6 +23,9 @@ class CaseInputs:
 def find_inputs(input_dir: Path) -> CaseInputs:
     """The image socket and its files, from inputs.json when present, else from images/<slug>/."""
     input_dir = Path(input_dir)
+    if input_dir.is_file():
+        raise PantherError(f"{input_dir}: is a file; the input is the folder that holds inputs.json or "
+                           "images/<socket>/<name>.mha")
     if not input_dir.is_dir():
         raise PantherError(f"{input_dir}: input folder does not exist")
     inputs_json = input_dir / "inputs.json"
@@ -42,7 +45,25 @@ def find_inputs(input_dir: Path) -> CaseInputs:
         raise PantherError(f"{input_dir}: images for several input sockets at once ({', '.join(with_files)}); "
                            "expected exactly one")
     (socket, files), = with_files.items()
+    check_distinct_outputs(files)
     return CaseInputs(socket, files)
+
+
+def case_name(input_file: Path) -> str:
+    """The case a file is: its name without the image suffix and without nnU-Net's channel suffix `_0000`
+    (case_0000.nii.gz is case), which is also its mask's name."""
+    return image_stem(input_file).removesuffix("_0000")
+
+
+def check_distinct_outputs(files: list[Path]) -> None:
+    """Two inputs that would write one mask (case.mha and case.nii.gz, or case_0000.nii.gz) are refused before any
+    work: one would overwrite the other."""
+    seen: dict[str, Path] = {}
+    for file in files:
+        name = case_name(file)
+        if name in seen:
+            raise PantherError(f"{file}: would write the same mask, {name}.mha, as {seen[name].name}; keep one")
+        seen[name] = file
 
 
 def _image_sockets_from_inputs_json(inputs_json: Path, input_dir: Path) -> dict[str, Path]:
@@ -77,7 +98,7 @@ def _socket_of(entry: object) -> dict | None:
 
 
 def output_path(output_dir: Path, socket: str, input_file: Path) -> Path:
-    return Path(output_dir) / "images" / socket / f"{image_stem(input_file)}.mha"
+    return Path(output_dir) / "images" / socket / f"{case_name(input_file)}.mha"
 
 
 def check_writable(folder: Path) -> None:

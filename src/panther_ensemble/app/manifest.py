@@ -76,6 +76,12 @@ def verify_manifest(root: Path, files: list[Path]) -> bool:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m panther_ensemble.app.manifest WEIGHTS_ROOT  (writes WEIGHTS_ROOT/weights.sha256)")
-    print(f"wrote {write_manifest(Path(sys.argv[1]))}")
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m panther_ensemble.app.manifest",
+                                     description=f"Write ROOT/{MANIFEST_NAME}: the sha256 of every file under ROOT.")
+    parser.add_argument("root", type=Path, metavar="ROOT", help="a weights root")
+    root = parser.parse_args().root
+    if not root.is_dir():
+        sys.exit(f"error: {root}: not a folder")
+    print(f"wrote {write_manifest(root)}")

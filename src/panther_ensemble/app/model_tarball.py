@@ -1,18 +1,23 @@
-"""The content of a GC model tarball: a spec and only the member folds it names, checkpoints stripped to what
-inference needs, and the weights manifest the product verifies at start-up (export.sh runs this in the image).
+"""Your ensemble for Grand Challenge: its specs and only the member folds they name, checkpoints stripped to what
+inference needs, and the weights manifest the product verifies at start-up — as a model tarball (GC extracts it to
+/opt/ml/model: the specs beside the folds) or as the app's own folders (`build.sh --ensemble`: ensemble/ and
+weights/ baked into the image). `panther-ensemble export-model` writes the tarball; export.sh and build.sh run this
+in the image, with the image's torch.
 
-    python -m panther_ensemble.app.model_tarball SPEC WEIGHTS_ROOT STAGE
+    python -m panther_ensemble.app.model_tarball --weights ROOT --out DIR [--layout tarball|app] SPEC [SPEC ...]
 """
 
 from __future__ import annotations
 
+import argparse
+import gzip
 import shutil
-import sys
+import tarfile
 from pathlib import Path
 
 import torch
 
-from ..core.errors import PantherError
+from ..core.errors import PantherError, print_failure
 from ..engine.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint
 from ..engine.spec import check_against_weights, load_spec
 from .manifest import write_manifest
@@ -34,31 +39,88 @@ def strip_checkpoint(source: Path, target: Path) -> bool:
     return True
 
 
-def stage_models(spec_file: Path, weights_root: Path, stage: Path) -> Path:
-    """Copy the spec and the folds it names from weights_root into stage (stripped); write the manifest."""
-    spec = load_spec(spec_file)
-    check_against_weights(spec, weights_root)
-    stage.mkdir(parents=True, exist_ok=True)
-    shutil.copy(spec_file, stage / spec_file.name)
-    for member in spec.members:
-        source, target = member.checkpoint_path(weights_root), member.checkpoint_path(stage)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        for name in ("plans.json", "dataset.json"):
-            shutil.copy(weights_root / member.model / name, stage / member.model / name)
-        if strip_checkpoint(source, target):
-            print(f"   {member.name}: {source.stat().st_size / 1e6:.1f} MB, stripped to "
-                  f"{target.stat().st_size / 1e6:.1f} MB")
-        else:
-            print(f"   {member.name}: {target.stat().st_size / 1e6:.1f} MB")
-    manifest = write_manifest(stage)
+def stage_models(spec_files: list[Path], weights_root: Path, weights_stage: Path, spec_stage: Path | None = None
+                 ) -> Path:
+    """Copy the specs (into spec_stage, default: beside the folds) and the folds they name from weights_root into
+    weights_stage (checkpoints stripped); write the manifest of weights_stage. Every spec is checked first; two
+    specs for one socket are refused (the image could not choose)."""
+    specs = [load_spec(Path(f)) for f in spec_files]
+    sockets: dict[str, Path] = {}
+    for spec in specs:
+        check_against_weights(spec, weights_root)
+        if spec.input_socket in sockets:
+            raise PantherError(f"{spec.path} and {sockets[spec.input_socket]}: two specs for input socket "
+                               f"'{spec.input_socket}'; one model or image serves one spec per socket")
+        sockets[spec.input_socket] = spec.path
+    spec_stage = spec_stage or weights_stage
+    for folder in (weights_stage, spec_stage):
+        folder.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        shutil.copy(spec.path, spec_stage / spec.path.name)
+        for member in spec.members:
+            source, target = member.checkpoint_path(weights_root), member.checkpoint_path(weights_stage)
+            if target.exists():  # a fold two specs share
+                continue
+            target.parent.mkdir(parents=True, exist_ok=True)
+            for name in ("plans.json", "dataset.json"):
+                shutil.copy(weights_root / member.model / name, weights_stage / member.model / name)
+            if strip_checkpoint(source, target):
+                print(f"   {member.name}: {source.stat().st_size / 1e6:.1f} MB, stripped to "
+                      f"{target.stat().st_size / 1e6:.1f} MB")
+            else:
+                print(f"   {member.name}: {target.stat().st_size / 1e6:.1f} MB")
+    manifest = write_manifest(weights_stage)
     print(f"   {manifest.name}: sha256 of every file")
     return manifest
 
 
-if __name__ == "__main__":
-    if len(sys.argv) != 4:
-        sys.exit("usage: python -m panther_ensemble.app.model_tarball SPEC WEIGHTS_ROOT STAGE")
+def write_tarball(folder: Path, out: Path) -> Path:
+    """`folder`'s content as a gzip tarball, reproducible: sorted, owner 0, mtime 0, no name or time in the gzip
+    header; written beside `out` and renamed (never half-written)."""
+    out = Path(out)
+    partial = out.with_name(f".{out.name}.partial")
     try:
-        stage_models(Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]))
-    except PantherError as e:
-        sys.exit(f"error: {e}")
+        with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as zipped, \
+                tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            for path in sorted(Path(folder).rglob("*")):
+                info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                info.mtime = 0
+                info.mode = 0o755 if path.is_dir() else 0o644
+                if path.is_file():
+                    with open(path, "rb") as content:
+                        tar.addfile(info, content)
+                else:
+                    tar.addfile(info)
+        partial.replace(out)
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m panther_ensemble.app.model_tarball",
+                                     description="Stage specs and the folds they name (checkpoints stripped, a "
+                                                 "manifest) for a model tarball or for baking into the image.")
+    parser.add_argument("specs", type=Path, nargs="+", metavar="SPEC", help="ensemble spec(s), one per socket")
+    parser.add_argument("--weights", type=Path, required=True, help="the weights root the specs name folds under")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to stage into")
+    parser.add_argument("--layout", choices=("tarball", "app"), default="tarball",
+                        help="tarball: specs beside the folds (GC's /opt/ml/model); app: OUT/ensemble/ and "
+                             "OUT/weights/ (the image's own folders) (default: tarball)")
+    args = parser.parse_args(argv)
+    try:
+        if args.layout == "app":
+            stage_models(args.specs, args.weights, args.out / "weights", args.out / "ensemble")
+        else:
+            stage_models(args.specs, args.weights, args.out)
+    except Exception as e:
+        print_failure(e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

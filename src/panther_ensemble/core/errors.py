@@ -9,9 +9,12 @@ import sys
 import traceback
 
 DEBUG_VARIABLE = "PANTHER_DEBUG"  # set to 1: a failure's traceback follows its error line
-# What an allocation that failed says where it is not a MemoryError: torch's CPU allocator, CUDA, cuDNN, SimpleITK
+# What an allocation that failed says where it is not a MemoryError: torch's CPU allocator, CUDA, cuDNN, SimpleITK,
+# and oneDNN (torch's CPU convolutions), which reports its scratchpad's failed allocation only as a primitive it
+# could not create (seen under RLIMIT_DATA with torch 2.7.1; the networks it runs are checked when they load)
 _ALLOCATION_WORDS = ("can't allocate memory", "out of memory", "std::bad_alloc", "failed to allocate",
-                     "cudnn_status_alloc_failed", "cudnn_status_not_enough_workspace", "cannot allocate memory")
+                     "cudnn_status_alloc_failed", "cudnn_status_not_enough_workspace", "cannot allocate memory",
+                     "could not create a primitive")
 
 
 class PantherError(Exception):

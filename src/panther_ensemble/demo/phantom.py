@@ -159,3 +159,11 @@ def make_phantom(seed: int, flavour: str = "t1") -> Phantom:
         item.SetOrigin(tuple(float(o) for o in origin))
         item.SetDirection(tuple(float(d) for d in direction.ravel()))
     return Phantom(itk_image, itk_label, float(diameter), at_border)
+
+
+def panther_label_map(label: sitk.Image) -> sitk.Image:
+    """A phantom's label map (1 tumor, 2 pancreas) as PANTHER's annotations have it: 1 pancreas, 2 tumor."""
+    array = sitk.GetArrayFromImage(label)
+    out = sitk.GetImageFromArray(np.select([array == 1, array == 2], [2, 1], 0).astype(np.uint8))
+    out.CopyInformation(label)
+    return out

@@ -279,10 +279,12 @@ def write_random_demo(root: Path) -> None:
 
 
 if __name__ == "__main__":
-    import sys
+    import argparse
 
-    if len(sys.argv) != 2 or sys.argv[1].startswith("-"):
-        sys.exit("usage: python -m panther_ensemble.demo.synthetic DIR  (writes DIR/weights, DIR/task1.toml, "
-                 "DIR/input)")
-    write_random_demo(Path(sys.argv[1]))
-    print(f"random-weight ensemble and a sample input written to {sys.argv[1]}")
+    parser = argparse.ArgumentParser(prog="python -m panther_ensemble.demo.synthetic",
+                                     description="A random-weight ensemble and a GC-layout input, to try the product "
+                                                 "without trained weights: DIR/weights, DIR/task1.toml, DIR/input.")
+    parser.add_argument("folder", type=Path, metavar="DIR")
+    folder = parser.parse_args().folder
+    write_random_demo(folder)
+    print(f"random-weight ensemble and a sample input written to {folder}")

@@ -5,6 +5,7 @@ Per member: the tiles of its sliding window for that case (its preprocessing gro
 forward (counted on the meta device), and its seconds: forwards at the target's effective TFLOP/s (`here`: its own
 measured seconds per tile) plus its export to the input grid. Per preprocessing group: its preprocessing. Once:
 start-up (imports, CUDA), the first network's load (the rest load while members predict) and writing the mask.
+`here`'s rates are measured once per machine and kept (here_cache), so that select and cost price a spec alike.
 
 The T4 is a projection, not a measurement: its effective rate is the fraction of its fp16 peak that this product's
 ResEncL forward reached on an H200 (benchmarks/RESULTS.md), applied to the T4's peak (see T4 below).
@@ -12,22 +13,26 @@ ResEncL forward reached on an H200 (benchmarks/RESULTS.md), applied to the T4's 
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import platform
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from ..core.errors import PantherError
-from ..engine.ensemble import group_members
+from ..core.log import log
 from ..engine.image import Image
 from ..engine.input_grid import ProbabilitySum
 from ..engine.members import Member, load_network, network_from_plans
-from ..engine.preprocess import preprocess, resampled_shape
+from ..engine.preprocess import preprocess, preprocessing_key, resampled_shape
 from ..engine.sliding_window import tile_count, tiles_per_forward
 
 
@@ -90,38 +95,46 @@ def _architecture(member: Member) -> str:
 
 @dataclass
 class Measured:
-    """This machine's rates, measured once per architecture and per spec (cost target `here`)."""
+    """This machine's rates (cost target `here`): per architecture its seconds per tile, and the rest once."""
 
     seconds_per_tile: dict[str, float]
     preprocess_seconds_per_mvoxel: float
     export_seconds_per_mvoxel: float
     load_bytes_per_second: float
     startup_seconds: float
+    measured_at: str = ""
 
 
-def measure_here(members: list[Member], device: torch.device) -> Measured:
-    """A tile forward per architecture (batched as predict batches them, after one warm-up), preprocessing and an
-    export on a 64 x 192 x 192 volume, a network's load, and a fresh process's imports."""
-    seconds_per_tile: dict[str, float] = {}
+def _seconds_per_tile(member: Member, device: torch.device) -> tuple[float, float, int]:
+    """(seconds per tile, seconds to load the network, its file's bytes): a tile forward batched as predict
+    batches them, after one warm-up."""
+    before = time.perf_counter()
+    network = load_network(member, device)
+    load_seconds = time.perf_counter() - before
+    batch = tiles_per_forward(member.configuration_manager.patch_size, device)
+    tiles = torch.zeros((batch, *member.input_shape), device=device)
+    with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        network(tiles)  # warm-up
+        before = time.perf_counter()
+        for _ in range(2):
+            network(tiles)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return (time.perf_counter() - before) / (2 * batch), load_seconds, member.network_file.stat().st_size
+
+
+def measure_here(members: list[Member], device: torch.device, known: Measured | None = None) -> Measured:
+    """A tile forward per architecture not `known` yet; without `known`, also preprocessing and an export on a
+    64 x 192 x 192 volume, a network's load, and a fresh process's imports."""
+    seconds_per_tile = dict(known.seconds_per_tile) if known else {}
     load_seconds, load_bytes = 0.0, 0
     for member in members:
         key = _architecture(member)
-        if key in seconds_per_tile:
-            continue
-        before = time.perf_counter()
-        network = load_network(member, device)
-        load_seconds += time.perf_counter() - before
-        load_bytes += member.network_file.stat().st_size
-        batch = tiles_per_forward(member.configuration_manager.patch_size, device)
-        tiles = torch.zeros((batch, *member.input_shape), device=device)
-        with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
-            network(tiles)  # warm-up
-            before = time.perf_counter()
-            for _ in range(2):
-                network(tiles)
-            if device.type == "cuda":
-                torch.cuda.synchronize(device)
-        seconds_per_tile[key] = (time.perf_counter() - before) / (2 * batch)
+        if key not in seconds_per_tile:
+            seconds_per_tile[key], seconds, size = _seconds_per_tile(member, device)
+            load_seconds, load_bytes = load_seconds + seconds, load_bytes + size
+    if known is not None:
+        return Measured(**{**asdict(known), "seconds_per_tile": seconds_per_tile})
     shape = (64, 192, 192)
     array = np.random.default_rng(0).integers(1, 900, shape, dtype=np.int16)
     image = Image(Path("measure.mha"), array, (1.0, 1.0, 2.5), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
@@ -140,7 +153,115 @@ def measure_here(members: list[Member], device: torch.device) -> Measured:
     startup = time.perf_counter() - before
     mvoxels = math.prod(shape) / 1e6
     return Measured(seconds_per_tile, preprocess_seconds / mvoxels, export_seconds / mvoxels,
-                    load_bytes / max(load_seconds, 1e-3), startup)
+                    load_bytes / max(load_seconds, 1e-3), startup, datetime.now().isoformat(timespec="seconds"))
+
+
+def here_cache() -> Path:
+    """Where `here`'s measurements are kept, per machine: measured once, reused by select and cost alike."""
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "panther-ensemble" / "here.json"
+
+
+def machine_key(device: torch.device) -> str:
+    """What the rates belong to: the host, its CPU and threads, torch, the device."""
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                   if line.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or "unknown CPU"
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
+    return (f"{platform.node()} | {cpu} x {os.cpu_count()}, {torch.get_num_threads()} threads | torch "
+            f"{torch.__version__} | {device.type}: {gpu}")
+
+
+def measured_here(members: list[Member], device: torch.device, remeasure: bool = False) -> Measured:
+    """This machine's rates from the cache (architectures it lacks measured and added), or measured anew."""
+    cache, key = here_cache(), machine_key(device)
+    try:
+        entries = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        entries = {}
+    known = None if remeasure or key not in entries else Measured(**entries[key])
+    measured = measure_here(members, device, known)
+    if known is not None:
+        log(f"here: rates measured {known.measured_at} on this machine, reused from {cache} (--remeasure to measure "
+            "again)")
+    if known is None or measured.seconds_per_tile != known.seconds_per_tile:
+        try:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            partial = cache.with_name(f".{cache.name}.partial")
+            partial.write_text(json.dumps({**entries, key: asdict(measured)}, indent=2))
+            partial.replace(cache)
+        except OSError as e:  # a read-only home: measured again next time
+            log(f"here: the rates could not be kept in {cache} ({e.strerror})")
+    return measured
+
+
+@dataclass
+class PoolCost:
+    """A pool of members priced on one case for a target: each member's row, the preprocessing of each group, the
+    fixed terms. `total` prices any of its members in a given order exactly as `cost` prices a spec of them, so
+    that select's path and cost's verdict on the spec it writes are one number."""
+
+    target: Target
+    measured: Measured | None
+    shape_zyx: tuple[int, ...]
+    spacing_zyx: tuple[float, ...]
+    rows: list[dict]  # per member: {model, fold, checkpoint, tiles, tflop (per tile), seconds}
+    group_of: list[str]  # per member: its preprocessing group
+    groups: dict[str, dict]  # per group: {members, grid, seconds}
+    load_seconds: list[float]  # per member: its network's load (the first member's is waited for)
+
+    def fixed_seconds(self, first: int) -> float:
+        rates = self.measured or self.target
+        return rates.startup_seconds + self.load_seconds[first] + self.target.write_seconds
+
+    def total(self, chosen: list[int]) -> float:
+        """Projected seconds of a spec of these members in this order (each counted once)."""
+        chosen = list(dict.fromkeys(chosen))
+        groups = dict.fromkeys(self.group_of[k] for k in chosen)
+        return round(self.fixed_seconds(chosen[0]) + sum(self.groups[g]["seconds"] for g in groups)
+                     + sum(self.rows[k]["seconds"] for k in chosen), 1)
+
+    def report(self, chosen: list[int] | None = None) -> dict:
+        """cost's report of a spec of these members (all of them by default)."""
+        chosen = list(dict.fromkeys(range(len(self.rows)) if chosen is None else chosen))
+        groups = list(dict.fromkeys(self.group_of[k] for k in chosen))
+        return {"target": self.target.name, "source": self.target.source, "projection": self.target.projection,
+                "shape_zyx": list(self.shape_zyx), "spacing_zyx": list(self.spacing_zyx),
+                "total_seconds": self.total(chosen), "fixed_seconds": round(self.fixed_seconds(chosen[0]), 1),
+                "groups": [{**self.groups[g], "members": sum(self.group_of[k] == g for k in chosen)} for g in groups],
+                "members": [self.rows[k] for k in chosen],
+                **({"measured": asdict(self.measured)} if self.measured else {})}
+
+
+def pool_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
+              measured: Measured | None = None) -> PoolCost:
+    """Every member's row and every group's preprocessing on one case of this geometry (TFLOP per tile counted on
+    the meta device once per architecture; `here` takes the measured seconds per tile)."""
+    if target.tflops is None and measured is None:
+        raise ValueError("the 'here' target needs measured rates")
+    rates = measured or target
+    mvoxels = math.prod(shape_zyx) / 1e6
+    rows, group_of, groups = [], [], {}
+    tflop_per_tile: dict[str, float] = {}
+    for member in members:
+        key = preprocessing_key(member)
+        grid = resampled_shape(shape_zyx, spacing_zyx, member)
+        groups.setdefault(key, {"members": 0, "grid": list(grid),
+                                "seconds": round(rates.preprocess_seconds_per_mvoxel * mvoxels, 2)})
+        groups[key]["members"] += 1
+        group_of.append(key)
+        tiles = tile_count(grid, member.configuration_manager.patch_size)
+        architecture = _architecture(member)
+        if architecture not in tflop_per_tile:  # counted once per architecture: folds of a model share it
+            tflop_per_tile[architecture] = tile_tflop(member)
+        tflop = tflop_per_tile[architecture]
+        per_tile = measured.seconds_per_tile[architecture] if measured else tflop / target.tflops
+        rows.append({"model": member.spec.model, "fold": member.spec.fold, "checkpoint": member.spec.checkpoint,
+                     "tiles": tiles, "tflop": round(tflop, 4),
+                     "seconds": round(tiles * per_tile + rates.export_seconds_per_mvoxel * mvoxels, 2)})
+    load = [m.network_file.stat().st_size / rates.load_bytes_per_second for m in members]
+    return PoolCost(target, measured, tuple(shape_zyx), tuple(spacing_zyx), rows, group_of, groups, load)
 
 
 def spec_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
@@ -148,40 +269,14 @@ def spec_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tu
     """The projected cost of these members on one case of this geometry: {"target", "source", "projection",
     "total_seconds", "fixed_seconds", "groups": [...], "members": [{model, fold, checkpoint, tiles, tflop,
     seconds}, ...]} (tflop: per tile)."""
-    if target.tflops is None and measured is None:
-        raise ValueError("the 'here' target needs measure_here's rates")
-    rates = measured or target
-    mvoxels = math.prod(shape_zyx) / 1e6
-    rows, groups = [], []
-    tflop_per_tile: dict[str, float] = {}
-    for group in group_members(members):
-        grid = resampled_shape(shape_zyx, spacing_zyx, group[0])
-        groups.append({"members": len(group), "grid": list(grid),
-                       "seconds": round(rates.preprocess_seconds_per_mvoxel * mvoxels, 2)})
-        for member in group:
-            tiles = tile_count(grid, member.configuration_manager.patch_size)
-            architecture = _architecture(member)
-            if architecture not in tflop_per_tile:  # counted once per architecture: folds of a model share it
-                tflop_per_tile[architecture] = tile_tflop(member)
-            tflop = tflop_per_tile[architecture]
-            per_tile = measured.seconds_per_tile[_architecture(member)] if measured else tflop / target.tflops
-            rows.append({"model": member.spec.model, "fold": member.spec.fold, "checkpoint": member.spec.checkpoint,
-                         "tiles": tiles, "tflop": round(tflop, 4),
-                         "seconds": round(tiles * per_tile + rates.export_seconds_per_mvoxel * mvoxels, 2)})
-    first_load = members[0].network_file.stat().st_size / rates.load_bytes_per_second
-    fixed = rates.startup_seconds + first_load + target.write_seconds
-    total = fixed + sum(g["seconds"] for g in groups) + sum(r["seconds"] for r in rows)
-    return {"target": target.name, "source": target.source, "projection": target.projection,
-            "shape_zyx": list(shape_zyx), "spacing_zyx": list(spacing_zyx), "total_seconds": round(total, 1),
-            "fixed_seconds": round(fixed, 1), "groups": groups, "members": rows,
-            **({"measured": asdict(measured)} if measured else {})}
+    return pool_cost(members, shape_zyx, spacing_zyx, target, measured).report()
 
 
-def cost_on(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
-            device: torch.device) -> dict:
-    """spec_cost on the target; for `here`, this machine's rates measured first."""
-    measured = measure_here(members, device) if target.tflops is None else None
-    return spec_cost(members, shape_zyx, spacing_zyx, target, measured)
+def pool_cost_on(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
+                 device: torch.device, remeasure: bool = False) -> PoolCost:
+    """pool_cost on the target; for `here`, this machine's rates (measured once per machine, then reused)."""
+    measured = measured_here(members, device, remeasure) if target.tflops is None else None
+    return pool_cost(members, shape_zyx, spacing_zyx, target, measured)
 
 
 def format_cost(cost: dict) -> str:

@@ -70,7 +70,10 @@ def _read(path: Path) -> sitk.Image:
         raise PantherError(f"{path}: cannot be read as an image") from None
 
 
-def evaluate_pair(prediction_file: Path, truth_file: Path, tumor_label: int = TUMOR_LABEL) -> dict:
+def evaluate_pair(prediction_file: Path, truth_file: Path, tumor_label: int = TUMOR_LABEL,
+                  pred_label: int = TUMOR_LABEL) -> dict:
+    """Metrics of one case: the prediction's `pred_label` (this product's masks: 1) against the ground truth's
+    `tumor_label` (PANTHER's annotations: 2, beside the pancreas's 1)."""
     prediction, truth = _read(prediction_file), _read(truth_file)
     if prediction.GetSize() != truth.GetSize():
         raise PantherError(f"{prediction_file}: size {prediction.GetSize()} differs from the ground truth's "
@@ -79,18 +82,25 @@ def evaluate_pair(prediction_file: Path, truth_file: Path, tumor_label: int = TU
         raise PantherError(f"{prediction_file}: spacing {prediction.GetSpacing()} differs from the ground "
                            f"truth's {truth.GetSpacing()} ({truth_file})")
     spacing_zyx = tuple(reversed(truth.GetSpacing()))
-    return tumor_metrics(sitk.GetArrayFromImage(prediction) == tumor_label,
+    return tumor_metrics(sitk.GetArrayFromImage(prediction) == pred_label,
                          sitk.GetArrayFromImage(truth) == tumor_label, spacing_zyx)
 
 
-def evaluate_folders(pred_dir: Path, gt_dir: Path, tumor_label: int = TUMOR_LABEL) -> dict:
-    """{'per_subject': {id: metrics}, 'aggregates': {...}} over every ground truth with a prediction."""
-    predictions, truths = image_files_by_id(pred_dir, "_seg"), image_files_by_id(gt_dir, "_seg")
+def _by_case(folder: Path) -> dict[str, Path]:
+    """Files keyed by case: a `_seg` suffix and nnU-Net's `_0000` channel suffix do not count."""
+    return {case.removesuffix("_0000"): path for case, path in image_files_by_id(folder, "_seg").items()}
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, tumor_label: int = TUMOR_LABEL,
+                     pred_label: int = TUMOR_LABEL) -> dict:
+    """{'per_subject': {id: metrics}, 'aggregates': {...}} over every ground truth with a prediction; files pair by
+    case name (case.mha with case.nii.gz, case_seg.mha or nnU-Net's case_0000.nii.gz)."""
+    predictions, truths = _by_case(pred_dir), _by_case(gt_dir)
     missing = sorted(set(truths) - set(predictions))
     if missing:
         raise PantherError(f"{pred_dir}: no prediction for {len(missing)} ground truth case(s): "
                            f"{', '.join(missing[:5])}")
     if not truths:
         raise PantherError(f"{gt_dir}: no ground-truth masks ({', '.join(IMAGE_SUFFIXES)})")
-    per_subject = {case: evaluate_pair(predictions[case], truths[case], tumor_label) for case in truths}
+    per_subject = {case: evaluate_pair(predictions[case], truths[case], tumor_label, pred_label) for case in truths}
     return {"per_subject": per_subject, "aggregates": aggregate(per_subject)}

@@ -45,14 +45,16 @@ def _read_array(path: Path, like: sitk.Image | None = None) -> tuple[np.ndarray,
 
 
 def write_preview(image_file: Path, mask_file: Path, out: Path, truth_file: Path | None = None,
-                  tumor_label: int = 1, max_slices: int = 12) -> Path:
+                  tumor_label: int = 1, pred_label: int = 1, max_slices: int = 12) -> Path:
+    """The montage: the mask's `pred_label` (this product's masks: 1) in red, the ground truth's `tumor_label` in
+    green."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     image, reference = _read_array(image_file)
-    prediction = _read_array(mask_file, reference)[0] == tumor_label
+    prediction = _read_array(mask_file, reference)[0] == pred_label
     truth = _read_array(truth_file, reference)[0] == tumor_label if truth_file is not None else None
     slices = tumor_slices([m for m in (prediction, truth) if m is not None], max_slices)
     low, high = display_window(image)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,12 +24,12 @@ import numpy as np
 import torch
 
 from ..core.errors import PantherError
-from ..core.log import StageTimer, log
+from ..core.log import StageTimer, log, warn
 from ..engine.ensemble import Ensemble
+from ..engine.host_limits import available_memory
 from ..engine.image import check_image
-from ..engine.memory import available_memory
 from ..engine.spec import EnsembleSpec, MemberSpec
-from .cost import Target, cost_on
+from .cost import T4, PoolCost, Target, pool_cost_on
 from .evaluate import aggregate, tumor_metrics
 from .member_table import each_member_alone, labelled_cases, member_label, read_labelled_case
 
@@ -125,20 +126,23 @@ class Step:
     seconds: float
 
 
-def select(cases: list[Case], candidates: list[MemberSpec], costs: list[float], fixed_seconds: float,
-           budget: float | None, objective: str, tumor_label: int) -> tuple[list[Step], list[dict]]:
+Price = Callable[[list[int]], float]  # projected seconds of a spec of these candidates, in this order (PoolCost)
+
+
+def select(cases: list[Case], candidates: list[MemberSpec], price: Price, budget: float | None, objective: str,
+           tumor_label: int) -> tuple[list[Step], list[dict]]:
     """The greedy path (first step: the best single candidate that fits), and every candidate alone."""
     alone = [score(cases, {k: 1.0}, tumor_label)[0] for k in range(len(candidates))]
-    fits = [k for k in range(len(candidates)) if budget is None or fixed_seconds + costs[k] <= budget]
+    fits = [k for k in range(len(candidates)) if budget is None or price([k]) <= budget]
     if not fits:
         raise ValueError("no candidate fits the budget (run_selection checks this before predicting)")
     first = fits[best_option([alone[k] for k in fits], objective)]
-    path = [Step(first, {first: 1.0}, alone[first], fixed_seconds + costs[first])]
+    path = [Step(first, {first: 1.0}, alone[first], price([first]))]
     while True:
         current = path[-1]
         options = [(None, current.weights, current.aggregates, current.seconds)]
         for k in range(len(candidates)):
-            seconds = current.seconds + (0.0 if k in current.weights else costs[k])
+            seconds = price([*current.weights, k])  # a member chosen again costs nothing more
             if budget is not None and seconds > budget:
                 continue
             weights = {**current.weights, k: current.weights.get(k, 0.0) + 1.0}
@@ -152,41 +156,56 @@ def select(cases: list[Case], candidates: list[MemberSpec], costs: list[float], 
             f"{seconds:.1f} s projected")
 
 
-def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], costs: list[float], target: Target,
-               objective: str, budget: float | None) -> Path:
-    """The chosen members in the order they were first chosen (most valuable first: the deadline drops the last),
-    each with its weight (times chosen) and a comment: the step's gain and the member's projected cost."""
+def empty_aggregates(cases: list[Case]) -> dict:
+    """The metrics of predicting no tumor anywhere: what an ensemble must beat to be worth writing."""
+    return aggregate({c.name: tumor_metrics(np.zeros(c.shape, bool), c.truth, c.spacing_zyx) for c in cases})
+
+
+def check_tumor_predicted(cases: list[Case], candidates: list[MemberSpec], final: Step, objective: str,
+                          tumor_label: int) -> None:
+    """A warning line where no candidate predicts a tumor voxel on any case; an error (nothing written) where the
+    chosen ensemble does not beat an empty mask on the objective."""
+    if not any(c.mask({k: 1.0}, tumor_label).any() for c in cases for k in range(len(candidates))):
+        warn(f"no candidate predicts a single voxel of tumor_label {tumor_label} on the {len(cases)} selection "
+             "case(s): is tumor_label right, and are these the right folds?")
+    if best_option([empty_aggregates(cases), final.aggregates], objective) == 0:
+        raise PantherError(f"the chosen ensemble does not beat an empty mask on the {len(cases)} selection case(s) "
+                           f"(objective {objective}, tumor_label {tumor_label}): no spec written")
+
+
+def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], pool: PoolCost, objective: str,
+               budget: float | None) -> Path:
+    """One [[member]] per distinct member, in the order first chosen (most valuable first: the deadline drops the
+    last), each with its weight (times chosen) and a comment: the gain of the step that first chose it and its
+    projected cost. The header says how `cost` prices the spec as select did."""
+    shape, spacing = (",".join(f"{v:g}" for v in values) for values in (pool.shape_zyx, pool.spacing_zyx))
+    target = "here" if pool.target.tflops is None else "t4" if pool.target is T4 else f"{pool.target.tflops:g}"
     lines = [f"# chosen by `panther-ensemble select` from {candidates.path.name}: objective {objective}, target "
-             f"{target.name}{f', budget {budget:g} s' if budget else ''};",
-             f"# projected {path_steps[-1].seconds:.1f} s per case of the largest labelled geometry",
+             f"{pool.target.name}{f', budget {budget:g} s' if budget else ''};",
+             f"# projected {path_steps[-1].seconds:.1f} s per case of {shape.replace(',', ' x ')} voxels at "
+             f"{spacing.replace(',', ' x ')} mm (z, y, x): panther-ensemble cost --ensemble {path.name} "
+             f"--shape {shape} --spacing {spacing} --target {target}",
              f'input_socket  = "{candidates.input_socket}"', f'output_socket = "{candidates.output_socket}"',
              f"tumor_label   = {candidates.tumor_label}"]
     final = path_steps[-1].weights
+    written: set[int] = set()
     previous: dict | None = None
     for number, step in enumerate(path_steps, start=1):
-        if step.candidate in (previous or {}):
-            previous = step.aggregates
-            continue
-        member = candidates.members[step.candidate]
-        gain = "the best single candidate" if previous is None else \
-            f"Dice {step.aggregates['mean_volumetric_dice'] - previous['mean_volumetric_dice']:+.4f}"
-        lines += ["", f"# step {number}: {gain}; {costs[step.candidate]:.1f} s projected on {target.name}",
-                  "[[member]]", f'model      = "{member.model}"',
-                  f"fold       = {member.fold if isinstance(member.fold, int) else repr(member.fold)}",
-                  f'checkpoint = "{member.checkpoint}"', f"weight     = {final[step.candidate]:g}"]
+        if step.candidate not in written:
+            written.add(step.candidate)
+            member = candidates.members[step.candidate]
+            gain = "the best single candidate" if previous is None else \
+                f"Dice {step.aggregates['mean_volumetric_dice'] - previous['mean_volumetric_dice']:+.4f}"
+            lines += ["", f"# step {number}: {gain}; {pool.rows[step.candidate]['seconds']:.1f} s projected on "
+                      f"{pool.target.name}", "[[member]]", f'model      = "{member.model}"',
+                      f"fold       = {member.fold if isinstance(member.fold, int) else repr(member.fold)}",
+                      f'checkpoint = "{member.checkpoint}"', f"weight     = {final[step.candidate]:g}"]
         previous = step.aggregates
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.name}.partial")
     partial.write_text("\n".join(lines).replace("'", '"') + "\n")
     partial.replace(path)
     return path
-
-
-def candidate_costs(members, shape, spacing, target: Target, device: torch.device) -> tuple[list[float], float]:
-    """(each candidate's projected seconds, the fixed and preprocessing seconds of the whole pool) on the target."""
-    cost = cost_on(members, shape, spacing, target, device)
-    fixed = cost["fixed_seconds"] + sum(g["seconds"] for g in cost["groups"])
-    return [row["seconds"] for row in cost["members"]], fixed
 
 
 def largest_case(cases: list[tuple[str, Path, Path]]) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -218,15 +237,14 @@ class Selection:
     path: list[Step]
     alone: list[dict]
     candidates: list[MemberSpec]
-    costs: list[float]
-    fixed_seconds: float
+    pool: PoolCost  # prices any of the candidates as `cost` prices a spec
     held_out: dict | None
 
 
 def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, labels: Path, out: Path,
                   device: torch.device, target: Target, objective: str = "rank", budget: float | None = None,
                   geometry: tuple[tuple[int, ...], tuple[float, ...]] | None = None,
-                  held_out: tuple[Path, Path] | None = None) -> Selection:
+                  held_out: tuple[Path, Path] | None = None, remeasure: bool = False) -> Selection:
     """Everything is checked (labels, budget against the cheapest candidate) before any candidate predicts; the
     spec is written last, whole, or not at all."""
     from ..engine.members import describe_member
@@ -239,13 +257,15 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
     held = labelled_cases(*held_out) if held_out else None
     members = [describe_member(weights_root, m) for m in candidates.members]
     shape, spacing = geometry or largest_case(cases)
-    costs, fixed = candidate_costs(members, shape, spacing, target, device)
-    if budget is not None and fixed + min(costs) > budget:
-        raise PantherError(f"--budget {budget:g} s: even the cheapest candidate needs {fixed + min(costs):.1f} s on "
+    pool = pool_cost_on(members, shape, spacing, target, device, remeasure)
+    cheapest = min(pool.total([k]) for k in range(len(members)))
+    if budget is not None and cheapest > budget:
+        raise PantherError(f"--budget {budget:g} s: even the cheapest candidate needs {cheapest:.1f} s on "
                            f"{target.name} for a {' x '.join(map(str, shape))} case")
     with tempfile.TemporaryDirectory(prefix="panther-select-") as work:
         scored = predict_candidates(candidates, weights_root, cases, device, Path(work))
-        path, alone = select(scored, candidates.members, costs, fixed, budget, objective, candidates.tumor_label)
+        path, alone = select(scored, candidates.members, pool.total, budget, objective, candidates.tumor_label)
+        check_tumor_predicted(scored, candidates.members, path[-1], objective, candidates.tumor_label)
         comparison = None
         if held:  # only the chosen members and the best single candidate predict these
             needed = sorted({*path[-1].weights, path[0].candidate})
@@ -254,5 +274,5 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
             comparison = held_out_comparison(predict_candidates(subset, weights_root, held, device, Path(work)),
                                              {needed.index(k): w for k, w in path[-1].weights.items()},
                                              needed.index(path[0].candidate), candidates.tumor_label)
-    written = write_spec(out, candidates, path, costs, target, objective, budget)
-    return Selection(written, path, alone, list(candidates.members), costs, fixed, comparison)
+    written = write_spec(out, candidates, path, pool, objective, budget)
+    return Selection(written, path, alone, list(candidates.members), pool, comparison)

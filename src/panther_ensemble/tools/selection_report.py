@@ -45,7 +45,7 @@ def plot(selection: Selection, target: str, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6), constrained_layout=True)
-    single = [selection.fixed_seconds + cost for cost in selection.costs]
+    single = [selection.pool.total([k]) for k in range(len(selection.candidates))]
     for axis, (key, higher) in zip(axes, METRICS.values()):
         axis.scatter(single, [a[key] for a in selection.alone], color="0.6", label="each candidate alone")
         axis.plot([s.seconds for s in selection.path], [s.aggregates[key] for s in selection.path], "o-",
@@ -71,7 +71,7 @@ def write_report(selection: Selection, target: str, folder: Path) -> list[Path]:
         "path": [{"member": selection.candidates[s.candidate].name, "weights": {
             selection.candidates[k].name: w for k, w in s.weights.items()}, "aggregates": s.aggregates,
             "projected_seconds": s.seconds} for s in selection.path],
-        "alone": {c.name: {"aggregates": a, "projected_seconds": selection.fixed_seconds + cost}
-                  for c, a, cost in zip(selection.candidates, selection.alone, selection.costs)},
+        "alone": {c.name: {"aggregates": a, "projected_seconds": selection.pool.total([k])}
+                  for k, (c, a) in enumerate(zip(selection.candidates, selection.alone))},
         "held_out": selection.held_out}, indent=2) + "\n")
     return [report, png, data]
