@@ -2,13 +2,15 @@
 and attributed to the log line it was printing at the time.
 
     python benchmarks/memory.py [--shape 200,512,512] [--spacing 1.5,0.7,0.7] [--ensemble ensemble/task1.toml]
-                                [--mode fast] [--work DIR] [--out FILE]
+                                [--content phantom|noise] [--mode fast] [--work DIR] [--out FILE]
 
 With PYTHONPATH=<another checkout>/src the child runs that version of the product (an earlier commit's worktree); give
 both runs the same --work so that they predict the same file.
 
-The case is a Task 1 phantom (panther_ensemble's own generator, seed 9101) resampled onto the given (z, y, x) grid,
-with background noise where it has none (as a scanner's images have: nnU-Net's crop keeps the whole volume).
+The case (--content): `phantom`, a Task 1 phantom (panther_ensemble's own generator, seed 9101) resampled onto the
+given (z, y, x) grid, with background noise where it has none (as a scanner's images have: nnU-Net's crop keeps the
+whole volume); or `noise`, uniform int16 noise in [1, 900) (nothing for the members to recognise, and no image
+compression to speak of).
 Reported: peak RSS (sampled, and the run's own summary line, which is the kernel's ru_maxrss), bytes per input voxel,
 and the RSS peak while each log line was the latest.
 """
@@ -31,10 +33,17 @@ import SimpleITK as sitk
 REPO = Path(__file__).resolve().parents[1]
 
 
-def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], socket: str) -> Path:
+def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], socket: str,
+               content: str = "phantom") -> Path:
     """The case, once per --work folder (so that another version of the product can be measured on the same file)."""
-    target = input_dir / "images" / socket / "large.mha"
+    target = input_dir / "images" / socket / f"large-{content}.mha"
     if target.exists():
+        return target
+    if content == "noise":
+        noise = sitk.GetImageFromArray(np.random.default_rng(0).integers(1, 900, shape_zyx, dtype=np.int16))
+        noise.SetSpacing(tuple(reversed(spacing_zyx)))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(noise, str(target), useCompression=True)
         return target
     from panther_ensemble.demo.phantom import make_phantom
 
@@ -89,6 +98,7 @@ def main() -> None:
     parser.add_argument("--spacing", default="1.5,0.7,0.7", help="z,y,x mm (default: 1.5,0.7,0.7)")
     parser.add_argument("--ensemble", type=Path, default=REPO / "ensemble" / "task1.toml")
     parser.add_argument("--mode", default="fast", choices=("fast", "exact"))
+    parser.add_argument("--content", default="phantom", choices=("phantom", "noise"))
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="JSON report")
     args = parser.parse_args()
@@ -96,7 +106,10 @@ def main() -> None:
     spacing = tuple(float(v) for v in args.spacing.split(","))
     with tempfile.TemporaryDirectory(prefix="panther-memory-") as scratch:
         work = args.work or Path(scratch)
-        image = write_case(work / "input", shape, spacing, "abdominal-t1-mri")
+        image = write_case(work / "input", shape, spacing, "abdominal-t1-mri", args.content)
+        for other in image.parent.iterdir():  # one case per run
+            if other != image:
+                other.unlink()
         image_bytes = image.stat().st_size
         command = [sys.executable, "-m", "panther_ensemble.cli", "predict", "--input", str(work / "input"),
                    "--output", str(work / "output"), "--ensemble", str(args.ensemble), "--device", "cpu",
@@ -112,6 +125,7 @@ def main() -> None:
     reported = re.search(r"host ([\d.]+) GiB", summary)
     peak = max(rss for _, rss in stages)
     report = {"shape_zyx": shape, "spacing_zyx": spacing, "voxels": voxels, "ensemble": str(args.ensemble),
+              "content": args.content,
               "mode": args.mode, "seconds": round(seconds, 1), "image_bytes": image_bytes,
               "peak_rss_gib_sampled": round(peak / 2 ** 30, 3),
               "peak_rss_gib_reported": float(reported.group(1)) if reported else None,

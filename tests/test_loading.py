@@ -123,3 +123,67 @@ def test_manifest_failure_of_a_later_member_writes_nothing(workspace, tmp_path, 
     errors = capsys.readouterr().err.strip().splitlines()
     assert errors == [f"error: {last}: sha256 differs from {weights / 'weights.sha256'} (corrupt or replaced weights)"]
     assert not [p for p in output.rglob("*") if p.is_file()]
+
+
+class _FakeMember:
+    def __init__(self, index: int) -> None:
+        self.index = index
+
+
+def test_moving_through_many_images_with_members_dropped_is_race_free(monkeypatch):
+    """The T4 path (networks not kept): hundreds of images, each with members dropped at random (the deadline), a
+    random timeout on the wait, loads of random length. Never more than two networks hold slots or load at once,
+    no member loads twice for one image, every future ends, and no loading thread fails (a stale thread loading into
+    the next image's futures raised InvalidStateError before generations)."""
+    import random
+    import threading
+
+    rng = random.Random(0)
+    state = {"loading": {}, "max_loading": 0, "max_held": 0}  # loads in progress per loader
+    loads: dict[int, list[int]] = {}  # per image, the members loaded
+    current_image = [0]
+    lock = threading.Lock()
+    failures = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: failures.append(args.exc_value))
+
+    def fake_load(member, device):
+        run = current_image[0] // 10
+        with lock:
+            state["loading"][run] = state["loading"].get(run, 0) + 1
+            state["max_loading"] = max(state["max_loading"], state["loading"][run])
+            loads.setdefault(current_image[0], []).append(member.index)
+        time.sleep(rng.uniform(0, 0.002))
+        with lock:
+            state["loading"][run] -= 1
+        return object()
+
+    monkeypatch.setattr(loading, "load_network", fake_load)
+    members_ = [_FakeMember(k) for k in range(5)]
+    for run in range(300):
+        current_image[0] = run * 10
+        loader = loading.NetworkLoader(members_, loading.torch.device("cpu"), keep=False)
+        for image in range(rng.randint(1, 4)):
+            current_image[0] = run * 10 + image
+            if image:
+                loader.next_image()
+            for member in members_:
+                state["max_held"] = max(state["max_held"], loader.held)
+                if rng.random() < 0.15:
+                    break  # the deadline drops this member and the rest
+                try:
+                    loader.network(member, rng.choice([None, 0.0005, 0.01]))
+                except TimeoutError:
+                    break  # still loading when the budget ran out
+                loader.done_with(member)
+        futures = list(loader._generation.futures.values())
+        loader.cancel()
+        for future in futures:  # every future ends: a network, an error, cancelled, or soon done
+            deadline = time.monotonic() + 2
+            while not future.done():
+                assert time.monotonic() < deadline, "a future never ended"
+                time.sleep(0.001)
+    time.sleep(0.05)
+    assert failures == []
+    assert state["max_loading"] <= 2 and state["max_held"] <= 2, {k: state[k] for k in ("max_loading", "max_held")}
+    for image, loaded in loads.items():  # a stale thread of the last image may add none to this one
+        assert len(loaded) == len(set(loaded)), (image, loaded)

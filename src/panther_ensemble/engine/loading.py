@@ -3,9 +3,14 @@
 Each file is verified against the weights manifest as it is read (sha256 while it streams through once; the loader
 then memory-maps it from the page cache), so the first forward waits for the first member's hash only, not for
 every member's. A network that fails to load or verify raises where it is asked for: the run stops with one error
-line and writes nothing. `keep=False` loads at most one network ahead and releases each once used (device memory for
-two networks instead of all). The thread is a daemon and cancel() stops it before its next network: a run never
-waits at exit for the networks of members the deadline dropped.
+line and writes nothing. `keep=False` holds at most `limit` networks at once (the one in use and the next) and
+releases each once used: device memory for two networks instead of all. The thread is a daemon and cancel() stops
+it before its next network: a run never waits at exit for the networks of members the deadline dropped.
+
+Each image after the first loads the networks again (keep=False) in a generation of its own: a thread works only on
+its own generation's futures and checks only its own cancellation, so a thread still busy with the last image can
+neither load into the next image's futures nor hold more than its share of the limit. Every future ends: with its
+network, its load's exception, or cancelled.
 """
 
 from __future__ import annotations
@@ -21,59 +26,99 @@ from .members import Member, Network, load_network
 Verify = Callable[[Member], None]
 
 
+class _Generation:
+    """One image's loading: a future per member and what became of each slot it took."""
+
+    def __init__(self, members: list[Member]) -> None:
+        self.futures: dict[int, Future] = {id(m): Future() for m in members}  # by id: members are unhashable
+        self.cancelled = False
+        self.holding: set[int] = set()  # members whose network holds a slot (loading, loaded or in use)
+
+
 class NetworkLoader:
     def __init__(self, members: list[Member], device: torch.device, verify: Verify | None = None,
-                 keep: bool = True) -> None:
+                 keep: bool = True, limit: int = 2) -> None:
         self.members, self.device, self.verify, self.keep = members, device, verify, keep
-        self._cancelled = threading.Event()
-        self._start()
+        self.limit = None if keep else limit
+        self._lock = threading.Condition()
+        self._held = 0  # slots taken across generations: never more than limit
+        self._generation = self._start()
 
-    def _start(self) -> None:
-        # by id: members are dataclasses, compared by value and unhashable
-        self._futures: dict[int, Future] = {id(m): Future() for m in self.members}
-        self._room = threading.Semaphore(2) if not self.keep else None  # the network in use and the next one
-        threading.Thread(target=self._load_all, name="load-networks", daemon=True).start()
+    def _start(self) -> _Generation:
+        generation = _Generation(self.members)
+        threading.Thread(target=self._load_all, args=(generation,), name="load-networks", daemon=True).start()
+        return generation
 
-    def _load_all(self) -> None:
+    def _load_all(self, generation: _Generation) -> None:
         for member in self.members:
-            if self._room is not None:
-                self._room.acquire()
-            if self._cancelled.is_set():
-                return
-            future = self._futures[id(member)]
+            future = generation.futures[id(member)]
+            with self._lock:
+                self._lock.wait_for(lambda: generation.cancelled or self.limit is None or self._held < self.limit)
+                if generation.cancelled or not future.set_running_or_notify_cancel():
+                    return
+                self._take(generation, member)
             try:
                 if self.verify is not None:
                     self.verify(member)
-                future.set_result(load_network(member, self.device))
-            except BaseException as e:
-                future.set_exception(e)
+                network = load_network(member, self.device)
+            except BaseException as e:  # asked for, it raises there; its slot is free again
+                with self._lock:
+                    self._give_back(generation, member)
+                    future.set_exception(e)
+                continue
+            with self._lock:
+                future.set_result(network)
+                if generation.cancelled:  # nobody will ask for it
+                    self._give_back(generation, member)
+            del network
+
+    def _take(self, generation: _Generation, member: Member) -> None:
+        if self.limit is not None:
+            self._held += 1
+            generation.holding.add(id(member))
+
+    def _give_back(self, generation: _Generation, member_id: Member | int) -> None:
+        key = member_id if isinstance(member_id, int) else id(member_id)
+        if key in generation.holding:
+            generation.holding.discard(key)
+            self._held -= 1
+            self._lock.notify_all()
+
+    @property
+    def held(self) -> int:
+        """Networks holding a slot now (keep=False): loading, loaded and not yet used, or in use."""
+        return self._held
 
     def network(self, member: Member, timeout: float | None = None) -> Network:
         """The member's network, waiting for its loading where it is not done yet (TimeoutError after `timeout`
-        seconds)."""
-        return self._futures[id(member)].result(timeout)
+        seconds; CancelledError once the loader was cancelled)."""
+        return self._generation.futures[id(member)].result(timeout)
 
     def done_with(self, member: Member) -> None:
         """With keep=False, the member's network is released and the next one may load."""
-        if not self.keep:
-            self._futures[id(member)] = _released()
-            self._room.release()
+        if self.keep:
+            return
+        generation = self._generation
+        with self._lock:
+            released: Future = Future()
+            released.set_exception(CancelledError("released after use"))
+            generation.futures[id(member)] = released
+            self._give_back(generation, member)
 
     def next_image(self) -> None:
-        """With keep=False, load every network again (they were released after the last image)."""
+        """With keep=False, load every network again (they were released after the last image) in a new
+        generation; the last one is cancelled first."""
         if not self.keep:
             self.cancel()
-            self._cancelled = threading.Event()
-            self._start()
+            self._generation = self._start()
 
     def cancel(self) -> None:
-        """Load nothing more; a network loading now is not waited for."""
-        self._cancelled.set()
-        if self._room is not None:
-            self._room.release()  # a thread waiting for room sees the cancellation
-
-
-def _released() -> Future:
-    future: Future = Future()
-    future.set_exception(CancelledError("released after use"))
-    return future
+        """Load nothing more: a network loading now is not waited for (its slot comes back when it is done); every
+        future not started is cancelled; slots of networks loaded and not used are given back."""
+        generation = self._generation
+        with self._lock:
+            generation.cancelled = True
+            for key, future in generation.futures.items():
+                if future.cancel() or future.done():
+                    self._give_back(generation, key)
+            self._lock.notify_all()
