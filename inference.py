@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent / "src"))  # runs from a checkout without installing
 
-from panther_ensemble.cli import exit_now, inference_main  # noqa: E402
+from panther_ensemble.cli import inference_console_main  # noqa: E402
 
 if __name__ == "__main__":
-    exit_now(inference_main())
+    inference_console_main()

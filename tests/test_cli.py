@@ -76,12 +76,17 @@ def assert_fails_cleanly(result: subprocess.CompletedProcess, expected: str, out
     assert not output.exists() or not any(p.is_file() for p in output.rglob("*"))
 
 
-def test_one_bad_file_among_several_writes_nothing(app_dir, tmp_path):
+def test_one_bad_file_among_several_is_one_line_and_the_others_are_predicted(app_dir, tmp_path):
+    """Each case stands alone: the bad one is one error line and no mask, the good one its mask, exit 1."""
     input_dir = gc_input(tmp_path, T1, {"good.mha": dict(shape_zyx=(10, 30, 34), spacing_xyz=(1, 1, 3), seed=1)})
     sitk.WriteImage(sitk.Image(8, 8, sitk.sitkInt16), str(input_dir / "images" / T1 / "zz-flat.mha"))
     output = tmp_path / "output"
     result = run(["inference.py", "--input", str(input_dir), "--output", str(output)], app_dir)
-    assert_fails_cleanly(result, "zz-flat.mha: expected a 3-D image, got 2-D", output)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and "zz-flat.mha: expected a 3-D image, got 2-D" in lines[0]
+    assert sorted(p.name for p in (output / OUTPUT_FOLDER).iterdir()) == ["good.mha"]
+    assert "1 of 2 case(s) failed" in result.stdout
 
 
 def test_unreadable_checkpoint_of_a_later_member_fails_cleanly(app_dir, tmp_path):

@@ -129,3 +129,55 @@ def predict_folder_mask(workspace, input_dir, out):
     written = run.predict_folder(input_dir, out, ensemble=workspace.mixed_spec, weights=workspace.weights,
                                  device="auto", budget=0)
     return read_mask(written[0])[0]
+
+
+def test_onnx_runtime_arenas_are_capped_and_counted(workspace, monkeypatch):
+    """Each ONNX Runtime session on CUDA keeps an arena of its own: the plan counts every one, each session is
+    capped at its share, and a device that cannot hold them refuses the backend in one line."""
+    from dataclasses import replace as copy
+
+    import panther_ensemble.engine.onnx_network as onnx_network
+    from panther_ensemble.core.errors import PantherError
+
+    torch_members = members(workspace)
+    onnx_members = [copy(m, backend="onnxruntime") for m in torch_members]
+    torch_estimate = memory.estimate_device(torch_members, (40, 200, 200), (3.0, 1.0, 1.0))
+    onnx_estimate = memory.estimate_device(onnx_members, (40, 200, 200), (3.0, 1.0, 1.0))
+    assert torch_estimate.arenas == () and len(onnx_estimate.arenas) == len(onnx_members)
+    assert onnx_estimate.networks == 0 and onnx_estimate.graphs == 0  # the arenas hold them
+    parameters, activations = memory.forward_bytes(onnx_members[0])
+    assert onnx_estimate.arenas[0] == memory.onnx_arena_bytes(parameters, activations)
+    assert onnx_estimate.total(Placement()) >= sum(onnx_estimate.arenas)
+    assert onnx_estimate.total(Placement(keep_networks=False)) < onnx_estimate.total(Placement())
+    # the session's provider options
+    monkeypatch.setattr(onnx_network, "import_onnxruntime", lambda: type("ort", (), {
+        "get_available_providers": staticmethod(lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"]),
+        "preload_dlls": staticmethod(lambda msvc=False: None)}))
+    cuda = onnx_network.providers(run.torch.device("cuda", 0), 123_456_789)[0]
+    assert cuda == ("CUDAExecutionProvider", {"device_id": 0, "arena_extend_strategy": "kSameAsRequested",
+                                              "gpu_mem_limit": 123_456_789})
+    # placement: capped where it fits, refused where it cannot
+    monkeypatch.setattr(run, "device_free_bytes", lambda device: 2 ** 40)
+    run.device_placement(onnx_members, STAND_IN_DEVICE, (40, 200, 200), (3.0, 1.0, 1.0))
+    assert [m.arena_bytes for m in onnx_members] == list(onnx_estimate.arenas)
+    monkeypatch.setattr(run, "device_free_bytes", lambda device: 1024)
+    with pytest.raises(PantherError, match="the onnxruntime backend would need about .* use --backend torch"):
+        run.device_placement(onnx_members, STAND_IN_DEVICE, (40, 200, 200), (3.0, 1.0, 1.0))
+
+
+def test_select_and_the_member_table_check_host_memory_before_predicting(workspace, tmp_path, monkeypatch, capsys):
+    """Under predict's memory plan: a labelled case that cannot fit is refused before any network loads."""
+    from panther_ensemble.cli import main
+    from panther_ensemble.demo import synthetic as syn
+
+    for name in ("images", "labels"):
+        syn.make_image(tmp_path / name / "case.mha", (10, 30, 34), (1, 1, 3), seed=1)
+    monkeypatch.setattr(memory, "available_memory", lambda: (10 * 2 ** 20, "a tiny limit"))
+    for command in (["select", "--candidates", str(workspace.t1_spec), "--out", str(tmp_path / "chosen.toml")],
+                    ["evaluate", "--ensemble", str(workspace.t1_spec)]):
+        assert main([*command, "--weights", str(workspace.weights), "--images", str(tmp_path / "images"),
+                     "--labels", str(tmp_path / "labels"), "--device", "cpu"]) == 1
+        captured = capsys.readouterr()
+        assert "would need about" in captured.err and "(a tiny limit)" in captured.err
+        assert "forward in" not in captured.out
+    assert not (tmp_path / "chosen.toml").exists()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -11,9 +13,10 @@ from conftest import read_mask
 import panther_ensemble.app.predict_run as run
 import panther_ensemble.engine.image_resampling as resample
 import panther_ensemble.engine.input_grid as input_grid
+import panther_ensemble.engine.loading as loading
 import panther_ensemble.engine.sliding_window as predict
 from panther_ensemble.app.predict_run import predict_folder
-from panther_ensemble.core.errors import PantherError
+from panther_ensemble.core.errors import AlreadyReported, PantherError
 from panther_ensemble.engine import host_limits
 from panther_ensemble.engine.memory import check_host_memory
 
@@ -56,12 +59,13 @@ def test_non_finite_voxels_become_zero_with_a_warning(workspace, tmp_path, capsy
     np.testing.assert_array_equal(masks[0], masks[1])
 
 
-def test_image_too_large_after_resampling_fails_before_allocating(workspace, tmp_path):
+def test_image_too_large_after_resampling_fails_before_allocating(workspace, tmp_path, capsys):
     # a header with metres where millimetres were meant: 8x24x28 voxels of 0.5 m become ~10^11 at 1 mm
     input_dir = write_input(tmp_path, np.ones((8, 24, 28), np.int16), spacing=(500.0, 500.0, 500.0))
-    with pytest.raises(PantherError, match=r"would need about .* GiB of memory at the models' spacing"):
+    with pytest.raises(AlreadyReported):  # its line printed as the case's
         predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights,
                        device="cpu", budget=0)
+    assert re.search(r"would need about .* GiB of memory at the models' spacing", capsys.readouterr().err)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
@@ -71,7 +75,7 @@ def test_check_host_memory():
         check_host_memory(__file__, 10 ** 9, available=(100, "the limit"))
 
 
-def test_case_too_large_for_the_containers_memory_limit_fails_cleanly(workspace, tmp_path, monkeypatch):
+def test_case_too_large_for_the_containers_memory_limit_fails_cleanly(workspace, tmp_path, monkeypatch, capsys):
     """GC's container has 16 GiB on a larger host: the cgroup limit, not MemAvailable, decides (cgroup v2 files)."""
     cgroup = tmp_path / "cgroup"
     cgroup.mkdir()
@@ -81,10 +85,11 @@ def test_case_too_large_for_the_containers_memory_limit_fails_cleanly(workspace,
     monkeypatch.setattr(host_limits, "CGROUP_ROOT", cgroup)
     monkeypatch.setattr(host_limits, "PROC_SELF", tmp_path / "no-proc")  # the container's own cgroup: the mount
     input_dir = write_input(tmp_path, np.ones((40, 200, 200), np.int16), spacing=(1.0, 1.0, 1.0))
-    with pytest.raises(PantherError, match=r"would need about .* only 0.0 GiB are available \(the cgroup "
-                                           r"memory limit \(.*memory.max: 0.3 GiB\)\)"):
+    with pytest.raises(AlreadyReported):
         predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights,
                        device="cpu", budget=0)
+    assert re.search(r"would need about .* only 0.0 GiB are available \(the cgroup memory limit \(.*memory.max: "
+                     r"0.3 GiB\)\)", capsys.readouterr().err)
     assert not [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
 
 
@@ -93,14 +98,14 @@ def test_case_too_large_for_the_containers_memory_limit_fails_cleanly(workspace,
 STAND_IN_DEVICE = torch.device("cpu", 0)
 
 
-def out_of_memory_once(original, on_device):
-    """original, except that its first call with on_device(*args) true raises torch.OutOfMemoryError."""
+def out_of_memory_once(original, on_device, error=lambda: torch.OutOfMemoryError("injected")):
+    """original, except that its first call with on_device(*args) true raises `error()` (torch's OutOfMemoryError)."""
     calls = []
 
     def injected(*args, **kwargs):
         if on_device(*args, **kwargs) and not calls:
             calls.append(args)
-            raise torch.OutOfMemoryError("injected")
+            raise error()
         return original(*args, **kwargs)
 
     injected.calls = calls
@@ -117,7 +122,11 @@ STEPS = {  # step: (object, attribute, whether a call is the device's, the warni
                        "while summing the members"),
     "argmax": (input_grid.ProbabilitySum, "_labels", lambda self, *a: self.device == STAND_IN_DEVICE,
                "while taking the argmax"),
+    # on the loading thread: the network does not fit the device as it loads; its member runs on the host
+    "network load": (loading, "load_network", lambda member, device: device == STAND_IN_DEVICE, "loading "),
 }
+# what cuDNN says when its workspace cannot be allocated: a plain RuntimeError, handled as torch's OutOfMemoryError
+CUDNN_ALLOCATION = lambda: RuntimeError("cuDNN error: CUDNN_STATUS_ALLOC_FAILED")  # noqa: E731
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +138,17 @@ def mask_without_faults(workspace, tmp_path_factory):
     return input_dir, read_mask(written[0])[0]
 
 
+@pytest.mark.parametrize("kind", ["OutOfMemoryError", "cuDNN RuntimeError"])
 @pytest.mark.parametrize("step", sorted(STEPS))
 def test_device_out_of_memory_in_each_step_falls_back_to_the_host(workspace, tmp_path, monkeypatch, capsys,
-                                                                  mask_without_faults, step):
+                                                                  mask_without_faults, step, kind):
     """Out of device memory in any step on the device, that step runs on the host with one warning line, and the
     case completes with the same mask."""
     input_dir, expected = mask_without_faults
     owner, name, on_device, words = STEPS[step]
-    injected = out_of_memory_once(getattr(owner, name), on_device)
+    injected = out_of_memory_once(getattr(owner, name), on_device,
+                                  CUDNN_ALLOCATION if kind != "OutOfMemoryError" else lambda: torch.OutOfMemoryError(
+                                      "injected"))
     monkeypatch.setattr(owner, name, injected)
     monkeypatch.setattr(run, "select_device", lambda requested: STAND_IN_DEVICE)
     monkeypatch.setattr(run, "device_free_bytes", lambda device: 2 ** 40)  # everything fits: nothing adapted
@@ -153,3 +165,33 @@ def test_out_of_memory_for_a_single_network_on_cpu_is_not_hidden(monkeypatch):
     with pytest.raises(torch.OutOfMemoryError):
         predict.sliding_window_logits(torch.zeros(1, 8, 8, 8), torch.nn.Identity(), (8, 8, 8), 1,
                                       torch.device("cpu"))
+
+
+def test_a_member_with_non_finite_logits_is_dropped_and_the_others_decide(workspace, tmp_path, monkeypatch, capsys):
+    input_dir = write_input(tmp_path, np.random.default_rng(3).uniform(100, 900, (10, 30, 34)).astype(np.float32))
+    original, calls = predict._predict, []
+
+    def first_member_nan(*args):
+        calls.append(1)
+        if len(calls) == 1:
+            raise predict.NonFiniteLogits("NaN or Inf in its logits")
+        return original(*args)
+
+    monkeypatch.setattr(predict, "_predict", first_member_nan)
+    written = predict_folder(input_dir, tmp_path / "out", ensemble=workspace.mixed_spec, weights=workspace.weights,
+                             device="cpu", budget=0)
+    captured = capsys.readouterr()
+    warnings = captured.err.strip().splitlines()
+    assert len(warnings) == 1 and "NaN or Inf in its output on case.mha: dropped, the other members decide" in \
+        warnings[0]
+    assert read_mask(written[0])[0].shape == (10, 30, 34) and "2/3 members used, 1 dropped" in captured.out
+
+
+def test_every_member_non_finite_is_the_cases_one_line(workspace, tmp_path, monkeypatch, capsys):
+    input_dir = write_input(tmp_path, np.random.default_rng(3).uniform(100, 900, (10, 30, 34)).astype(np.float32))
+    monkeypatch.setattr(predict, "_predict", lambda *a: (_ for _ in ()).throw(predict.NonFiniteLogits("x")))
+    with pytest.raises(AlreadyReported):
+        predict_folder(input_dir, tmp_path / "out", ensemble=workspace.mixed_spec, weights=workspace.weights,
+                       device="cpu", budget=0)
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "every member's output held NaN or Inf; no mask" in errors[0]

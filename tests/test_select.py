@@ -327,3 +327,26 @@ def test_no_candidate_predicting_tumor_is_a_warning_and_no_spec(capsys):
     path, _ = select([good], names, price([1.0, 1.0], 1.0), None, "rank", 2)
     check_tumor_predicted([good], names, path[-1], "rank", 2)  # a real ensemble passes, silently
     assert capsys.readouterr().err == ""
+
+
+def test_the_path_is_bounded_where_the_objective_always_improves(monkeypatch):
+    """A member chosen again costs nothing and rank is not transitive: a path that always finds a 'better' option
+    would never end. Here every heavier ensemble scores better; select stops at its bound."""
+    import panther_ensemble.tools.select as selection
+
+    def score(cases, weights, tumor_label):
+        picks = sum(weights.values())
+        return dict(mean_volumetric_dice=1 - 1 / (picks + 1), mean_surface_dice=1 - 1 / (picks + 1),
+                    mean_hausdorff95=1 / picks, mean_masd=1 / picks, tumor_burden_rmse=1 / picks), {}
+
+    steps = []
+
+    def log(message):  # without a bound the path would go on for ever: fail, don't hang
+        steps.append(message)
+        assert len(steps) < 200, "select never stops"
+
+    monkeypatch.setattr(selection, "score", score)
+    monkeypatch.setattr(selection, "log", log)
+    names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(3)]
+    path, _ = select([], names, price([1.0] * 3, 1.0), None, "rank", 1)
+    assert len(path) == selection.STEPS_PER_CANDIDATE * len(names)

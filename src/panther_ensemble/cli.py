@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from . import commands
-from .core.errors import print_failure
+from .core import stop
+from .core.errors import AlreadyReported, print_failure
 
 PREDICT_HELP = """\
 Segment pancreatic tumors with a heterogeneous nnU-Net v2 ensemble, Grand Challenge style.
@@ -266,6 +267,8 @@ def _run(action, args: argparse.Namespace) -> int:
     """The command; anything that goes wrong is one `error:` line on stderr and exit 1 (core.errors)."""
     try:
         action(args)
+    except AlreadyReported:
+        return 1
     except (Exception, KeyboardInterrupt) as e:
         print_failure(e)
         return 1
@@ -303,8 +306,15 @@ def inference_main(argv: list[str] | None = None) -> int:
 
 
 def console_main() -> None:
-    """The panther-ensemble console script."""
+    """The panther-ensemble console script (SIGINT and SIGTERM: one line, core.stop)."""
+    stop.install(quiet_when_idle=sys.argv[1:2] == ["serve"])
     exit_now(main())
+
+
+def inference_console_main() -> None:
+    """`python inference.py`, the image's entrypoint."""
+    stop.install(quiet_when_idle=inference_parser().parse_known_args()[0].api == "invoke")
+    exit_now(inference_main())
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import PantherError
-from ..engine.image import IMAGE_SUFFIXES, image_files, image_stem
+from ..engine.image import IMAGE_SUFFIXES, Header, check_image, image_files, image_stem
 
 
 @dataclass
@@ -18,6 +18,7 @@ class CaseInputs:
 
     socket: str
     files: list[Path]
+    root: Path  # the input folder, symlinks resolved: each file must lead inside it (input_header)
 
 
 def find_inputs(input_dir: Path) -> CaseInputs:
@@ -34,7 +35,9 @@ def find_inputs(input_dir: Path) -> CaseInputs:
     else:
         images = input_dir / "images"
         folders = {p.name: p for p in sorted(images.iterdir()) if p.is_dir()} if images.is_dir() else {}
-    with_files = {slug: image_files(folder) for slug, folder in folders.items() if folder.is_dir()}
+    root = input_dir.resolve()  # on GC, /input is itself a symlink to the task's download folder
+    with_files = {slug: image_files(folder) for slug, folder in folders.items()
+                  if inside(root, folder, input_dir) and folder.is_dir()}
     with_files = {slug: files for slug, files in with_files.items() if files}
     if not with_files:
         raise PantherError(
@@ -46,7 +49,22 @@ def find_inputs(input_dir: Path) -> CaseInputs:
                            "expected exactly one")
     (socket, files), = with_files.items()
     check_distinct_outputs(files)
-    return CaseInputs(socket, files)
+    return CaseInputs(socket, files, root)
+
+
+def inside(root: Path, path: Path, named: Path) -> bool:
+    """True where `path` resolves (symlinks followed) to a place inside `root`; else refused: an input never reads
+    outside its folder."""
+    if not path.resolve().is_relative_to(root):
+        raise PantherError(f"{path}: leads outside the input folder {named} (to {path.resolve()}); inputs are read "
+                           "only from inside it")
+    return True
+
+
+def input_header(file: Path, root: Path) -> Header:
+    """One input's header, checked: inside the input folder, a readable 3-D scalar image of a scan's geometry."""
+    inside(root, file, root)
+    return check_image(file)
 
 
 def case_name(input_file: Path) -> str:

@@ -24,6 +24,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from ..core.errors import CaseFailure, PantherError, print_failure
 from ..core.log import log
+from ..core.stop import on_stop
 
 DEFAULT_HOST = "127.0.0.1"  # where the shim calls it (port: GRAND_CHALLENGE_COMPONENT_USER_WEBSERVER_PORT)
 DEFAULT_PORT = 4743
@@ -50,7 +51,8 @@ class InvokeServer(ThreadingHTTPServer):
             return HTTPStatus.CONFLICT, "another task is running"
         started = time.perf_counter()
         try:
-            written = self.predict(started)
+            with on_stop(lambda signal_name: None):  # stopped meanwhile: an error line, not a quiet end
+                written = self.predict(started)
         except Exception as e:  # one line, and the server goes on to the next task
             print_failure(e)
             bad_input = isinstance(e, PantherError) and not isinstance(e, CaseFailure)

@@ -18,11 +18,10 @@ from ..core.log import StageTimer, log
 from ..engine.deadline import DEFAULT_INVOKE_BUDGET_SECONDS, Deadline
 from ..engine.devices import select_device
 from ..engine.ensemble import Ensemble, Placement
-from ..engine.image import check_image
 from ..engine.members import Member
 from ..engine.memory import check_host_memory, check_networks_fit
 from ..engine.spec import EnsembleSpec, load_spec
-from .gc_io import check_writable, find_inputs, output_path
+from .gc_io import check_writable, find_inputs, input_header, output_path
 from .locations import spec_dirs, specs_by_socket
 from .predict_run import budget_seconds, device_placement, host_needs, log_host_memory, predict_case, prepare
 
@@ -110,7 +109,7 @@ class LoadedEnsembles:
             log(f"{inputs.socket}: not loaded at start-up; loading {spec.path} now, within this task's budget")
             model = self.loaded[inputs.socket] = self._load(spec, timer)
         spec = model.spec
-        headers = {file: check_image(file) for file in inputs.files}
+        headers = {file: input_header(file, inputs.root) for file in inputs.files}
         check_writable(output_path(options.output_dir, spec.output_socket, inputs.files[0]).parent)
         for file, header in headers.items():
             check_host_memory(file, host_needs(model.members, header, options.mode, self.device, model.placement,

@@ -37,8 +37,15 @@ class Manifest:
     def __init__(self, root: Path) -> None:
         self.root, self.path = Path(root), Path(root) / MANIFEST_NAME
         self.listed = {}
-        for line in self.path.read_text().splitlines():
+        try:
+            lines = self.path.read_text().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise PantherError(f"{self.path}: cannot be read ({e})") from None
+        for number, line in enumerate(lines, start=1):
             digest, _, name = line.partition("  ")
+            if not name or len(digest) != 64 or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise PantherError(f"{self.path}: line {number} is not '<sha256>  <path inside the weights root>': "
+                                   f"{line[:120]!r}")
             self.listed[name] = digest
 
     @classmethod
@@ -47,7 +54,10 @@ class Manifest:
         return cls(root) if (Path(root) / MANIFEST_NAME).is_file() else None
 
     def _name(self, file: Path) -> str:
-        name = Path(file).relative_to(self.root).as_posix()
+        try:
+            name = Path(file).relative_to(self.root).as_posix()
+        except ValueError:
+            raise PantherError(f"{file}: outside the weights root {self.root} that {self.path} lists") from None
         if name not in self.listed:
             raise PantherError(f"{self.path}: does not list {name}, which the ensemble uses")
         return name

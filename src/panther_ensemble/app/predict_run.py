@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import resource
@@ -12,19 +13,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import CaseFailure, PantherError, print_failure
+from ..core.errors import AlreadyReported, CaseFailure, PantherError, failure_line, print_failure
 from ..core.log import StageTimer, log, warn
+from ..core.stop import on_stop
 from ..engine.deadline import DEFAULT_BUDGET_SECONDS, Deadline
 from ..engine.devices import HOST, select_device
 from ..engine.ensemble import Ensemble, Placement
 from ..engine.host_limits import available_memory
-from ..engine.image import Header, check_image, read_image, write_mask
+from ..engine.image import Header, read_image, write_mask
 from ..engine.loading import Verify
 from ..engine.members import Member
 from ..engine.memory import check_host_memory, device_free_bytes, estimate_device, host_bytes, plan_device
 from ..engine.spec import BACKENDS, EnsembleSpec, check_against_weights, load_spec, member_files, network_files
 from .cohort import Records, existing_mask_problem, resolve_shard
-from .gc_io import check_writable, find_inputs, output_path
+from .gc_io import check_writable, find_inputs, input_header, output_path
 from .locations import find_spec, resolve_weights_root, spec_dirs
 from .manifest import Manifest
 
@@ -118,7 +120,17 @@ def device_placement(members: list[Member], device: torch.device, shape_zyx: tup
     """On a GPU, what fits its free memory for a case of this geometry (memory.plan_device); on the host, all."""
     if device == HOST:
         return Placement()
-    chosen = plan_device(estimate_device(members, shape_zyx, spacing_zyx), device_free_bytes(device))
+    estimate, free = estimate_device(members, shape_zyx, spacing_zyx), device_free_bytes(device)
+    chosen = plan_device(estimate, free)
+    if estimate.arenas:  # ONNX Runtime's sessions: capped at what the plan counts, or refused where none fits
+        if estimate.total(chosen) > free:
+            raise PantherError(f"the onnxruntime backend would need about {estimate.total(chosen) / 2 ** 30:.1f} GiB "
+                               f"on {device} (each member's session keeps a memory arena of its own), but "
+                               f"{free / 2 ** 30:.1f} GiB are free; use --backend torch")
+        arenas = iter(estimate.arenas)
+        for member in members:
+            if member.backend == "onnxruntime":
+                member.arena_bytes = next(arenas)
     if os.environ.get(CUDA_GRAPHS_VARIABLE, "on") == "off":  # a diagnostic switch (benchmarks/t4_check.py)
         chosen = replace(chosen, capture_graphs=False)
         log(f"{CUDA_GRAPHS_VARIABLE}=off: no CUDA graph capture")
@@ -150,14 +162,25 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     if not files:
         log(f"nothing to do: shard {shard} has no cases ({len(inputs.files)} in all)")
         return []
-    records = Records(cohort.records, shard) if cohort.records else None
-    spec = load_spec(ensemble) if ensemble is not None else find_spec(inputs.socket, spec_dirs())
-    check_socket(spec, inputs.socket)
+    cases = _Cases(Records(cohort.records, shard) if cohort.records else None, files)
+    try:
+        return _predict_cases(inputs.socket, files, inputs.root, output_dir, ensemble, weights, device, budget, mode,
+                              backend, timer, cohort, cases)
+    except Exception as e:  # a failure of the whole run (spec, weights, device): every case still gets its record
+        cases.record_the_rest(e)
+        raise
+
+
+def _predict_cases(socket: str, files: list[Path], root: Path, output_dir: Path, ensemble: Path | None,
+                   weights: Path | None,
+                   device: str, budget: float | None, mode: str, backend: str | None, timer: StageTimer,
+                   cohort: CohortOptions, cases: _Cases) -> list[Path]:
+    spec = load_spec(ensemble) if ensemble is not None else find_spec(socket, spec_dirs())
+    check_socket(spec, socket)
     prepared = prepare(spec, weights, backend, mode, timer)
-    cases = _Cases(records)
     headers = {}
     for file in files:
-        ok, header = cases.attempt(file, check_image, file)
+        ok, header = cases.attempt(file, input_header, file, root)
         if ok:
             headers[file] = header
     if cohort.skip_existing:
@@ -170,7 +193,7 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     check_writable(output_path(output_dir, spec.output_socket, next(iter(headers))).parent)
     torch_device = select_device(device)
     seconds = budget_seconds(budget, spec.budget_seconds)
-    log(f"ensemble {spec.path} ({len(spec.members)} members) for {inputs.socket}: {len(headers)} image(s)")
+    log(f"ensemble {spec.path} ({len(spec.members)} members) for {socket}: {len(headers)} image(s)")
     log_host_memory()
 
     def placement(members: list[Member]) -> Placement:
@@ -192,7 +215,9 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
             started = time.perf_counter()
             # one budget per case; the first one also pays for loading the models
             deadline = Deadline(seconds, start=timer.started if index == 0 else None)
-            ok, done = cases.attempt(file, predict_case, model, file, output_dir, timer, deadline)
+            interrupted = functools.partial(_interrupted, cases, file, started)
+            with on_stop(interrupted):  # SIGINT or SIGTERM meanwhile: the case's record says so
+                ok, done = cases.attempt(file, predict_case, model, file, output_dir, timer, deadline)
             if ok:
                 target, volume = done
                 written.append(target)
@@ -207,34 +232,48 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
 
 
 class _Cases:
-    """Without records a case's error ends the run (GC: one case, one error line, nothing written); with records
-    each case stands alone: its error is one line on stderr and a record, and the others go on."""
+    """Each case stands alone: what goes wrong in one is one line on stderr naming it (and its record), and the
+    others go on; the run then ends with exit 1. GC's single case: one error line, nothing written."""
 
-    def __init__(self, records: Records | None) -> None:
-        self.records, self.failed = records, 0
+    def __init__(self, records: Records | None, files: list[Path]) -> None:
+        self.records, self.files, self.failed = records, files, 0
+        self.recorded: set[Path] = set()
 
     def attempt(self, file: Path, action, *arguments) -> tuple[bool, object]:
-        """(True, action(*arguments)), or (False, None) where it failed and there are records."""
+        """(True, action(*arguments)), or (False, None) where it failed: its line printed, its record written."""
         started = time.perf_counter()
         try:
             return True, action(*arguments)
         except Exception as e:  # one line naming the case, whatever went wrong (core.errors)
             error = CaseFailure.of(file, e)
-            if self.records is None:
-                raise error from (None if error is e else e)
+            if error is not e:
+                error.__cause__ = e  # PANTHER_DEBUG's traceback shows where
             self.failed += 1
             print_failure(error)
             self.record(file, "error", time.perf_counter() - started, error=str(error))
             return False, None
 
     def record(self, file: Path, status: str, seconds: float, **fields) -> None:
+        self.recorded.add(file)
         if self.records is not None:
             self.records.append(file, status, seconds, **fields)
 
+    def record_the_rest(self, error: BaseException) -> None:
+        """After a failure of the whole run: an error record for every case without one."""
+        if self.records is not None:
+            for file in self.files:
+                if file not in self.recorded:
+                    self.record(file, "error", 0.0, error=failure_line(error))
+
     def raise_failures(self) -> None:
         if self.failed:
-            raise PantherError(f"{self.failed} case(s) failed; each has its error line above and its record in "
-                               f"{self.records.path}")
+            where = f"; each has its record in {self.records.path}" if self.records else ""
+            log(f"{self.failed} of {len(self.files)} case(s) failed: each has its error line on stderr{where}")
+            raise AlreadyReported(f"{self.failed} case(s) failed")
+
+
+def _interrupted(cases: _Cases, file: Path, started: float, signal_name: str) -> None:
+    cases.record(file, "interrupted", time.perf_counter() - started, error=f"interrupted ({signal_name})")
 
 
 def _finished(file: Path, header: Header, output_dir: Path, spec: EnsembleSpec, cases: _Cases) -> bool:
@@ -279,7 +318,8 @@ def predict_case(model: Ensemble, file: Path, output_dir: Path, timer: StageTime
     used = len(spec.members) - len(model.dropped)
     seconds = deadline.seconds
     budget_note = "no budget" if seconds is None else f"budget left {deadline.left():.1f}s of {seconds:.0f}s"
+    empty = "" if mask.any() else "; the mask is EMPTY: no member found tumor (PANTHER scores that as the worst case)"
     log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"
         f"{' (' + ', '.join(m.spec.name for m in model.dropped) + ')' if model.dropped else ''}; "
-        f"{budget_note}; peak memory {peak_memory()}")
+        f"{budget_note}; peak memory {peak_memory()}{empty}")
     return target, volume

@@ -21,6 +21,10 @@ class PantherError(Exception):
     """A problem with the user's input, spec or weights: message says which file and what is wrong."""
 
 
+class AlreadyReported(PantherError):
+    """The run failed and each failure has had its line already: exit 1 and nothing more on stderr."""
+
+
 class CaseFailure(PantherError):
     """Something other than the input went wrong in one case (out of memory, a library's or our own bug): one line
     that names the case, the original exception chained for PANTHER_DEBUG."""
@@ -33,8 +37,8 @@ class CaseFailure(PantherError):
 
 def is_allocation_failure(error: BaseException) -> bool:
     """A MemoryError, or an allocation failure that a library reports as a plain RuntimeError."""
-    if isinstance(error, MemoryError):
-        return True
+    if isinstance(error, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(error).__mro__):
+        return True  # torch's OutOfMemoryError (not imported here: core imports nothing heavy)
     return isinstance(error, RuntimeError) and any(w in str(error).lower() for w in _ALLOCATION_WORDS)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..core.errors import PantherError
+from ..core.errors import PantherError, is_allocation_failure
 from ..core.log import warn
 
 HOST = torch.device("cpu")
@@ -59,6 +59,12 @@ def select_device(requested: str) -> torch.device:
     if expected:
         warn(f"a GPU is expected ({expected}) but CUDA does not start, running on the CPU: {cuda_failure()}")
     return HOST
+
+
+def out_of_memory(error: BaseException) -> bool:
+    """Whether `error` is an allocation that failed (torch's OutOfMemoryError, or a RuntimeError that says so: cuDNN
+    and oneDNN report theirs that way); a device step that raises it continues on the host."""
+    return is_allocation_failure(error)
 
 
 def release_device_memory() -> None:

@@ -15,16 +15,17 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..core.log import StageTimer, log, log_tile_progress
+from ..core.errors import PantherError
+from ..core.log import StageTimer, log, log_tile_progress, warn
 from .cuda_graph import GraphedForward, capture
 from .deadline import Deadline
-from .devices import HOST
+from .devices import HOST, out_of_memory, release_device_memory
 from .image import Image
 from .input_grid import MODES, ProbabilitySum
 from .loading import NetworkLoader, Verify
-from .members import Member, Network, describe_member
+from .members import Member, Network, describe_member, load_network
 from .preprocess import preprocess, preprocessing_key
-from .sliding_window import sliding_window_logits, tile_count, tiles_per_forward
+from .sliding_window import NonFiniteLogits, sliding_window_logits, tile_count, tiles_per_forward
 from .spec import EnsembleSpec
 
 
@@ -117,9 +118,13 @@ class Ensemble:
                 self._drop(group, "no time for another group")
                 continue
             started = time.perf_counter()
-            with timer.stage("preprocess"):
+            # numpy's overflow warnings would be lines on stderr: the data are checked for NaN and Inf just below
+            with timer.stage("preprocess"), np.errstate(over="ignore", invalid="ignore"):
                 prepared = preprocess(image, group[0], self.device if self.mode == "fast" else None)
             deadline.record_preprocess(time.perf_counter() - started)
+            if not torch.isfinite(prepared.data).all():  # e.g. intensities near float32's limit overflow the z-score
+                raise PantherError(f"{image.path}: NaN or Inf after nnU-Net's normalization of group {g} (does the "
+                                   "image's intensity scale overflow float32?); no mask")
             log(f"group {g}: preprocessed {image.shape} -> {tuple(prepared.data.shape[1:])} "
                 f"in {timer.last['preprocess']:.1f}s")
             if g == len(self.groups) and release_voxels:
@@ -129,16 +134,30 @@ class Ensemble:
                 if not deadline.member_fits(tiles, completed):
                     self._drop(group[m:], "projected to finish past the budget")
                     break
+                device = self.device
                 try:
                     with timer.stage("load"):
                         network = self.loader.network(member, deadline.wait_for_loading(tiles, completed))
                 except TimeoutError:
                     self._drop(group[m:], "its network was still loading when the budget ran out")
                     break
+                except RuntimeError as e:  # out of device memory placing it (on the loading thread)
+                    if device == HOST or not out_of_memory(e):
+                        raise
+                    warn(f"out of device memory loading {member.spec.name}: this member runs on the host")
+                    release_device_memory()
+                    device, network = HOST, load_network(member, HOST)
                 if completed == 0:
                     log(f"  {member.spec.name}: network ready {timer.elapsed():.1f}s after start")
-                with timer.stage("forward"):
-                    logits = self._member_logits(member, network, prepared.data, deadline, completed)
+                try:
+                    with timer.stage("forward"):
+                        logits = self._member_logits(member, network, prepared.data, deadline, completed, device)
+                except NonFiniteLogits:
+                    warn(f"{member.spec.name}: NaN or Inf in its output on {image.path.name}: dropped, the other "
+                         "members decide")
+                    self.dropped.append(member)
+                    self.loader.done_with(member)
+                    continue
                 del network
                 self.loader.done_with(member)
                 log(f"  {member.spec.name}: forward in {timer.last['forward']:.2f}s")
@@ -153,11 +172,12 @@ class Ensemble:
             del prepared
 
     def _member_logits(self, member: Member, network: Network, data: torch.Tensor, deadline: Deadline,
-                       completed: int) -> torch.Tensor | None:
-        """The member's sliding window, the deadline asked after every forward; None where it stopped it."""
+                       completed: int, device: torch.device) -> torch.Tensor | None:
+        """The member's sliding window on `device`, the deadline asked after every forward; None where it stopped
+        it; NonFiniteLogits where its output holds NaN or Inf."""
         patch = member.configuration_manager.patch_size
         label = f"{member.spec.name}, patch {patch}"
-        if self.device.type == "cuda" and self.mode == "fast" and self.placement.capture_graphs \
+        if device.type == "cuda" and self.mode == "fast" and self.placement.capture_graphs \
                 and isinstance(network, torch.nn.Module):
             network = self._graphed(member, network)
 
@@ -166,8 +186,8 @@ class Ensemble:
             log_tile_progress(label, tiles.stop, total, len(tiles))
             return deadline.member_fits(total - tiles.stop, completed)
 
-        return sliding_window_logits(data, network, patch, member.label_manager.num_segmentation_heads, self.device,
-                                     on_forward, tiles_per_forward(patch, self.device) if self.mode == "fast" else 1)
+        return sliding_window_logits(data, network, patch, member.label_manager.num_segmentation_heads, device,
+                                     on_forward, tiles_per_forward(patch, device) if self.mode == "fast" else 1)
 
     def _graphed(self, member: Member, network: torch.nn.Module) -> Network:
         """The network's forward as a replay of its architecture's CUDA graph (captured at the first member that
@@ -193,10 +213,14 @@ class Ensemble:
     def predict(self, image: Image, timer: StageTimer, deadline: Deadline | None = None) -> np.ndarray:
         """The uint8 tumor mask on the image's grid. The image's voxels are released once preprocessed."""
         total = self.new_sum(image)
+        added = 0
         for member, logits, properties in self.member_logits(image, timer, deadline, release_voxels=True):
             with timer.stage("resample"):
                 total.add(logits, member, properties, member.spec.weight, self.mode)
             del logits
+            added += 1
             log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
+        if added == 0:
+            raise PantherError(f"{image.path}: every member's output held NaN or Inf; no mask")
         with timer.stage("combine"):
             return total.mask(self.spec.tumor_label)

@@ -5,6 +5,7 @@ Arrays follow SimpleITK's order (z, y, x); spacing, origin and direction are Sim
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,8 +14,12 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import PantherError
+from ..core.stop import partial_file
 
 IMAGE_SUFFIXES = (".mha", ".nii.gz", ".nii", ".nrrd")
+# a header's spacing outside these is no scan's (1e-9 mm shrank a model grid to 0 slices; metres for millimetres
+# are caught by the memory check, which says why)
+MIN_SPACING_MM, MAX_SPACING_MM = 1e-3, 1e4
 
 
 @dataclass
@@ -83,6 +88,12 @@ def _validated_reader(path: Path) -> sitk.ImageFileReader:
     if reader.GetNumberOfComponents() != 1:
         raise PantherError(f"{path}: expected a scalar image, got {reader.GetNumberOfComponents()} "
                            "components per voxel")
+    spacing = reader.GetSpacing()
+    if not all(math.isfinite(s) and MIN_SPACING_MM <= s <= MAX_SPACING_MM for s in spacing):
+        raise PantherError(f"{path}: spacing {tuple(spacing)} mm is not a voxel size of a scan (each between "
+                           f"{MIN_SPACING_MM:g} and {MAX_SPACING_MM:g} mm)")
+    if min(reader.GetSize()) < 1:
+        raise PantherError(f"{path}: size {reader.GetSize()} has an empty axis")
     return reader
 
 
@@ -145,8 +156,9 @@ def write_mask(mask: np.ndarray, like: Image, path: Path) -> None:
         raise PantherError(f"{path.parent}: cannot create the output folder ({e.strerror})") from None
     partial = path.with_name(f".{path.stem}.partial.mha")
     try:
-        sitk.WriteImage(out, str(partial), useCompression=True)
-        os.replace(partial, path)
+        with partial_file(partial):  # removed should the run be stopped while it is written
+            sitk.WriteImage(out, str(partial), useCompression=True)
+            os.replace(partial, path)
     except (RuntimeError, OSError) as e:
         partial.unlink(missing_ok=True)
         raise PantherError(f"{path}: cannot write the output ({str(e).strip().splitlines()[-1]})") from None

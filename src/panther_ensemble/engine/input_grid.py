@@ -26,7 +26,7 @@ from nnunetv2.preprocessing.resampling.default_resampling import determine_do_se
 from torch.nn import functional as F
 
 from ..core.log import warn
-from .devices import HOST, release_device_memory
+from .devices import HOST, out_of_memory, release_device_memory
 from .members import Member
 
 MODES = ("fast", "exact")
@@ -174,8 +174,8 @@ class ProbabilitySum:
             where[1 + resampler.axis] = slice(start, stop)
             try:
                 probabilities = member.label_manager.apply_inference_nonlin(resampler.slab(start, stop))
-            except torch.OutOfMemoryError:
-                if self.device == HOST:
+            except RuntimeError as e:  # torch's OutOfMemoryError among them
+                if self.device == HOST or not out_of_memory(e):
                     raise
                 self._to_host("bringing a member to the input grid")
                 probabilities = member.label_manager.apply_inference_nonlin(resampler.to(HOST).slab(start, stop))
@@ -196,8 +196,8 @@ class ProbabilitySum:
         shape = (self.classes, *(r.stop - r.start for r in region))
         try:
             total = self._zeros(shape)
-        except torch.OutOfMemoryError:
-            if self.device == HOST:
+        except RuntimeError as e:  # torch's OutOfMemoryError among them
+            if self.device == HOST or not out_of_memory(e):
                 raise
             self._to_host("summing the members")
             total = self._zeros(shape)
@@ -234,8 +234,8 @@ class ProbabilitySum:
         for start, stop in _slabs(self.total.shape[1], math.prod(self.total.shape[2:]), self.classes, self.device):
             try:
                 labels = self._labels(start, stop)
-            except torch.OutOfMemoryError:
-                if self.device == HOST:
+            except RuntimeError as e:  # torch's OutOfMemoryError among them
+                if self.device == HOST or not out_of_memory(e):
                     raise
                 self._to_host("taking the argmax")
                 labels = self._labels(start, stop)

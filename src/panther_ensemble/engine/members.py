@@ -76,6 +76,7 @@ class Member:
     backend: str
     network_file: Path  # the checkpoint, or the exported ONNX model
     network: Network | None = None  # loaded by load_network
+    arena_bytes: int | None = None  # ONNX Runtime on CUDA: the session's memory arena is capped at this (the plan)
 
     @property
     def input_shape(self) -> list[int]:
@@ -113,8 +114,12 @@ def load_checkpoint(path: Path) -> dict:
         if isinstance(e, (RuntimeError, OSError)):
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise PantherError(f"{path}: not a readable PyTorch checkpoint ({reason})") from None
-    if not isinstance(checkpoint, dict) or "network_weights" not in checkpoint:
-        raise PantherError(f"{path}: not an nnU-Net checkpoint (no 'network_weights')")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("network_weights"), dict):
+        raise PantherError(f"{path}: not an nnU-Net checkpoint (no 'network_weights' table)")
+    odd = [k for k, v in checkpoint["network_weights"].items() if not isinstance(v, torch.Tensor)]
+    if odd:
+        raise PantherError(f"{path}: 'network_weights' holds {type(checkpoint['network_weights'][odd[0]]).__name__} "
+                           f"where a tensor belongs ({odd[0]})")
     return checkpoint
 
 
@@ -219,7 +224,7 @@ def load_network(member: Member, device: torch.device | None = None) -> Network:
     if member.backend == "onnxruntime":
         from .onnx_network import OnnxNetwork
 
-        network = OnnxNetwork(member.network_file, device)
+        network = OnnxNetwork(member.network_file, device, member.arena_bytes)
         _check_recorded_configuration(member, network.metadata.get("configuration"))
         _check_onnx_fits(network, member.input_shape, member.label_manager.num_segmentation_heads, plans_path)
         return network

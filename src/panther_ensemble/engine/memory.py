@@ -148,12 +148,14 @@ class DeviceEstimate:
     window: int  # the largest group's model-grid buffers
     input_grid: int  # the probability sum and a slab's temporaries
     one_network: int  # the largest member's weights
+    arenas: tuple[int, ...] = ()  # ONNX Runtime members: each session's arena (its own activations), capped at this
 
     def total(self, placement: Placement) -> int:
         networks = self.networks if placement.keep_networks else 2 * self.one_network
         graphs = self.graphs if placement.capture_graphs else 0
         grid = self.input_grid if placement.input_grid_on_device else 0
-        return int(DEVICE_MARGIN * (networks + graphs + self.forward + self.window + grid))
+        arenas = sum(self.arenas) if placement.keep_networks else 2 * max(self.arenas, default=0)
+        return int(DEVICE_MARGIN * (networks + graphs + self.forward + self.window + grid) + arenas)
 
 
 def estimate_device(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]
@@ -169,9 +171,18 @@ def estimate_device(members: list[Member], shape_zyx: tuple[int, ...], spacing_z
     window = max(_model_grid_voxels(group, shape_zyx, spacing_zyx) for group in group_members(members)) * \
         (WINDOW_BYTES_PER_VOXEL + 2 * classes)
     grid = voxels * 4 * classes + SLAB_TEMPORARIES * SLAB_BYTES["device"]
-    return DeviceEstimate(networks=sum(p for p, _ in sizes), graphs=sum(architectures.values()),
-                          forward=max(a for _, a in sizes), window=window, input_grid=grid,
-                          one_network=max(p for p, _ in sizes))
+    torch_sizes = [size for m, size in zip(members, sizes) if m.backend != "onnxruntime"]
+    return DeviceEstimate(networks=sum(p for p, _ in torch_sizes), graphs=sum(architectures.values()) if torch_sizes
+                          else 0, forward=max((a for _, a in torch_sizes), default=0), window=window, input_grid=grid,
+                          one_network=max((p for p, _ in torch_sizes), default=0),
+                          arenas=tuple(onnx_arena_bytes(p, a) for m, (p, a) in zip(members, sizes)
+                                       if m.backend == "onnxruntime"))
+
+
+def onnx_arena_bytes(parameters: int, activations: int) -> int:
+    """An ONNX Runtime CUDA session's arena: its weights and one tile forward's activations in fp32 (twice the fp16
+    ones the dry run counted), with the margin; the session is capped at it (onnx_network)."""
+    return int(DEVICE_MARGIN * (parameters + 2 * activations))
 
 
 ADAPTATIONS = (("no CUDA graph capture", dict(capture_graphs=False)),

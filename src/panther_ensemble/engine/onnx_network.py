@@ -40,8 +40,10 @@ def _tensorrt_installed() -> bool:
     return False
 
 
-def providers(device: torch.device) -> list:
-    """Execution providers for the device, fastest first."""
+def providers(device: torch.device, arena_bytes: int | None = None) -> list:
+    """Execution providers for the device, fastest first. On CUDA each session keeps a memory arena of its own,
+    which grows as it likes unless capped: `arena_bytes` caps it (the device plan counts it), grown only by what a
+    run asks for."""
     ort = import_onnxruntime()
     if device.type == "cpu":
         return ["CPUExecutionProvider"]
@@ -60,20 +62,23 @@ def providers(device: torch.device) -> list:
         chosen.append(("TensorrtExecutionProvider", {
             "device_id": index, "trt_fp16_enable": True, "trt_engine_cache_enable": True,
             "trt_engine_cache_path": cache, "trt_timing_cache_enable": True, "trt_timing_cache_path": cache}))
-    return [*chosen, ("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"]
+    cuda = {"device_id": index, "arena_extend_strategy": "kSameAsRequested"}
+    if arena_bytes:
+        cuda["gpu_mem_limit"] = int(arena_bytes)
+    return [*chosen, ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
 
 class OnnxNetwork:
     """Called like the member's torch network on a (tiles, channels, *patch) float tensor."""
 
-    def __init__(self, path: Path, device: torch.device) -> None:
+    def __init__(self, path: Path, device: torch.device, arena_bytes: int | None = None) -> None:
         ort = import_onnxruntime()
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3  # errors only: GC shows anything on stderr as a warning
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers(device))
+            self.session = ort.InferenceSession(str(path), options, providers=providers(device, arena_bytes))
         except PantherError:
             raise
         except Exception as e:  # ONNX Runtime raises its own exception types for unreadable models

@@ -13,7 +13,7 @@ from nnunetv2.preprocessing.resampling.default_resampling import compute_new_sha
 
 from ..core.log import warn
 from . import image_resampling as resample
-from .devices import HOST, release_device_memory
+from .devices import HOST, out_of_memory, release_device_memory
 from .image import Image
 from .members import Member
 
@@ -83,8 +83,8 @@ def _resample_image(data, new_shape, current_spacing, new_spacing, device: torch
     """resample.resample_image on the device; out of memory there, on the host (the same arithmetic)."""
     try:
         return resample.resample_image(data, new_shape, current_spacing, new_spacing, device=device, **kwargs)
-    except torch.OutOfMemoryError:
-        if device == HOST:
+    except RuntimeError as e:  # torch's OutOfMemoryError among them
+        if device == HOST or not out_of_memory(e):
             raise
         warn("out of device memory while resampling the image: it is resampled on the host")
         release_device_memory()

@@ -17,7 +17,7 @@ from acvl_utils.cropping_and_padding.padding import pad_nd_image
 from nnunetv2.inference.sliding_window_prediction import compute_gaussian, compute_steps_for_sliding_window
 
 from ..core.log import warn
-from .devices import HOST, release_device_memory
+from .devices import HOST, out_of_memory, release_device_memory
 from .members import Network
 
 TILE_STEP_SIZE = 0.5
@@ -31,6 +31,10 @@ CPU_BATCH_VOXELS = 2 ** 20  # at most this many tile voxels per forward: large t
 # Called after each forward with (the batch's tile indices, tiles in all, seconds the forward took); returns whether
 # to go on: False stops the network (its partial sum is of no use).
 OnForward = Callable[[range, int, float], bool]
+
+
+class NonFiniteLogits(RuntimeError):
+    """The network gave NaN or Inf somewhere: its member's output cannot be trusted (the ensemble drops it)."""
 
 
 def tiles_per_forward(patch_size: Sequence[int], device: torch.device) -> int:
@@ -68,8 +72,8 @@ def sliding_window_logits(data: torch.Tensor, network: Network, patch_size: Sequ
     forward."""
     try:
         return _predict(data, network, patch_size, num_classes, device, device, on_forward, batch)
-    except torch.OutOfMemoryError:
-        if device == HOST:
+    except RuntimeError as e:  # torch's OutOfMemoryError, and cuDNN's allocation failures
+        if device == HOST or isinstance(e, NonFiniteLogits) or not out_of_memory(e):
             raise
         warn("out of device memory in the sliding window: its sums are kept on the host (the network stays on the "
              "device)")
@@ -80,9 +84,9 @@ def sliding_window_logits(data: torch.Tensor, network: Network, patch_size: Sequ
 def _predict(data: torch.Tensor, network: Network, patch_size: Sequence[int], num_classes: int,
              device: torch.device, results_device: torch.device, on_forward: OnForward | None, batch: int,
              ) -> torch.Tensor | None:
-    padded, revert_padding = pad_nd_image(data, patch_size, "constant", {"value": 0}, True, None)
+    # padded where the sums are: after an out-of-memory on the device, the padded copy is the host's
+    padded, revert_padding = pad_nd_image(data.to(results_device), patch_size, "constant", {"value": 0}, True, None)
     slicers = tile_slicers(padded.shape[1:], patch_size)
-    padded = padded.to(results_device)
     logits = torch.zeros((num_classes, *padded.shape[1:]), dtype=torch.half, device=results_device)
     n_predictions = torch.zeros(padded.shape[1:], dtype=torch.half, device=results_device)
     gaussian = compute_gaussian(tuple(patch_size), sigma_scale=1. / 8, value_scaling_factor=10,
@@ -103,6 +107,6 @@ def _predict(data: torch.Tensor, network: Network, patch_size: Sequence[int], nu
                 if not on_forward(tiles, len(slicers), time.perf_counter() - started):
                     return None
     torch.div(logits, n_predictions, out=logits)
-    if torch.isinf(logits).any():
-        raise RuntimeError("inf in the accumulated fp16 logits")
+    if not torch.isfinite(logits).all():
+        raise NonFiniteLogits("NaN or Inf in its logits")
     return logits[(slice(None), *revert_padding[1:])]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,7 @@ REQUIRED_TOP = ("input_socket", "output_socket", "tumor_label")
 REQUIRED_MEMBER = ("model", "fold", "checkpoint")
 # torch: the checkpoints, run by PyTorch; onnxruntime: the members exported by `panther-ensemble export-onnx`
 BACKENDS = ("torch", "onnxruntime")
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
 @dataclass(frozen=True)
@@ -86,8 +88,10 @@ def load_spec(path: Path) -> EnsembleSpec:
     for key in REQUIRED_TOP:
         if key not in raw:
             raise PantherError(f"{path}: missing required key '{key}'")
-    _expect(path, "the top level", "input_socket", raw["input_socket"], str, "a socket slug")
-    _expect(path, "the top level", "output_socket", raw["output_socket"], str, "a socket slug")
+    for key in ("input_socket", "output_socket"):  # the output socket names a folder under /output
+        slug = _expect(path, "the top level", key, raw[key], str, "a socket slug")
+        if not SLUG.fullmatch(slug):
+            raise PantherError(f"{path}: '{key}' must be a socket slug (letters, digits, '-', '_'), got {slug!r}")
     tumor_label = _expect(path, "the top level", "tumor_label", raw["tumor_label"], int, "an integer label")
     budget = raw.get("budget_seconds")
     if budget is not None and (_expect(path, "the top level", "budget_seconds", budget, (int, float),
@@ -116,6 +120,9 @@ def load_spec(path: Path) -> EnsembleSpec:
             if fold < 0:
                 raise PantherError(f"{path}: 'fold' in {where} must not be negative, got {fold}")
         checkpoint = _expect(path, where, "checkpoint", entry["checkpoint"], str, "a checkpoint file name")
+        if Path(checkpoint).name != checkpoint or checkpoint in ("", ".", ".."):
+            raise PantherError(f"{path}: 'checkpoint' in {where} must be a file name in fold_{fold}/, got "
+                               f"{checkpoint!r}")
         weight = _expect(path, where, "weight", entry.get("weight", 1.0), (int, float), "a positive number")
         if not weight > 0:
             raise PantherError(f"{path}: 'weight' in {where} must be positive, got {weight}")
@@ -140,8 +147,13 @@ def check_against_weights(spec: EnsembleSpec, weights_root: Path, backend: str =
     """Every member's folder, fold and network file (checkpoint, or ONNX model for the onnxruntime backend) exist;
     all members share one label map holding tumor_label."""
     first_labels: dict | None = None
+    root = Path(weights_root).resolve()
     for member in spec.members:
         folder = weights_root / member.model
+        for place in (folder, member.network_file(weights_root, backend)):  # symlinks followed: still inside?
+            if not place.resolve().is_relative_to(root):
+                raise PantherError(f"{spec.path}: {place} leads outside the weights root {weights_root} (to "
+                                   f"{place.resolve()})")
         if not folder.is_dir():
             raise PantherError(f"{spec.path}: model folder '{member.model}' not found under {weights_root}")
         network_file = member.network_file(weights_root, backend)

@@ -6,6 +6,7 @@ It is what metric-aware member selection (the paper's "mix of experts") needs: o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,12 +14,14 @@ import numpy as np
 import SimpleITK as sitk
 import torch
 
+from ..app.predict_run import device_placement, host_needs
 from ..core.errors import PantherError
 from ..core.log import StageTimer, log
-from ..engine.ensemble import Ensemble
-from ..engine.image import IMAGE_SUFFIXES, Image, image_files_by_id, read_image
+from ..engine.ensemble import Ensemble, Placement
+from ..engine.image import IMAGE_SUFFIXES, Image, check_image, image_files_by_id, read_image
 from ..engine.input_grid import ProbabilitySum
 from ..engine.members import Member
+from ..engine.memory import check_host_memory
 from ..engine.spec import EnsembleSpec, MemberSpec
 from .evaluate import aggregate, tumor_metrics
 
@@ -60,14 +63,34 @@ def each_member_alone(ensemble: Ensemble, image: Image, timer: StageTimer) -> It
         yield member, alone
 
 
+def load_for_cases(spec: EnsembleSpec, weights_root: Path, device: torch.device, timer: StageTimer,
+                   cases: list[tuple[str, Path, Path]]) -> Ensemble:
+    """The ensemble loaded under predict's memory plan (app.predict_run) for the largest of these cases: the device's
+    placement, and every case's host memory checked before any network loads; one probability sum more than
+    predict's (each member alone beside the ensemble's)."""
+    headers = {image: check_image(image) for _, image, _ in cases}
+    largest = max(headers.values(), key=lambda h: math.prod(h.shape_zyx))
+
+    def placement(members: list[Member]) -> Placement:
+        chosen = device_placement(members, device, largest.shape_zyx, largest.spacing_zyx)
+        classes = members[0].label_manager.num_segmentation_heads
+        for image, header in headers.items():
+            check_host_memory(image, host_needs(members, header, "fast", device, chosen)
+                              + math.prod(header.shape_zyx) * 4 * classes)
+        return chosen
+
+    return Ensemble.load(spec, weights_root, device, timer, placement=placement)
+
+
 def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, labels_dir: Path,
                     device: torch.device) -> dict[str, dict]:
     """{row name: {'per_subject': ..., 'aggregates': ...}} for each member (in spec order) and the ensemble."""
     timer = StageTimer()
-    ensemble = Ensemble.load(spec, weights_root, device, timer)
+    cases = labelled_cases(images_dir, labels_dir)
+    ensemble = load_for_cases(spec, weights_root, device, timer, cases)
     rows: dict[str, dict[str, dict]] = {member_label(m): {} for m in spec.members}
     rows[ENSEMBLE] = {}
-    for case, image_file, label_file in labelled_cases(images_dir, labels_dir):
+    for case, image_file, label_file in cases:
         image, truth = read_labelled_case(image_file, label_file, spec.tumor_label)
         spacing = tuple(reversed(image.spacing))
         total = ensemble.new_sum(image)

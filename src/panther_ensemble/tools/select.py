@@ -25,13 +25,12 @@ import torch
 
 from ..core.errors import PantherError
 from ..core.log import StageTimer, log, warn
-from ..engine.ensemble import Ensemble
 from ..engine.host_limits import available_memory
 from ..engine.image import check_image
 from ..engine.spec import EnsembleSpec, MemberSpec
 from .cost import T4, PoolCost, Target, pool_cost_on
 from .evaluate import aggregate, tumor_metrics
-from .member_table import each_member_alone, labelled_cases, member_label, read_labelled_case
+from .member_table import each_member_alone, labelled_cases, load_for_cases, member_label, read_labelled_case
 
 # objective: (aggregate key, higher is better); the five PANTHER ranking metrics
 METRICS = {"dice": ("mean_volumetric_dice", True), "surface-dice": ("mean_surface_dice", True),
@@ -63,7 +62,7 @@ def predict_candidates(spec: EnsembleSpec, weights_root: Path, cases: list[tuple
                        device: torch.device, work: Path) -> list[Case]:
     """Every candidate's probabilities on every case, kept where tumor is possible (see the module's docstring)."""
     timer = StageTimer()
-    ensemble = Ensemble.load(spec, weights_root, device, timer)
+    ensemble = load_for_cases(spec, weights_root, device, timer, cases)
     classes = ensemble.classes
     index = {id(member): k for k, member in enumerate(ensemble.members)}
     budget = (available_memory() or (8 * 2 ** 30, ""))[0] * MEMORY_SHARE
@@ -129,9 +128,15 @@ class Step:
 Price = Callable[[list[int]], float]  # projected seconds of a spec of these candidates, in this order (PoolCost)
 
 
+# Greedy selection with replacement need not end by itself: ranks among each step's options are not transitive, and
+# a member chosen again costs no time. Caruana's runs are bounded too; no more picks than this per candidate.
+STEPS_PER_CANDIDATE = 4
+
+
 def select(cases: list[Case], candidates: list[MemberSpec], price: Price, budget: float | None, objective: str,
            tumor_label: int) -> tuple[list[Step], list[dict]]:
-    """The greedy path (first step: the best single candidate that fits), and every candidate alone."""
+    """The greedy path (first step: the best single candidate that fits), and every candidate alone; at most
+    STEPS_PER_CANDIDATE steps per candidate."""
     alone = [score(cases, {k: 1.0}, tumor_label)[0] for k in range(len(candidates))]
     fits = [k for k in range(len(candidates)) if budget is None or price([k]) <= budget]
     if not fits:
@@ -139,6 +144,9 @@ def select(cases: list[Case], candidates: list[MemberSpec], price: Price, budget
     first = fits[best_option([alone[k] for k in fits], objective)]
     path = [Step(first, {first: 1.0}, alone[first], price([first]))]
     while True:
+        if len(path) >= STEPS_PER_CANDIDATE * len(candidates):
+            log(f"stopped at the bound of {len(path)} steps ({STEPS_PER_CANDIDATE} per candidate)")
+            return path, alone
         current = path[-1]
         options = [(None, current.weights, current.aggregates, current.seconds)]
         for k in range(len(candidates)):

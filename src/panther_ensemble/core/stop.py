@@ -1,0 +1,82 @@
+"""SIGINT and SIGTERM end a run within moments, in one line, with nothing half-written.
+
+The signals are blocked in every thread but one that waits for them: a forward that runs for seconds in C does not
+delay the end (a Python signal handler would wait for it). That thread removes the partial files being written,
+runs what the run registered (its records say `interrupted`) and ends the process: exit 130 (SIGINT) or 143
+(SIGTERM), one `error:` line. A server between tasks ends quietly (GC's shim stops it with SIGTERM when the job is
+done). Installed by the console entry points only, never in a library user's process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_lock = threading.Lock()
+_partials: set[Path] = set()
+_on_stop: list[Callable[[str], None]] = []
+_quiet_when_idle = False
+_busy = 0
+
+
+@contextmanager
+def partial_file(path: Path) -> Iterator[Path]:
+    """A file being written (then renamed): removed should the run be stopped meanwhile."""
+    with _lock:
+        _partials.add(Path(path))
+    try:
+        yield Path(path)
+    finally:
+        with _lock:
+            _partials.discard(Path(path))
+
+
+@contextmanager
+def on_stop(callback: Callable[[str], None]) -> Iterator[None]:
+    """Call `callback(signal name)` should the run be stopped while this block runs (a record of the case, say);
+    a server is busy meanwhile."""
+    global _busy
+    with _lock:
+        _on_stop.append(callback)
+        _busy += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _on_stop.remove(callback)
+            _busy -= 1
+
+
+def install(quiet_when_idle: bool = False) -> None:
+    """Block SIGINT and SIGTERM here (the main thread, before any other thread exists) and wait for them on a
+    thread of their own."""
+    global _quiet_when_idle
+    _quiet_when_idle = quiet_when_idle
+    signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
+    threading.Thread(target=_wait, name="stop", daemon=True).start()
+
+
+def _wait() -> None:
+    number = signal.sigwait(SIGNALS)
+    name = signal.Signals(number).name
+    with _lock:
+        busy, callbacks, partials = _busy, list(_on_stop), list(_partials)
+    for path in partials:
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
+    for callback in callbacks:
+        with suppress(Exception):  # a record that cannot be written must not keep the process alive
+            callback(name)
+    sys.stdout.flush()
+    if _quiet_when_idle and not busy:
+        print(f"stopped ({name})", flush=True)
+        os._exit(0)
+    print(f"error: interrupted ({name}){'; nothing half-written is left' if partials else ''}", file=sys.stderr,
+          flush=True)
+    os._exit(128 + number)
