@@ -115,7 +115,8 @@ def main() -> None:
         estimate = estimate_device(members, shape, spacing)
         report["cases"][case] = {
             "shape_zyx": shape, "spacing_xyz": geometry["spacing_xyz"],
-            "device_estimate_gib": {k: round(v / 2 ** 30, 3) for k, v in asdict(estimate).items()},
+            "device_estimate_gib": {k: round((sum(v) if isinstance(v, tuple) else v) / 2 ** 30, 3)  # arenas: a tuple
+                                    for k, v in asdict(estimate).items()},
             "device_estimate_total_gib": round(estimate.total(Placement()) / 2 ** 30, 2),
             "input_grid_bytes_per_voxel": round(estimate.input_grid / np.prod(shape), 1),
             "t4_placement": asdict(plan_device(estimate, T4_FREE_BYTES))}
