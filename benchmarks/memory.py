@@ -2,15 +2,17 @@
 and attributed to the log line it was printing at the time.
 
     python benchmarks/memory.py [--shape 200,512,512] [--spacing 1.5,0.7,0.7] [--ensemble ensemble/task1.toml]
-                                [--content phantom|noise] [--mode fast] [--work DIR] [--out FILE]
+                                [--content phantom|noise|noise-float64|noise-int64] [--mode fast] [--work DIR]
+                                [--out FILE]
 
 With PYTHONPATH=<another checkout>/src the child runs that version of the product (an earlier commit's worktree); give
 both runs the same --work so that they predict the same file.
 
 The case (--content): `phantom`, a Task 1 phantom (panther_ensemble's own generator, seed 9101) resampled onto the
 given (z, y, x) grid, with background noise where it has none (as a scanner's images have: nnU-Net's crop keeps the
-whole volume); or `noise`, uniform int16 noise in [1, 900) (nothing for the members to recognise, and no image
-compression to speak of).
+whole volume); `noise`, uniform int16 noise in [1, 900) (nothing for the members to recognise, and no image
+compression to speak of); or `noise-float64` / `noise-int64`, the same noise stored as float64 or int64 (what numpy
+makes by default from floats and from integers).
 Reported: peak RSS (sampled, and the run's own summary line, which is the kernel's ru_maxrss), bytes per input voxel,
 and the RSS peak while each log line was the latest.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,8 +42,10 @@ def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[f
     target = input_dir / "images" / socket / f"large-{content}.mha"
     if target.exists():
         return target
-    if content == "noise":
-        noise = sitk.GetImageFromArray(np.random.default_rng(0).integers(1, 900, shape_zyx, dtype=np.int16))
+    if content.startswith("noise"):
+        noise = np.random.default_rng(0).integers(1, 900, shape_zyx, dtype=np.int16)
+        stored = {"noise": np.int16, "noise-float64": np.float64, "noise-int64": np.int64}[content]
+        noise = sitk.GetImageFromArray(noise.astype(stored, copy=False))
         noise.SetSpacing(tuple(reversed(spacing_zyx)))
         target.parent.mkdir(parents=True, exist_ok=True)
         sitk.WriteImage(noise, str(target), useCompression=True)
@@ -98,7 +103,8 @@ def main() -> None:
     parser.add_argument("--spacing", default="1.5,0.7,0.7", help="z,y,x mm (default: 1.5,0.7,0.7)")
     parser.add_argument("--ensemble", type=Path, default=REPO / "ensemble" / "task1.toml")
     parser.add_argument("--mode", default="fast", choices=("fast", "exact"))
-    parser.add_argument("--content", default="phantom", choices=("phantom", "noise"))
+    parser.add_argument("--content", default="phantom", choices=("phantom", "noise", "noise-float64",
+                                                                      "noise-int64"))
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="JSON report")
     args = parser.parse_args()
@@ -106,10 +112,11 @@ def main() -> None:
     spacing = tuple(float(v) for v in args.spacing.split(","))
     with tempfile.TemporaryDirectory(prefix="panther-memory-") as scratch:
         work = args.work or Path(scratch)
-        image = write_case(work / "input", shape, spacing, "abdominal-t1-mri", args.content)
-        for other in image.parent.iterdir():  # one case per run
-            if other != image:
-                other.unlink()
+        import tomllib
+
+        socket = tomllib.loads(args.ensemble.read_text())["input_socket"]
+        shutil.rmtree(work / "input" / "images", ignore_errors=True)  # one socket, one case per run
+        image = write_case(work / "input", shape, spacing, socket, args.content)
         image_bytes = image.stat().st_size
         command = [sys.executable, "-m", "panther_ensemble.cli", "predict", "--input", str(work / "input"),
                    "--output", str(work / "output"), "--ensemble", str(args.ensemble), "--device", "cpu",

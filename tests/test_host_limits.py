@@ -141,3 +141,23 @@ def test_an_allocation_that_fails_anyway_is_one_line(workspace, tmp_path):
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: {folder / 'case.mha'}: out of memory"), lines[0]
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
+
+
+def test_an_image_that_simpleitk_cannot_allocate_is_out_of_memory_not_unreadable(tmp_path):
+    """SimpleITK's reader under RLIMIT_DATA: 'Failed to allocate memory for image' is the process's limit, not a
+    broken file: one line saying out of memory and naming the file."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    path = tmp_path / "case.mha"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((100, 512, 512), np.int16)), str(path))
+    code = ("import resource, sys\nfrom panther_ensemble.core.errors import CaseFailure, failure_line\n"
+            "from panther_ensemble.engine.image import read_image\n"
+            "used = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmData:')) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_DATA, (used + 20 * 2 ** 20, ) * 2)\n"
+            "try:\n    read_image(sys.argv[1])\nexcept Exception as e:\n"
+            "    print(failure_line(CaseFailure.of(sys.argv[1], e)))\n")
+    done = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    line = done.stdout.strip()
+    assert line.startswith(f"{path}: out of memory") and "Failed to allocate memory" in line, line

@@ -180,8 +180,10 @@ def test_two_files_for_one_mask_are_refused_before_any_work(workspace, tmp_path,
     good(folder / "case.mha")
     good(folder / "case_0000.nii.gz", seed=2)
     assert predict(tmp_path, workspace) == 1
-    one_error_line(capsys, "would write the same mask, case.mha")
-    assert "loading" not in capsys.readouterr().out
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and "would write the same mask, case.mha" in errors[0], errors
+    assert "loading" not in captured.out and not (tmp_path / "out").exists()  # refused before any work
 
 
 def test_the_input_folder_a_symlink_as_on_gc(workspace, tmp_path, capsys):
@@ -246,6 +248,12 @@ def model_folder_linked_out(weights, model, tmp_path):
     return spec_text(model, 0, "checkpoint_best.pth"), "leads outside the weights root"
 
 
+def plans_linked_out(weights, model, tmp_path):
+    shutil.move(weights / model / "plans.json", tmp_path / "plans.json")
+    (weights / model / "plans.json").symlink_to(tmp_path / "plans.json")
+    return spec_text(model, 0, "checkpoint_best.pth"), "plans.json leads outside the weights root"
+
+
 def pickle_that_runs_code(weights, model, tmp_path):
     shutil.copy(FIELD / "checkpoint_payload_os_system.pth", weights / model / "fold_0" / "payload.pth")
     return spec_text(model, 0, "payload.pth"), "refused to load"
@@ -296,8 +304,9 @@ def tumor_label_not_there(weights, model, tmp_path):
 
 
 SPEC_CASES = [checkpoint_up, checkpoint_absolute, model_up, output_socket_path, model_folder_linked_out,
-              pickle_that_runs_code, weights_that_are_not_tensors, empty_checkpoint, manifest_without_an_entry,
-              manifest_with_an_absolute_path, manifest_that_mismatches, broken_dataset_json, tumor_label_not_there]
+              plans_linked_out, pickle_that_runs_code, weights_that_are_not_tensors, empty_checkpoint,
+              manifest_without_an_entry, manifest_with_an_absolute_path, manifest_that_mismatches, broken_dataset_json,
+              tumor_label_not_there]
 
 
 @pytest.mark.parametrize("case", SPEC_CASES, ids=[c.__name__ for c in SPEC_CASES])

@@ -167,24 +167,45 @@ def test_out_of_memory_for_a_single_network_on_cpu_is_not_hidden(monkeypatch):
                                       torch.device("cpu"))
 
 
-def test_a_member_with_non_finite_logits_is_dropped_and_the_others_decide(workspace, tmp_path, monkeypatch, capsys):
+def nan_weights_copy(workspace, tmp_path, member_index: int = 0):
+    """A copy of the weights root where one member of the mixed spec has a NaN in its first convolution: its
+    network really outputs NaN (nothing patched)."""
+    import shutil
+
+    from panther_ensemble.engine.spec import load_spec
+
+    weights = tmp_path / "weights"
+    shutil.copytree(workspace.weights, weights)
+    (weights / "weights.sha256").unlink(missing_ok=True)
+    member = load_spec(workspace.mixed_spec).members[member_index]
+    path = member.checkpoint_path(weights)
+    checkpoint = torch.load(path, weights_only=True)
+    name = next(k for k, v in checkpoint["network_weights"].items() if v.ndim == 5)
+    checkpoint["network_weights"][name][0, 0, 0, 0, 0] = float("nan")
+    torch.save(checkpoint, path)
+    return weights, member
+
+
+def test_a_member_with_non_finite_logits_is_dropped_and_the_others_decide(workspace, tmp_path, capsys):
     input_dir = write_input(tmp_path, np.random.default_rng(3).uniform(100, 900, (10, 30, 34)).astype(np.float32))
-    original, calls = predict._predict, []
-
-    def first_member_nan(*args):
-        calls.append(1)
-        if len(calls) == 1:
-            raise predict.NonFiniteLogits("NaN or Inf in its logits")
-        return original(*args)
-
-    monkeypatch.setattr(predict, "_predict", first_member_nan)
-    written = predict_folder(input_dir, tmp_path / "out", ensemble=workspace.mixed_spec, weights=workspace.weights,
+    weights, member = nan_weights_copy(workspace, tmp_path)
+    written = predict_folder(input_dir, tmp_path / "out", ensemble=workspace.mixed_spec, weights=weights,
                              device="cpu", budget=0)
     captured = capsys.readouterr()
     warnings = captured.err.strip().splitlines()
     assert len(warnings) == 1 and "NaN or Inf in its output on case.mha: dropped, the other members decide" in \
-        warnings[0]
+        warnings[0] and member.name in warnings[0], warnings
     assert read_mask(written[0])[0].shape == (10, 30, 34) and "2/3 members used, 1 dropped" in captured.out
+
+
+def test_an_empty_mask_is_said_in_the_summary(workspace, tmp_path, capsys):
+    """A constant image: the random members find nothing; the summary line says the mask is empty."""
+    input_dir = write_input(tmp_path, np.zeros((8, 24, 28), np.float32))
+    written = predict_folder(input_dir, tmp_path / "out", ensemble=workspace.t1_spec, weights=workspace.weights,
+                             device="cpu", budget=0)
+    summary = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("summary"))
+    assert not read_mask(written[0])[0].any()
+    assert "the mask is EMPTY: no member found tumor" in summary, summary
 
 
 def test_every_member_non_finite_is_the_cases_one_line(workspace, tmp_path, monkeypatch, capsys):
@@ -195,3 +216,20 @@ def test_every_member_non_finite_is_the_cases_one_line(workspace, tmp_path, monk
                        device="cpu", budget=0)
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and "every member's output held NaN or Inf; no mask" in errors[0]
+
+
+def test_an_int64_image_predicts_as_its_int16_copy_and_is_held_as_float32(workspace, tmp_path):
+    """8-byte integers become float32 when read (as nnU-Net's SimpleITKIO makes every image), 2-byte ones stay:
+    the same voxel values give the same mask either way."""
+    from panther_ensemble.engine.image import read_image
+
+    values = np.random.default_rng(5).integers(1, 900, (10, 30, 34))
+    masks = []
+    for dtype in (np.int16, np.int64):
+        input_dir = write_input(tmp_path / np.dtype(dtype).name, values.astype(dtype))
+        image = read_image(next(input_dir.rglob("case.mha")))
+        assert image.array.dtype == (np.int16 if dtype == np.int16 else np.float32)
+        written = predict_folder(input_dir, tmp_path / np.dtype(dtype).name / "out", ensemble=workspace.t1_spec,
+                                 weights=workspace.weights, device="cpu", budget=0, mode="exact")
+        masks.append(read_mask(written[0])[0])
+    np.testing.assert_array_equal(*masks)

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..core.errors import PantherError
+from ..core.stop import write_text_atomically
 
 MANIFEST_NAME = "weights.sha256"
 
@@ -25,10 +26,10 @@ def write_manifest(root: Path, known: dict[str, str] | None = None) -> Path:
     root = Path(root)
     known = known or {}
     names = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and p.name != MANIFEST_NAME)
+                   if p.is_file() and p.name not in (MANIFEST_NAME, f".{MANIFEST_NAME}.partial"))
     manifest = root / MANIFEST_NAME
-    manifest.write_text("".join(f"{known.get(name) or sha256(root / name)}  {name}\n" for name in names))
-    return manifest
+    return write_text_atomically(manifest, "".join(f"{known.get(name) or sha256(root / name)}  {name}\n"
+                                                   for name in names))
 
 
 class Manifest:

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ..core.errors import PantherError, print_failure
+from ..core.stop import written_atomically
 from ..engine.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint
 from ..engine.spec import check_against_weights, load_spec
 from .manifest import write_manifest
@@ -76,28 +77,22 @@ def stage_models(spec_files: list[Path], weights_root: Path, weights_stage: Path
 
 def write_tarball(folder: Path, out: Path) -> Path:
     """`folder`'s content as a gzip tarball, reproducible: sorted, owner 0, mtime 0, no name or time in the gzip
-    header; written beside `out` and renamed (never half-written)."""
-    out = Path(out)
-    partial = out.with_name(f".{out.name}.partial")
-    try:
-        with open(partial, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as zipped, \
-                tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for path in sorted(Path(folder).rglob("*")):
-                info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                info.mode = 0o755 if path.is_dir() else 0o644
-                if path.is_file():
-                    with open(path, "rb") as content:
-                        tar.addfile(info, content)
-                else:
-                    tar.addfile(info)
-        partial.replace(out)
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    return out
+    header; never half-written (core.stop.written_atomically)."""
+    with written_atomically(Path(out)) as partial, open(partial, "wb") as raw, \
+            gzip.GzipFile(fileobj=raw, mode="wb", mtime=0, filename="") as zipped, \
+            tarfile.open(fileobj=zipped, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(Path(folder).rglob("*")):
+            info = tar.gettarinfo(str(path), arcname=path.relative_to(folder).as_posix())
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            info.mode = 0o755 if path.is_dir() else 0o644
+            if path.is_file():
+                with open(path, "rb") as content:
+                    tar.addfile(info, content)
+            else:
+                tar.addfile(info)
+    return Path(out)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -273,7 +273,11 @@ class _Cases:
 
 
 def _interrupted(cases: _Cases, file: Path, started: float, signal_name: str) -> None:
+    """The case being predicted and every case not yet recorded: interrupted (a cohort's resume redoes them)."""
     cases.record(file, "interrupted", time.perf_counter() - started, error=f"interrupted ({signal_name})")
+    for other in cases.files:
+        if other not in cases.recorded:
+            cases.record(other, "interrupted", 0.0, error=f"interrupted ({signal_name}) before it ran")
 
 
 def _finished(file: Path, header: Header, output_dir: Path, spec: EnsembleSpec, cases: _Cases) -> bool:

@@ -7,6 +7,8 @@ import os
 import re
 import sys
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 DEBUG_VARIABLE = "PANTHER_DEBUG"  # set to 1: a failure's traceback follows its error line
 # What an allocation that failed says where it is not a MemoryError: torch's CPU allocator, CUDA, cuDNN, SimpleITK,
@@ -35,6 +37,18 @@ class CaseFailure(PantherError):
         return error if isinstance(error, PantherError) else cls(f"{case}: {failure_line(error)}")
 
 
+@contextmanager
+def naming_the_case(case: object) -> Iterator[None]:
+    """Whatever goes wrong inside is one line naming `case` (a tool that needs every case stops there: evaluate,
+    select)."""
+    try:
+        yield
+    except PantherError:
+        raise
+    except Exception as e:
+        raise CaseFailure.of(case, e) from e
+
+
 def is_allocation_failure(error: BaseException) -> bool:
     """A MemoryError, or an allocation failure that a library reports as a plain RuntimeError."""
     if isinstance(error, MemoryError) or any(c.__name__ == "OutOfMemoryError" for c in type(error).__mro__):
@@ -44,6 +58,8 @@ def is_allocation_failure(error: BaseException) -> bool:
 
 def _first_line(error: BaseException) -> str:
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) > 1 and lines[0].endswith(":"):  # ITK's (SimpleITK's): where it was thrown, then what happened
+        lines = lines[1:]
     # torch prefixes its C++ checks with where they failed: the words after it say what
     return re.sub(r"^\[enforce fail at [^\]]*\]\s*(\S+ == \S+\.\s*)?", "", lines[0])[:300] if lines else ""
 

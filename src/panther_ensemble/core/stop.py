@@ -10,6 +10,7 @@ done). Installed by the console entry points only, never in a library user's pro
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -27,7 +28,7 @@ _busy = 0
 
 @contextmanager
 def partial_file(path: Path) -> Iterator[Path]:
-    """A file being written (then renamed): removed should the run be stopped meanwhile."""
+    """A file or folder being written (then renamed): removed should the run be stopped meanwhile."""
     with _lock:
         _partials.add(Path(path))
     try:
@@ -35,6 +36,40 @@ def partial_file(path: Path) -> Iterator[Path]:
     finally:
         with _lock:
             _partials.discard(Path(path))
+
+
+@contextmanager
+def written_atomically(path: Path) -> Iterator[Path]:
+    """A partial path beside `path` (`.name.partial`) to write a file or a folder into: it becomes `path` when the
+    block ends, and is removed where the block fails or the run is stopped meanwhile, so that `path` is whole or
+    absent, never half-written."""
+    path = Path(path)
+    partial = path.with_name(f".{path.name}.partial")
+    _remove(partial)  # a leftover of a run killed outright
+    with partial_file(partial):
+        try:
+            yield partial
+            if path.is_dir() and partial.is_dir():
+                shutil.rmtree(path)  # a folder replaced: the old one goes only once the new one is whole
+            os.replace(partial, path)
+        except BaseException:
+            _remove(partial)
+            raise
+
+
+def write_text_atomically(path: Path, text: str) -> Path:
+    """`path` holds `text` whole, or is as it was (written_atomically)."""
+    with written_atomically(path) as partial:
+        partial.write_text(text)
+    return Path(path)
+
+
+def _remove(path: Path) -> None:
+    with suppress(OSError):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 @contextmanager
@@ -68,8 +103,7 @@ def _wait() -> None:
     with _lock:
         busy, callbacks, partials = _busy, list(_on_stop), list(_partials)
     for path in partials:
-        with suppress(OSError):
-            path.unlink(missing_ok=True)
+        _remove(path)
     for callback in callbacks:
         with suppress(Exception):  # a record that cannot be written must not keep the process alive
             callback(name)

@@ -147,13 +147,11 @@ def check_against_weights(spec: EnsembleSpec, weights_root: Path, backend: str =
     """Every member's folder, fold and network file (checkpoint, or ONNX model for the onnxruntime backend) exist;
     all members share one label map holding tumor_label."""
     first_labels: dict | None = None
-    root = Path(weights_root).resolve()
     for member in spec.members:
         folder = weights_root / member.model
-        for place in (folder, member.network_file(weights_root, backend)):  # symlinks followed: still inside?
-            if not place.resolve().is_relative_to(root):
-                raise PantherError(f"{spec.path}: {place} leads outside the weights root {weights_root} (to "
-                                   f"{place.resolve()})")
+        for place in (folder, folder / "plans.json", folder / "dataset.json", member.network_file(weights_root,
+                                                                                                 backend)):
+            _inside(spec, place, weights_root)
         if not folder.is_dir():
             raise PantherError(f"{spec.path}: model folder '{member.model}' not found under {weights_root}")
         network_file = member.network_file(weights_root, backend)
@@ -181,6 +179,13 @@ def check_against_weights(spec: EnsembleSpec, weights_root: Path, backend: str =
         elif labels != first_labels:
             raise PantherError(f"{spec.path}: members have different label maps: '{member.model}' has "
                                f"{labels}, '{spec.members[0].model}' has {first_labels}")
+
+
+def _inside(spec: EnsembleSpec, place: Path, weights_root: Path) -> None:
+    """A path the spec names, symlinks followed, must stay inside the weights root."""
+    if not place.resolve().is_relative_to(Path(weights_root).resolve()):
+        raise PantherError(f"{spec.path}: {place} leads outside the weights root {weights_root} (to "
+                           f"{place.resolve()})")
 
 
 def _missing_network_file(spec: EnsembleSpec, member: MemberSpec, weights_root: Path, backend: str) -> str:

@@ -34,6 +34,7 @@ import torch
 
 from ..core.errors import PantherError
 from ..core.log import StageTimer, log
+from ..core.stop import write_text_atomically
 from ..demo.resenc import fit_patch, plan_resenc, shrink_plans
 from ..demo.synthetic import ModelConfig, make_model_folder, write_gc_input, write_spec
 from ..engine.members import Member, load_member
@@ -393,4 +394,4 @@ def format_report(report: dict) -> str:
 
 def write_report(report: dict, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=2) + "\n")
+    write_text_atomically(out, json.dumps(report, indent=2) + "\n")

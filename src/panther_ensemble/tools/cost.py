@@ -29,6 +29,7 @@ import torch
 
 from ..core.errors import PantherError
 from ..core.log import log
+from ..core.stop import write_text_atomically
 from ..engine.image import Image
 from ..engine.input_grid import ProbabilitySum
 from ..engine.members import Member, load_network, network_from_plans
@@ -188,9 +189,7 @@ def measured_here(members: list[Member], device: torch.device, remeasure: bool =
     if known is None or measured.seconds_per_tile != known.seconds_per_tile:
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
-            partial = cache.with_name(f".{cache.name}.partial")
-            partial.write_text(json.dumps({**entries, key: asdict(measured)}, indent=2))
-            partial.replace(cache)
+            write_text_atomically(cache, json.dumps({**entries, key: asdict(measured)}, indent=2))
         except OSError as e:  # a read-only home: measured again next time
             log(f"here: the rates could not be kept in {cache} ({e.strerror})")
     return measured

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 import torch
 
 from ..app.predict_run import device_placement, host_needs
-from ..core.errors import PantherError
+from ..core.errors import PantherError, naming_the_case
 from ..core.log import StageTimer, log
 from ..engine.ensemble import Ensemble, Placement
 from ..engine.image import IMAGE_SUFFIXES, Image, check_image, image_files_by_id, read_image
@@ -91,13 +91,14 @@ def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, la
     rows: dict[str, dict[str, dict]] = {member_label(m): {} for m in spec.members}
     rows[ENSEMBLE] = {}
     for case, image_file, label_file in cases:
-        image, truth = read_labelled_case(image_file, label_file, spec.tumor_label)
-        spacing = tuple(reversed(image.spacing))
-        total = ensemble.new_sum(image)
-        for member, alone in each_member_alone(ensemble, image, timer):
-            rows[member_label(member.spec)][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
-            total.add_sum(alone, member.spec.weight)
-        rows[ENSEMBLE][case] = tumor_metrics(total.mask(spec.tumor_label), truth, spacing)
+        with naming_the_case(image_file):
+            image, truth = read_labelled_case(image_file, label_file, spec.tumor_label)
+            spacing = tuple(reversed(image.spacing))
+            total = ensemble.new_sum(image)
+            for member, alone in each_member_alone(ensemble, image, timer):
+                rows[member_label(member.spec)][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
+                total.add_sum(alone, member.spec.weight)
+            rows[ENSEMBLE][case] = tumor_metrics(total.mask(spec.tumor_label), truth, spacing)
         log(f"{case}: ensemble Dice {rows[ENSEMBLE][case]['volumetric_dice']:.3f}")
     log(timer.summary())
     return {name: {"per_subject": per_subject, "aggregates": aggregate(per_subject)}

@@ -26,6 +26,7 @@ import torch
 from ..app.manifest import sha256, write_manifest
 from ..core.errors import PantherError
 from ..core.log import log
+from ..core.stop import written_atomically
 from ..engine.members import Member, load_member
 from ..engine.onnx_network import INPUT_NAME, OUTPUT_NAME, OnnxNetwork
 from ..engine.spec import EnsembleSpec, check_against_weights, load_spec
@@ -121,11 +122,9 @@ def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: in
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PantherError(f"{out}: exists and is not an empty folder; export-onnx writes a new one")
     check_against_weights(spec, weights_root)
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
+    with written_atomically(out) as staging:  # the folder whole, or none (an empty one given is replaced)
+        staging.mkdir()
         entries = []
         for index, member_spec in enumerate(spec.members, start=1):
             started = time.perf_counter()
@@ -143,10 +142,4 @@ def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: in
             "onnx": onnx.__version__, "created": datetime.datetime.now().isoformat(timespec="seconds"),
             "members": entries}, indent=2) + "\n")
         write_manifest(staging, known={name: digest for entry in entries for name, digest in entry["files"].items()})
-        if out.exists():
-            out.rmdir()
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return out / spec.path.name

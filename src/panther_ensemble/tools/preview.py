@@ -8,6 +8,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..core.errors import PantherError
+from ..core.stop import written_atomically
 
 PREDICTION_COLOUR, TRUTH_COLOUR = "#ff3b30", "#34c759"
 
@@ -77,6 +78,7 @@ def write_preview(image_file: Path, mask_file: Path, out: Path, truth_file: Path
     figure.suptitle(f"{Path(image_file).name}  ({legend})", fontsize=9)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(out, dpi=90)
+    with written_atomically(out) as partial:
+        figure.savefig(partial, dpi=90, format="png")
     plt.close(figure)
     return out
