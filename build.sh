@@ -12,7 +12,8 @@
 #                   (export.sh writes it; GC extracts it to /opt/ml/model)
 #   --ensemble FILE your spec (repeatable, one per input socket), baked in instead of the demo's ensemble/: the
 #                   image's ensemble/ holds these specs, its weights/ only the folds they name (from --weights,
-#                   default weights/), checkpoints stripped and a manifest, staged by the image's own code
+#                   default weights/), checkpoints stripped and a manifest, staged by the image's own code;
+#                   relative paths are from where you run it, a missing file or folder is refused
 #   BASE_IMAGE=...  the PyTorch runtime base (default: the Dockerfile's, pytorch/pytorch:2.7.1-cuda12.6-cudnn9-runtime:
 #                   Python 3.11, torch 2.7.1 for CUDA 12.6, cuDNN 9; offline, test/standin_base.sh builds a stand-in)
 #   DOCKER_BUILD_NETWORK=...  network for the build's pip (default: host)
@@ -20,7 +21,6 @@
 # Runtime's CUDA provider cannot load its CUDA and cuDNN libraries (see the Dockerfile). BuildKit shows that
 # output too: its progress is plain unless BUILDKIT_PROGRESS says otherwise.
 set -euo pipefail
-cd "$(dirname "$0")"
 
 tag="panther-ensemble:latest"
 with_weights=1
@@ -29,8 +29,8 @@ ensembles=()
 weights=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --ensemble) ensembles+=("$(realpath "${2:?--ensemble needs a spec file}")"); shift 2 ;;
-        --weights) weights="$(realpath "${2:?--weights needs a folder}")"; shift 2 ;;
+        --ensemble) ensembles+=("${2:?--ensemble needs a spec file}"); shift 2 ;;
+        --weights) weights="${2:?--weights needs a folder}"; shift 2 ;;
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
         --no-weights) with_weights=0; shift ;;
         --api) api="${2:?--api needs exec, invoke or both}"; shift 2 ;;
@@ -52,6 +52,17 @@ fi
 if [[ ${#ensembles[@]} -gt 0 && $with_weights == 0 ]]; then
     echo "build.sh: --ensemble bakes weights in; --no-weights leaves them out: one or the other" >&2; exit 2
 fi
+# the paths given are the caller's (resolved before the cd below), and must be there: docker -v would create a
+# missing one as an empty folder
+for i in "${!ensembles[@]}"; do
+    [[ -f "${ensembles[i]}" ]] || { echo "build.sh: --ensemble ${ensembles[i]} is not a file" >&2; exit 1; }
+    ensembles[i]="$(realpath "${ensembles[i]}")"
+done
+if [[ -n "$weights" ]]; then
+    [[ -d "$weights" ]] || { echo "build.sh: --weights $weights is not a folder" >&2; exit 1; }
+    weights="$(realpath "$weights")"
+fi
+cd "$(dirname "$0")"
 
 args=(--platform=linux/amd64 --network "${DOCKER_BUILD_NETWORK:-host}" --build-arg "WITH_WEIGHTS=$with_weights")
 if [[ -n "${BASE_IMAGE:-}" ]]; then

@@ -15,23 +15,23 @@
 #   ./export.sh [--tag TAG] [--api invoke|exec] [--out DIR] [--models-only | --image-only] [--onnx]
 #               [--ensemble FILE ...] [--weights DIR]
 #
+# Relative paths are from where you run it; a missing --ensemble file or --weights folder is refused.
 # Needs the built image (./build.sh): it also strips the checkpoints, with the image's own torch.
 # Prints each artifact's size and sha256.
 set -euo pipefail
-cd "$(dirname "$0")"
 
 tag="panther-ensemble:latest"
 api=invoke
-out="export"
+out=""
 do_image=1
 do_models=1
 onnx=0
 specs=()
-weights="$PWD/weights"
+weights=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
-        --ensemble) specs+=("$(realpath "${2:?--ensemble needs a spec file}")"); shift 2 ;;
-        --weights) weights="$(realpath "${2:?--weights needs a folder}")"; shift 2 ;;
+        --ensemble) specs+=("${2:?--ensemble needs a spec file}"); shift 2 ;;
+        --weights) weights="${2:?--weights needs a folder}"; shift 2 ;;
         --tag) tag="${2:?--tag needs a value}"; shift 2 ;;
         --api) api="${2:?--api needs invoke or exec}"; shift 2 ;;
         --out) out="${2:?--out needs a value}"; shift 2 ;;
@@ -47,6 +47,20 @@ case "$api" in
     exec) ;;
     *) echo "export.sh: --api takes invoke or exec, got '$api'" >&2; exit 2 ;;
 esac
+# the paths given are the caller's (resolved before the cd below), and must be there: docker -v would create a
+# missing one as an empty folder
+for i in "${!specs[@]}"; do
+    [[ -f "${specs[i]}" ]] || { echo "export.sh: --ensemble ${specs[i]} is not a file" >&2; exit 1; }
+    specs[i]="$(realpath "${specs[i]}")"
+done
+if [[ -n "$weights" ]]; then
+    [[ -d "$weights" ]] || { echo "export.sh: --weights $weights is not a folder" >&2; exit 1; }
+    weights="$(realpath "$weights")"
+fi
+[[ -z "$out" || "$out" == /* ]] || out="$PWD/$out"
+cd "$(dirname "$0")"
+weights="${weights:-$PWD/weights}"
+out="${out:-export}"
 docker image inspect "$tag" >/dev/null 2>&1 || { echo "export.sh: no image '$tag'; run ./build.sh first" >&2; exit 1; }
 label="$(docker image inspect -f '{{index .Config.Labels "org.grand-challenge.api-method"}}' "$tag")"
 [[ "$label" == "$api" ]] || { echo "export.sh: $tag is labelled api-method '$label', not '$api'; rebuild it" >&2; exit 1; }

@@ -13,8 +13,9 @@
 # 4. exports the model tarballs (export.sh --models-only), extracts each and runs the weightless image with
 #    it at /opt/ml/model: the product runs from the tarball's layout alone; then the same with the members as
 #    ONNX models (export.sh --models-only --onnx: the image's own export-onnx, its ONNX Runtime backend); then a
-#    participant's own spec (a copy of task1.toml as my_task1.toml) through export.sh --ensemble and through
-#    build.sh --ensemble (baked in), each run and its mask compared;
+#    participant's own folds and spec (task1.toml's folds copied under Dataset777_MyFolds in a weights root of
+#    their own, my_task1.toml naming them) through export.sh --ensemble --weights and through build.sh --ensemble
+#    --weights (baked in), each run and its mask compared;
 # 5. failures (a corrupt input image; the weightless image without a tarball; --device cuda where CUDA does not
 #    start; a case larger than `docker run --memory` allows): exit 1, one line on stderr, no output file;
 #    under a memory limit the sample case fits, its mask as expected;
@@ -263,19 +264,38 @@ tarball_runs() {
 tarball_runs tarball torch
 tarball_runs onnx onnxruntime --onnx
 
-# --- a participant's own spec (the demo's Task 1 folds under another name), both routes to GC: the model tarball
-# (export.sh --ensemble: the image's export-model) and the image with it baked in (build.sh --ensemble)
+# --- a participant's own folds and spec (the demo's Task 1 folds that task1.toml names, copied into a weights root
+# of their own under another dataset folder, Dataset777_MyFolds, and a spec naming them), both routes to GC: the
+# model tarball (export.sh --ensemble --weights: the image's export-model) and the image with it baked in
+# (build.sh --ensemble --weights)
 mine="$work/mine"
-mkdir -p "$mine" && cp ensemble/task1.toml "$mine/my_task1.toml"
-echo "== a participant's spec, my_task1.toml: export.sh --ensemble (model tarball) and build.sh --ensemble (baked in)"
-./export.sh --tag "$TAG" --out "$work/export-mine" --models-only --ensemble "$mine/my_task1.toml" --weights weights
+mkdir -p "$mine" && chmod a+rwx "$mine"
+docker run --rm --network none --read-only --user "$run_user" --entrypoint python --volume "$repo:/repo:ro" \
+    --volume "$mine:/mine" "$TAG" -c '
+import shutil, tomllib
+from pathlib import Path
+spec = Path("/repo/ensemble/task1.toml").read_text()
+for member in tomllib.loads(spec)["member"]:
+    source = Path("/repo/weights", member["model"])
+    target = Path("/mine/weights/Dataset777_MyFolds", source.name)
+    for name in ("plans.json", "dataset.json", Path("fold_" + str(member["fold"]), member["checkpoint"])):
+        (target / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(source / name, target / name)
+Path("/mine/my_task1.toml").write_text(spec.replace("Dataset901_PantherT1/", "Dataset777_MyFolds/"))' \
+    || fail "the participant's folds could not be copied"
+echo "== a participant's folds (Dataset777_MyFolds) and spec, my_task1.toml: export.sh --ensemble --weights (model" \
+    "tarball) and build.sh --ensemble --weights (baked in)"
+./export.sh --tag "$TAG" --out "$work/export-mine" --models-only --ensemble "$mine/my_task1.toml" \
+    --weights "$mine/weights"
 mkdir "$work/model-mine" && tar -xzf "$work/export-mine/model-my_task1.tar.gz" -C "$work/model-mine"
 gc_run "${tasks[0]}-mine-tarball" "$TAG_NO_WEIGHTS" "$repo/test/input/${tasks[0]}" \
     --volume "$work/model-mine:/opt/ml/model:ro"
 grep -q "/opt/ml/model/my_task1.toml" "$work/${tasks[0]}-mine-tarball/stdout" \
     || { show_logs "${tasks[0]}-mine-tarball"; fail "the participant's spec was not taken from the model tarball"; }
+grep -q "Dataset777_MyFolds/" "$work/${tasks[0]}-mine-tarball/stdout" \
+    || { show_logs "${tasks[0]}-mine-tarball"; fail "the participant's folds were not the ones run"; }
 check_case "${tasks[0]}-mine-tarball" "${tasks[0]}"
-./build.sh --tag "$TAG-mine" --api exec --ensemble "$mine/my_task1.toml" --weights weights
+./build.sh --tag "$TAG-mine" --api exec --ensemble "$mine/my_task1.toml" --weights "$mine/weights"
 [[ "$(docker run --rm --entrypoint ls "$TAG-mine" /opt/app/ensemble)" == "my_task1.toml" ]] \
     || fail "$TAG-mine: its ensemble/ holds more than the participant's spec"
 gc_run "${tasks[0]}-mine-baked" "$TAG-mine" "$repo/test/input/${tasks[0]}"

@@ -52,3 +52,17 @@ def read_mask(path: Path) -> tuple[np.ndarray, sitk.Image]:
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     denominator = a.sum() + b.sum()
     return 1.0 if denominator == 0 else 2.0 * np.logical_and(a, b).sum() / denominator
+
+
+def labelled_cases(root: Path, shapes: list[tuple[int, int, int]], spacing_xyz: tuple[float, ...]) -> Path:
+    """Images (nnU-Net raw naming, case<i>_0000.mha) with label maps (case<i>.mha) whose 'tumor' (1) is the bright
+    part of the body (2)."""
+    for i, shape in enumerate(shapes):
+        image = sitk.ReadImage(str(syn.make_image(root / "images" / f"case{i}_0000.mha", shape, spacing_xyz,
+                                                  seed=40 + i)))
+        array = sitk.GetArrayFromImage(image)
+        label = sitk.GetImageFromArray(np.where(array > 330, 1, np.where(array > 0, 2, 0)).astype(np.uint8))
+        label.CopyInformation(image)
+        (root / "labels").mkdir(exist_ok=True)
+        sitk.WriteImage(label, str(root / "labels" / f"case{i}.mha"))
+    return root

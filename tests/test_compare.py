@@ -5,13 +5,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import SimpleITK as sitk
 import torch
+from conftest import labelled_cases
 
 from panther_ensemble.app.predict_run import predict_folder
-from panther_ensemble.demo import synthetic as syn
 from panther_ensemble.engine.spec import load_spec
 from panther_ensemble.tools.evaluate import evaluate_folders
 from panther_ensemble.tools.member_table import ENSEMBLE, compare_members, format_table
@@ -20,16 +18,7 @@ from panther_ensemble.tools.member_table import ENSEMBLE, compare_members, forma
 @pytest.fixture(scope="module")
 def labelled(tmp_path_factory):
     """Two images (nnU-Net raw naming) with label maps whose 'tumor' is the bright part of the body."""
-    root = tmp_path_factory.mktemp("labelled")
-    for i, shape in enumerate([(10, 30, 34), (12, 26, 30)]):
-        image_path = syn.make_image(root / "images" / f"case{i}_0000.mha", shape, (1.0, 0.9, 3.0), seed=40 + i)
-        image = sitk.ReadImage(str(image_path))
-        array = sitk.GetArrayFromImage(image)
-        label = sitk.GetImageFromArray(np.where(array > 330, 1, np.where(array > 0, 2, 0)).astype(np.uint8))
-        label.CopyInformation(image)
-        (root / "labels").mkdir(exist_ok=True)
-        sitk.WriteImage(label, str(root / "labels" / f"case{i}.mha"))
-    return root
+    return labelled_cases(tmp_path_factory.mktemp("labelled"), [(10, 30, 34), (12, 26, 30)], (1.0, 0.9, 3.0))
 
 
 def test_member_table_rows_and_ensemble_consistency(workspace, labelled, tmp_path):

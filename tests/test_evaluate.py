@@ -128,3 +128,55 @@ def test_tumor_label_2_in_the_ground_truth_and_1_in_the_masks(tmp_path):
     run = subprocess.run([sys.executable, "-m", "panther_ensemble.cli", "evaluate", "--pred", str(tmp_path / "pred"),
                           "--gt", str(tmp_path / "gt"), "--tumor-label", "2"], capture_output=True, text=True)
     assert run.stdout.startswith("mean_volumetric_dice 1,") and "{" not in run.stdout  # a summary, no JSON
+
+
+def test_two_predictions_for_one_case_are_one_error_line(tmp_path, capsys):
+    """A leftover of an old run (case_0000.mha beside case.mha) would be scored or not by chance: refused, both
+    named, nothing written."""
+    from panther_ensemble.cli import main
+
+    write_label(tmp_path / "gt" / "case1.nii.gz", sphere((20, 60, 60), (10, 30, 30), 8))
+    for name in ("case1.mha", "case1_0000.mha"):
+        write_label(tmp_path / "pred" / name, sphere((20, 60, 60), (10, 30, 30), 8))
+    out = tmp_path / "metrics.json"
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "gt"), "--out", str(out)]) == 1
+    captured = capsys.readouterr()
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and errors[0].startswith("error: ") and captured.out == "", captured
+    assert "case1.mha" in errors[0] and "case1_0000.mha" in errors[0] and "'case1'" in errors[0]
+    assert not out.exists()
+
+
+def labelled_images(root: Path) -> tuple[Path, Path]:
+    """One tiny image (nnU-Net's _0000 naming) and its label map: 'tumor' the bright part of the body."""
+    from panther_ensemble.demo import synthetic as syn
+
+    image = sitk.ReadImage(str(syn.make_image(root / "images" / "case0_0000.mha", (8, 24, 28), (1.0, 0.9, 3.0),
+                                              seed=40)))
+    array = sitk.GetArrayFromImage(image)
+    label = sitk.GetImageFromArray(np.where(array > 330, 1, np.where(array > 0, 2, 0)).astype(np.uint8))
+    label.CopyInformation(image)
+    (root / "labels").mkdir()
+    sitk.WriteImage(label, str(root / "labels" / "case0.mha"))
+    return root / "images", root / "labels"
+
+
+def test_member_table_json_is_stdout_alone(workspace, tmp_path, capsys):
+    """--json: stdout is the JSON (progress lines go to stderr then); without it, progress stays on stdout."""
+    from panther_ensemble.cli import main
+    from panther_ensemble.core.log import log
+    from panther_ensemble.tools.member_table import ENSEMBLE
+
+    images, labels = labelled_images(tmp_path)
+    arguments = ["evaluate", "--ensemble", str(workspace.t1_spec), "--weights", str(workspace.weights), "--images",
+                 str(images), "--labels", str(labels), "--device", "cpu"]
+    assert main([*arguments, "--json"]) == 0
+    captured = capsys.readouterr()
+    table = json.loads(captured.out)
+    assert ENSEMBLE in table and set(table[ENSEMBLE]["per_subject"]) == {"case0"}
+    assert "case0: ensemble Dice" in captured.err  # the progress, where it does not spoil the JSON
+    log("after")  # the switch ends with the command
+    assert capsys.readouterr().out == "after\n"
+    assert main(arguments) == 0
+    captured = capsys.readouterr()
+    assert "case0: ensemble Dice" in captured.out and "| **ensemble** |" in captured.out and captured.err == ""

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .core.errors import PantherError
+from .core.stop import write_text_atomically
 
 if TYPE_CHECKING:
     from .engine.spec import EnsembleSpec
@@ -52,9 +53,8 @@ def run_summarize(args: argparse.Namespace) -> None:
     print(summarize(args.records, args.slowest))
 
 
-def run_evaluate(args: argparse.Namespace) -> None:
-    import json
-
+def _evaluation(args: argparse.Namespace) -> tuple[dict, str]:
+    """evaluate's result and its summary, in either mode."""
     folders, members = (args.pred, args.gt), (args.ensemble, args.images, args.labels)
     if all(folders) and not any(members):
         from .tools.evaluate import evaluate_folders
@@ -73,9 +73,19 @@ def run_evaluate(args: argparse.Namespace) -> None:
         summary = "\n" + format_table(result)
     else:
         raise PantherError("evaluate takes either --pred and --gt, or --ensemble, --images and --labels")
+    return result, summary
+
+
+def run_evaluate(args: argparse.Namespace) -> None:
+    import json
+
+    from .core.log import progress_on_stderr
+
+    with progress_on_stderr(args.json):  # --json: the progress lines on stderr
+        result, summary = _evaluation(args)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        write_text_atomically(args.out, json.dumps(result, indent=2) + "\n")
     if args.json:  # stdout is the JSON alone, for jq and scripts
         print(json.dumps(result, indent=2))
     else:
@@ -182,13 +192,11 @@ def run_select(args: argparse.Namespace) -> None:
           f"{selection.path[-1].seconds:.1f} s per case on {target.name}")
 
 
-def run_cost(args: argparse.Namespace) -> None:
-    import json
-
+def _cost(args: argparse.Namespace) -> dict:
     from .engine.devices import select_device
     from .engine.image import check_image
     from .engine.members import describe_member
-    from .tools.cost import format_cost, pool_cost_on, target_named
+    from .tools.cost import pool_cost_on, target_named
 
     target = target_named(args.target)
     geometry = _geometry(args.shape, args.spacing)
@@ -199,5 +207,15 @@ def run_cost(args: argparse.Namespace) -> None:
         geometry = header.shape_zyx, header.spacing_zyx
     spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
     members = [describe_member(weights_root, m) for m in spec.members]
-    cost = pool_cost_on(members, *geometry, target, select_device(args.device), args.remeasure).report()
+    return pool_cost_on(members, *geometry, target, select_device(args.device), args.remeasure).report()
+
+
+def run_cost(args: argparse.Namespace) -> None:
+    import json
+
+    from .core.log import progress_on_stderr
+    from .tools.cost import format_cost
+
+    with progress_on_stderr(args.json):  # --json: stdout is the JSON alone ('here' logs its rates' origin)
+        cost = _cost(args)
     print(json.dumps(cost, indent=2) if args.json else format_cost(cost))

@@ -1,4 +1,5 @@
-"""Per-stage wall-clock times and progress lines on stdout; warnings on stderr (GC shows stderr as warnings)."""
+"""Per-stage wall-clock times and progress lines on stdout (on stderr while a command's stdout is its JSON);
+warnings on stderr (GC shows stderr as warnings)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,24 @@ from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+_progress_on_stderr = False  # process-wide, not per thread: networks load and log in threads of their own
+
 
 def log(message: str) -> None:
-    print(message, flush=True)
+    print(message, file=sys.stderr if _progress_on_stderr else sys.stdout, flush=True)
+
+
+@contextmanager
+def progress_on_stderr(active: bool = True) -> Iterator[None]:
+    """While it holds (and `active`), progress lines go to stderr: stdout is then what the command prints itself,
+    e.g. `--json`'s JSON, whole for jq and json.loads."""
+    global _progress_on_stderr
+    before = _progress_on_stderr
+    _progress_on_stderr = before or active
+    try:
+        yield
+    finally:
+        _progress_on_stderr = before
 
 
 def warn(message: str) -> None:

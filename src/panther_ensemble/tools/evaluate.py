@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from surface_distance import metrics as sd
 
 from ..core.errors import PantherError
-from ..engine.image import IMAGE_SUFFIXES, image_files_by_id
+from ..engine.image import IMAGE_SUFFIXES, image_files, image_stem
 
 SURFACE_TOLERANCE_MM = 5.0
 TUMOR_LABEL = 1
@@ -87,8 +87,18 @@ def evaluate_pair(prediction_file: Path, truth_file: Path, tumor_label: int = TU
 
 
 def _by_case(folder: Path) -> dict[str, Path]:
-    """Files keyed by case: a `_seg` suffix and nnU-Net's `_0000` channel suffix do not count."""
-    return {case.removesuffix("_0000"): path for case, path in image_files_by_id(folder, "_seg").items()}
+    """Files keyed by case: a `_seg` suffix and nnU-Net's `_0000` channel suffix do not count. Two files of one case
+    (case.mha beside case_0000.mha, say, a leftover of an older run) are refused: which one counted would be chance."""
+    if not Path(folder).is_dir():
+        raise PantherError(f"{folder}: folder does not exist")
+    cases: dict[str, Path] = {}
+    for path in image_files(Path(folder)):
+        case = image_stem(path).removesuffix("_seg").removesuffix("_0000")
+        if case in cases:
+            raise PantherError(f"{folder}: {cases[case].name} and {path.name} are both case '{case}'; keep one of "
+                               "them (a leftover of an older run?)")
+        cases[case] = path
+    return cases
 
 
 def evaluate_folders(pred_dir: Path, gt_dir: Path, tumor_label: int = TUMOR_LABEL,

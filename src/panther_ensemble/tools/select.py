@@ -186,7 +186,8 @@ def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], poo
     """One [[member]] per distinct member, in the order first chosen (most valuable first: the deadline drops the
     last), each with its weight (times chosen) and a comment: the gain of the step that first chose it and its
     projected cost. The header says how `cost` prices the spec as select did."""
-    shape, spacing = (",".join(f"{v:g}" for v in values) for values in (pool.shape_zyx, pool.spacing_zyx))
+    shape, spacing = (",".join(repr(float(v)).removesuffix(".0") for v in values)  # exact: the grid cost prices
+                      for values in (pool.shape_zyx, pool.spacing_zyx))
     target = "here" if pool.target.tflops is None else "t4" if pool.target is T4 else f"{pool.target.tflops:g}"
     lines = [f"# chosen by `panther-ensemble select` from {candidates.path.name}: objective {objective}, target "
              f"{pool.target.name}{f', budget {budget:g} s' if budget else ''};",
