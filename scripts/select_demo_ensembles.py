@@ -1,5 +1,11 @@
 """Choose the shipped demo specs (ensemble/task1.toml, task2.toml) with `panther-ensemble select`, and score them.
 
+2026-12-02: members and post-processing chosen together (select's post-processing candidates), on the earlier
+selection phantoms plus phantoms made hard on purpose (a faint tumor; a tumor-like distractor in the liver: seeds
+5450-5455 "t1", 6450-6455 "t2", the first half faint); scored on fresh held-out phantoms (5600-5623 "t1",
+6800-6823 "t2") and fresh hard ones (5630-5641, 6830-6841, half each), with and without the chosen
+post-processing, paired per case, and the challenge's rank of the two.
+
     python scripts/select_demo_ensembles.py --work /tmp/demo-selection [--task task1 --task task2] [--write]
 
 Per task, the candidate pool is the task's demo folds in weights/ and deliberately bad candidates: one fold of the
@@ -35,15 +41,21 @@ TASKS = {"task1": ("t1", "abdominal-t1-mri", range(5400, 5412), HELD_OUT_SEEDS["
                    "Dataset902_PantherT2/nnUNetTrainerDA5__nnUNetResEncUNetDemoPlans__3d_fullres/fold_0"),
          "task2": ("t2", "abdominal-t2-mri", range(6400, 6436), HELD_OUT_SEEDS["t2"], "Dataset902_PantherT2",
                    "Dataset901_PantherT1/nnUNetTrainer__nnUNetResEncUNetDemoPlans__3d_fullres/fold_0")}
+# (hard seeds for choosing, fresh held-out seeds, fresh hard held-out seeds): post-processing's re-selection
+POSTPROCESSING_SEEDS = {"task1": (range(5450, 5456), range(5600, 5624), range(5630, 5642)),
+                        "task2": (range(6450, 6456), range(6800, 6824), range(6830, 6842))}
 RANDOM = "Dataset901_PantherT1/nnUNetTrainerRandomWeights__nnUNetResEncUNetDemoPlans__3d_fullres"
 METRICS = ("volumetric_dice", "surface_dice", "hausdorff95", "masd")
 
 
-def write_phantoms(flavour: str, seeds, folder: Path) -> Path:
-    for seed in seeds:
-        phantom = make_phantom(seed, flavour)
+def write_phantoms(flavour: str, seeds, folder: Path, hard: bool = False) -> Path:
+    """The phantoms as images/ and labels/; `hard`: the first half faint, the rest with a distractor."""
+    seeds = list(seeds)
+    for index, seed in enumerate(seeds):
+        kind = None if not hard else "faint" if index < len(seeds) // 2 else "distractor"
+        phantom = make_phantom(seed, flavour, kind)
         for sub, item in (("images", phantom.image), ("labels", phantom.label)):
-            target = folder / sub / f"{flavour}_{seed}.mha"
+            target = folder / sub / f"{flavour}_{seed}{'_' + kind if kind else ''}.mha"
             if not target.exists():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 sitk.WriteImage(item, str(target), useCompression=True)
@@ -82,6 +94,7 @@ def run(*arguments: str) -> None:
 
 def summarize(table: dict, chosen: Path) -> str:
     """The ensemble against its best member (by mean Dice) on the held-out phantoms, paired per case."""
+    table.pop("ensemble + post-processing", None)
     ensemble = table.pop("ensemble")
     best_name = max(table, key=lambda name: table[name]["aggregates"]["mean_volumetric_dice"])
     best = table[best_name]
@@ -108,6 +121,32 @@ def summarize(table: dict, chosen: Path) -> str:
     return "\n".join(lines)
 
 
+def with_and_without(table: dict) -> str:
+    """The ensemble with its post-processing against itself without, on the held-out phantoms: per metric the
+    means and the paired difference ± s.e., and the challenge's rank of the two (per metric, 1 the better, ties
+    shared; the mean over the five)."""
+    plain, post = table["ensemble"], table["ensemble + post-processing"]
+    lines = ["| metric | with post-processing | without | with - without (± s.e.) |", "| --- | --- | --- | --- |"]
+    ranks = {"with": 0.0, "without": 0.0}
+    for metric in (*METRICS, "tumor_burden_rmse"):
+        key = "tumor_burden_rmse" if metric == "tumor_burden_rmse" else f"mean_{metric}"
+        higher = metric in ("volumetric_dice", "surface_dice")
+        a, b = post["aggregates"][key], plain["aggregates"][key]
+        better = (a > b) if higher else (a < b)
+        worse = (a < b) if higher else (a > b)
+        ranks["with"] += 1 if not worse else 2
+        ranks["without"] += 1 if not better else 2
+        if metric == "tumor_burden_rmse":
+            lines.append(f"| {metric} | {a:.0f} | {b:.0f} | |")
+            continue
+        mean, se = mean_and_standard_error([post["per_subject"][c][metric] - plain["per_subject"][c][metric]
+                                            for c in plain["per_subject"]])
+        lines.append(f"| {metric} | {a:.4f} | {b:.4f} | {mean:+.4f} ± {se:.4f} |")
+    lines += ["", f"Mean rank of the five metrics (1 the better of the two, ties shared): with "
+              f"{ranks['with'] / 5:.1f}, without {ranks['without'] / 5:.1f}."]
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -115,23 +154,38 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="replace ensemble/<task>.toml with the choice")
     args = parser.parse_args()
     for task in args.task or sorted(TASKS):
-        flavour, socket, choose_seeds, held_seeds, dataset, other_task_fold = TASKS[task]
+        flavour, socket, choose_seeds, _, dataset, other_task_fold = TASKS[task]
+        hard_choose, held_seeds, hard_held = POSTPROCESSING_SEEDS[task]
         folder = args.work / task
         choose = write_phantoms(flavour, choose_seeds, folder / "choose")
+        write_phantoms(flavour, hard_choose, folder / "choose", hard=True)
         held = write_phantoms(flavour, held_seeds, folder / "held-out")
+        hard = write_phantoms(flavour, hard_held, folder / "held-out-hard", hard=True)
         candidates, weights = candidate_pool(args.work, socket, dataset, other_task_fold)
         chosen = folder / f"{task}.toml"
         run("select", "--candidates", str(candidates), "--weights", str(weights), "--images", str(choose / "images"),
             "--labels", str(choose / "labels"), "--out", str(chosen), "--budget", "270", "--target", "t4",
             "--report", str(folder / "report"), "--device", "cpu")
-        run("evaluate", "--ensemble", str(chosen), "--weights", str(weights), "--images", str(held / "images"),
-            "--labels", str(held / "labels"), "--device", "cpu", "--out", str(folder / "held-out-table.json"))
-        summary = summarize(json.loads((folder / "held-out-table.json").read_text()), chosen)
-        (folder / "summary.md").write_text(summary + "\n")
-        print(summary)
+        summary = [summarize(json.loads(json.dumps(evaluate_on(chosen, weights, held, folder / "held-out.json"))),
+                             chosen)]
+        for name, data in (("held-out", held), ("hard held-out", hard)):
+            table = evaluate_on(chosen, weights, data, folder / f"{name.replace(' ', '-')}.json")
+            if "ensemble + post-processing" in table:
+                summary += ["", f"With and without the post-processing, {name} phantoms "
+                            f"({len(table['ensemble']['per_subject'])}):", "", with_and_without(table)]
+        (folder / "summary.md").write_text("\n".join(summary) + "\n")
+        print("\n".join(summary))
         if args.write:
             assert all(m.model != RANDOM for m in load_spec(chosen).members)
             shutil.copy(chosen, REPO / "ensemble" / f"{task}.toml")
+
+
+def evaluate_on(chosen: Path, weights: Path, data: Path, out: Path) -> dict:
+    """The member table of the chosen spec on labelled phantoms (written to `out`, and returned)."""
+    if not out.exists():
+        run("evaluate", "--ensemble", str(chosen), "--weights", str(weights), "--images", str(data / "images"),
+            "--labels", str(data / "labels"), "--device", "cpu", "--out", str(out))
+    return json.loads(out.read_text())
 
 
 if __name__ == "__main__":

@@ -117,6 +117,10 @@ def test_select_on_the_demo_folds_never_picks_a_bad_candidate(pool, tmp_path, ca
     assert "# step 1: the best single candidate" in out.read_text()
     report = json.loads((tmp_path / "report" / "selection.json").read_text())
     assert report["path"][-1]["projected_seconds"] <= 9.3
+    assert len(report["postprocessing"]["candidates"]) == 8  # the pancreas is the organ: every candidate tried
+    assert "Post-processing per step of the path" in (tmp_path / "report" / "selection.md").read_text()
+    assert len(report["postprocessing"]["per_step"]) >= report["postprocessing"]["step"]
+    assert report["held_out"]["postprocessing"] == report["postprocessing"]["chosen"]
     assert (tmp_path / "report" / "selection.png").stat().st_size > 10_000
     assert "| step | member | weight |" in (tmp_path / "report" / "selection.md").read_text()
     held = report["held_out"]
@@ -350,3 +354,72 @@ def test_the_path_is_bounded_where_the_objective_always_improves(monkeypatch):
     names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(3)]
     path, _ = select([], names, price([1.0] * 3, 1.0), None, "rank", 1)
     assert len(path) == selection.STEPS_PER_CANDIDATE * len(names)
+
+
+def island_case(name: str, rng) -> Case:
+    """A tumor inside a pancreas, and a candidate that also calls a far island tumor: what keep_largest and the
+    organ step remove."""
+    shape = (8, 40, 40)
+    z, y, x = np.ogrid[:8, :40, :40]
+    truth = ((z - 4) ** 2 + (y - 12) ** 2 + (x - 12) ** 2) <= 9
+    pancreas = ((z - 4) ** 2 + (y - 12) ** 2 + (x - 14) ** 2) <= 36
+    island = ((z - 4) ** 2 + (y - 32) ** 2 + (x - 32) ** 2) <= 4
+    probabilities = []
+    for _ in range(2):
+        p = np.full((3, *shape), 0.02, np.float32)
+        p[0] = 0.9
+        p[0][pancreas | island] = 0.1
+        p[2][pancreas] = 0.7
+        p[1][truth | island] = 0.8
+        p[1] += rng.uniform(0, 0.02, shape)
+        p /= p.sum(0, keepdims=True)
+        probabilities.append(p.reshape(3, -1))
+    return Case(name, shape, (3.0, 1.0, 1.0), truth, np.arange(truth.size), probabilities)
+
+
+def test_postprocessing_is_chosen_with_the_members_and_written(tmp_path, capsys):
+    from panther_ensemble.tools.select import choose_postprocessing, postprocessing_candidates
+
+    rng = np.random.default_rng(0)
+    cases = [island_case(f"c{i}", rng) for i in range(3)]
+    names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(2)]
+    path, _ = select(cases, names, price([1.0, 1.0], 1.0), None, "rank", 1)
+    post = choose_postprocessing(cases, path, postprocessing_candidates(2), "rank", 1)
+    plain, chosen = post.per_step[post.step][0], post.per_step[post.step][post.candidates.index(post.chosen)]
+    assert post.chosen.active and (post.chosen.keep_largest or post.chosen.near_organ_mm is not None)
+    assert chosen["mean_hausdorff95"] < plain["mean_hausdorff95"]  # the far island gone
+    pool = type("Pool", (), {"shape_zyx": (8, 40, 40), "spacing_zyx": (3.0, 1.0, 1.0), "target": T4,
+                             "rows": [{"seconds": 1.0}] * 2})()
+    spec = write_spec(tmp_path / "chosen.toml", syn_spec(tmp_path / "c.toml", names), path[:post.step + 1], pool,
+                      "rank", None, post)
+    written = load_spec(spec)
+    assert written.postprocessing == post.chosen
+    assert "# post-processing chosen with the members" in spec.read_text()
+
+
+def aggregates(dice: float, hd95: float) -> dict:
+    return {"mean_volumetric_dice": dice, "mean_surface_dice": dice, "mean_hausdorff95": hd95, "mean_masd": hd95 / 5,
+            "tumor_burden_rmse": 1000.0}
+
+
+def test_post_processing_may_change_the_step_written_but_ties_keep_the_last(monkeypatch):
+    """Per step the best candidate among the candidates; then the steps' winners against each other, the path's
+    last step first among equals. A table of (step, candidate) -> aggregates stands in for the scoring."""
+    from panther_ensemble.engine.postprocess import PostProcessing
+    from panther_ensemble.tools import select as selection
+
+    candidates = [PostProcessing(), PostProcessing(keep_largest=True)]
+    path = [Step(0, {0: 1.0}, {}, 1.0), Step(1, {0: 1.0, 1: 1.0}, {}, 2.0), Step(2, {0: 1.0, 1: 1.0, 2: 1.0}, {}, 3.0)]
+    table = {(0, 0): aggregates(0.70, 30.0), (0, 1): aggregates(0.74, 10.0),   # step 1: largest wins, and overall
+             (1, 0): aggregates(0.72, 25.0), (1, 1): aggregates(0.73, 12.0),
+             (2, 0): aggregates(0.73, 20.0), (2, 1): aggregates(0.73, 20.0)}  # step 3: a tie, none first
+    calls = iter(table[i, j] for i in range(3) for j in range(2))
+    monkeypatch.setattr(selection, "score", lambda *args: (next(calls), {}))
+    post = selection.choose_postprocessing([], path, candidates, "rank", 1)
+    assert post.winners == [1, 1, 0] and post.step == 0 and post.chosen == candidates[1]
+    table[0, 1] = aggregates(0.73, 20.0)  # now step 1's winner ties step 3's: the last step is kept
+    table[1, 1] = aggregates(0.72, 25.0)
+    calls = iter(table[i, j] for i in range(3) for j in range(2))
+    monkeypatch.setattr(selection, "score", lambda *args: (next(calls), {}))
+    post = selection.choose_postprocessing([], path, candidates, "rank", 1)
+    assert post.step == 2 and post.chosen == candidates[0]

@@ -229,6 +229,9 @@ def _add_selection_commands(subcommands) -> None:
                         help="where the candidates predict (default: auto)")
     select.add_argument("--remeasure", action="store_true", help="with --target here: measure this machine again "
                         "(default: its rates measured once, kept and reused by select and cost alike)")
+    select.add_argument("--no-postprocessing", action="store_true",
+                        help="choose members only (default: post-processing chosen with them: largest component, "
+                             "minimum volume, near the organ, never empty; docs/evaluation.md)")
     cost = subcommands.add_parser(
         "cost", help="the projected seconds of a spec on one case, per member",
         description="Per member: the tiles of its sliding window for the case, TFLOP per tile (counted from the "

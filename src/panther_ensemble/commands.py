@@ -172,7 +172,7 @@ def run_select(args: argparse.Namespace) -> None:
     from .engine.devices import select_device
     from .tools.cost import target_named
     from .tools.select import run_selection
-    from .tools.selection_report import held_out_table, path_table, write_report
+    from .tools.selection_report import held_out_table, path_table, postprocessing_table, write_report
 
     target = target_named(args.target)
     geometry = _geometry(args.shape, args.spacing)
@@ -182,13 +182,16 @@ def run_select(args: argparse.Namespace) -> None:
     candidates, weights_root = _spec_and_weights(args.candidates, args.weights)
     selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
                               select_device(args.device), target, args.objective, args.budget, geometry,
-                              held_out if all(held_out) else None, args.remeasure)
+                              held_out if all(held_out) else None, args.remeasure, not args.no_postprocessing)
     print(path_table(selection))
+    if selection.post is not None:
+        print(postprocessing_table(selection))
     if selection.held_out:
         print(held_out_table(selection.held_out))
     if args.report:
         print("wrote " + ", ".join(map(str, write_report(selection, target.name, args.report))))
-    print(f"wrote {selection.spec}: {len(selection.path[-1].weights)} member(s), projected "
+    post = f", post-processing: {selection.post.chosen}" if selection.post is not None else ""
+    print(f"wrote {selection.spec}: {len(selection.path[-1].weights)} member(s){post}, projected "
           f"{selection.path[-1].seconds:.1f} s per case on {target.name}")
 
 

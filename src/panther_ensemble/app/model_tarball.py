@@ -58,6 +58,9 @@ def stage_models(spec_files: list[Path], weights_root: Path, weights_stage: Path
         folder.mkdir(parents=True, exist_ok=True)
     for spec in specs:
         shutil.copy(spec.path, spec_stage / spec.path.name)
+        if spec.postprocessing is not None and spec.postprocessing.nnunet:  # nnU-Net's postprocessing.pkl
+            (weights_stage / spec.postprocessing.nnunet).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(weights_root / spec.postprocessing.nnunet, weights_stage / spec.postprocessing.nnunet)
         for member in spec.members:
             source, target = member.checkpoint_path(weights_root), member.checkpoint_path(weights_stage)
             if target.exists():  # a fold two specs share

@@ -67,10 +67,18 @@ def _pancreas_centreline(rng: np.random.Generator) -> np.ndarray:
     return (1 - t) * head + t * tail + 4 * t * (1 - t) * bend
 
 
-def make_phantom(seed: int, flavour: str = "t1") -> Phantom:
-    """One phantom case; geometry, anatomy, tumor, contrast and scale all drawn from `seed`."""
+HARD = ("faint", "distractor")  # phantoms made hard on purpose (post-processing's cases)
+FAINT = 0.3  # a faint tumor keeps this share of its contrast against the pancreas
+
+
+def make_phantom(seed: int, flavour: str = "t1", hard: str | None = None) -> Phantom:
+    """One phantom case; geometry, anatomy, tumor, contrast and scale all drawn from `seed`. `hard`: "faint", the
+    tumor at FAINT of its contrast; "distractor", a tumor-like lesion in a pancreas-like rim in the liver, far from
+    the pancreas and not labelled (the same seed gives the same phantom otherwise)."""
     if flavour not in FLAVOURS:
         raise ValueError(f"flavour must be one of {FLAVOURS}, got {flavour!r}")
+    if hard not in (None, *HARD):
+        raise ValueError(f"hard must be one of {HARD} or None, got {hard!r}")
     rng = np.random.default_rng([seed, FLAVOURS.index(flavour)])
     (in_lo, in_hi), (sl_lo, sl_hi) = SPACING[flavour]
     in_plane = rng.uniform(in_lo, in_hi)
@@ -139,6 +147,14 @@ def make_phantom(seed: int, flavour: str = "t1") -> Phantom:
 
     image[pancreas & inner] = tissue["pancreas"]
     image[tumor] = tissue["tumor"]
+    if hard == "faint":
+        image[tumor] = tissue["pancreas"] + FAINT * (tissue["tumor"] - tissue["pancreas"])
+    elif hard == "distractor":
+        centre = np.array([-55.0, -5.0, 25.0]) + rng.uniform(-15, 15, 3)  # in the liver
+        lesion_mm = rng.uniform(15, 25)
+        reach = np.sqrt((((points - centre) / (lesion_mm / 2)) ** 2).sum(-1))
+        image[(reach < 1.6) & inner & ~pancreas] = tissue["pancreas"]
+        image[(reach < 1) & inner & ~pancreas] = tissue["tumor"]
     label = np.zeros(image.shape, np.uint8)
     label[pancreas & inner] = 2
     label[tumor] = 1

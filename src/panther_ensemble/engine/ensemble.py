@@ -24,6 +24,7 @@ from .image import Image
 from .input_grid import MODES, ProbabilitySum
 from .loading import NetworkLoader, Verify
 from .members import Member, Network, describe_member, load_network
+from .postprocess import load_nnunet_postprocessing, postprocess
 from .preprocess import preprocess, preprocessing_key
 from .sliding_window import NonFiniteLogits, sliding_window_logits, tile_count, tiles_per_forward
 from .spec import EnsembleSpec
@@ -64,6 +65,11 @@ class Ensemble:
         self._graphs: dict[str, GraphedForward | None] = {}  # per architecture and tile shape
         self._images = 0
         self.dropped: list[Member] = []
+        pp = spec.postprocessing
+        self.postprocessing = pp if pp is not None and pp.active else None
+        self.postprocessing_note: str | None = None  # what it did to the last image
+        self._nnunet = load_nnunet_postprocessing(members[0].weights_root / pp.nnunet) \
+            if self.postprocessing and pp.nnunet else None
 
     @classmethod
     def load(cls, spec: EnsembleSpec, weights_root, device: torch.device, timer: StageTimer, mode: str = "fast",
@@ -223,4 +229,22 @@ class Ensemble:
         if added == 0:
             raise PantherError(f"{image.path}: every member's output held NaN or Inf; no mask")
         with timer.stage("combine"):
-            return total.mask(self.spec.tumor_label)
+            if self.postprocessing is None:
+                return total.mask(self.spec.tumor_label)
+            return self.postprocessed_mask(total, image)
+
+    def postprocessed_mask(self, total: ProbabilitySum, image: Image) -> np.ndarray:
+        """The spec's post-processing on the label map (the sum's region; nnU-Net's own on the whole grid)."""
+        labels, region = total.region_labels(), total.region
+        if self.postprocessing.nnunet:  # its functions see the image's whole label map, as nnU-Net's do
+            whole = np.zeros(image.shape, np.uint8)
+            whole[region] = labels
+            labels, region = whole, tuple(slice(0, n) for n in image.shape)
+        tumor, note = postprocess(labels, self.spec.tumor_label, tuple(reversed(image.spacing)), self.postprocessing,
+                                  lambda: total.region_probability(self.spec.tumor_label), self._nnunet)
+        self.postprocessing_note = note
+        if note:
+            log(f"post-processing ({self.postprocessing}): {note}")
+        mask = np.zeros(image.shape, np.uint8)
+        mask[region] = tumor
+        return mask

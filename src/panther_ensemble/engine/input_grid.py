@@ -226,6 +226,26 @@ class ProbabilitySum:
         self.device = HOST
         release_device_memory()
 
+    def region_labels(self) -> np.ndarray:
+        """uint8 argmax of the weighted mean over the region (self.region: outside it, background), slab by slab:
+        what post-processing works on."""
+        if self.total is None:
+            raise ValueError("no member was added")
+        labels = np.zeros(self.total.shape[1:], np.uint8)
+        for start, stop in _slabs(self.total.shape[1], math.prod(self.total.shape[2:]), self.classes, self.device):
+            try:
+                labels[start:stop] = self._labels(start, stop).cpu().numpy()
+            except RuntimeError as e:  # torch's OutOfMemoryError among them
+                if self.device == HOST or not out_of_memory(e):
+                    raise
+                self._to_host("taking the argmax")
+                labels[start:stop] = self._labels(start, stop).numpy()
+        return labels
+
+    def region_probability(self, label: int) -> np.ndarray:
+        """float32 weighted-mean probability of `label` over the region (for never-empty post-processing)."""
+        return (self.total[label] / self.weight).float().cpu().numpy()
+
     def mask(self, label: int) -> np.ndarray:
         """uint8 (z, y, x): argmax of the weighted mean == label (background outside every crop)."""
         if self.total is None:

@@ -79,6 +79,11 @@ class Member:
     arena_bytes: int | None = None  # ONNX Runtime on CUDA: the session's memory arena is capped at this (the plan)
 
     @property
+    def weights_root(self) -> Path:
+        """The root the spec's model path is relative to."""
+        return self.folder.parents[len(Path(self.spec.model).parts) - 1]
+
+    @property
     def input_shape(self) -> list[int]:
         return tile_shape(self.plans_manager, self.configuration_manager, self.dataset_json)
 

@@ -13,8 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.errors import PantherError
+from .postprocess import PostProcessing
+from .postprocess import check_labels as check_postprocessing
+from .postprocess import parse as parse_postprocessing
 
-TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "budget_seconds", "backend", "member"}
+TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "budget_seconds", "backend", "member", "postprocessing"}
 MEMBER_KEYS = {"model", "fold", "checkpoint", "weight"}
 REQUIRED_TOP = ("input_socket", "output_socket", "tumor_label")
 REQUIRED_MEMBER = ("model", "fold", "checkpoint")
@@ -59,6 +62,7 @@ class EnsembleSpec:
     members: tuple[MemberSpec, ...]
     budget_seconds: float | None = None  # per case; None: the GC default
     backend: str | None = None  # None: the command line's choice, else torch
+    postprocessing: PostProcessing | None = None  # the [postprocessing] table
 
 
 def _unknown_key_error(path: Path, where: str, key: str, known: set[str]) -> PantherError:
@@ -130,7 +134,8 @@ def load_spec(path: Path) -> EnsembleSpec:
             raise PantherError(f"{path}: 'model' in {where} must be a relative path under the weights root")
         members.append(MemberSpec(model, fold, checkpoint, float(weight)))
     return EnsembleSpec(path, raw["input_socket"], raw["output_socket"], tumor_label, tuple(members),
-                        None if budget is None else float(budget), backend)
+                        None if budget is None else float(budget), backend,
+                        parse_postprocessing(path, raw.get("postprocessing"), tumor_label))
 
 
 def _load_json(path: Path) -> dict:
@@ -176,6 +181,9 @@ def check_against_weights(spec: EnsembleSpec, weights_root: Path, backend: str =
             if spec.tumor_label not in labels.values():
                 raise PantherError(f"{spec.path}: tumor_label {spec.tumor_label} is not among the labels "
                                    f"{labels} of '{member.model}'")
+            if spec.postprocessing is not None and spec.postprocessing.nnunet:
+                _inside(spec, weights_root / spec.postprocessing.nnunet, weights_root)
+            check_postprocessing(spec.path, spec.postprocessing, labels, weights_root)
         elif labels != first_labels:
             raise PantherError(f"{spec.path}: members have different label maps: '{member.model}' has "
                                f"{labels}, '{spec.members[0].model}' has {first_labels}")
@@ -212,6 +220,8 @@ def member_files(spec: EnsembleSpec, weights_root: Path, backend: str = "torch")
     for member in spec.members:
         folder = weights_root / member.model
         files += [folder / "plans.json", folder / "dataset.json", *network_files(member, weights_root, backend)]
+    if spec.postprocessing is not None and spec.postprocessing.nnunet:
+        files.append(weights_root / spec.postprocessing.nnunet)
     return list(dict.fromkeys(files))
 
 

@@ -26,6 +26,7 @@ from ..engine.spec import EnsembleSpec, MemberSpec
 from .evaluate import aggregate, tumor_metrics
 
 ENSEMBLE = "ensemble"
+POSTPROCESSED = "ensemble + post-processing"
 COLUMNS = [("mean_volumetric_dice", "Dice", max), ("mean_surface_dice", "Surface Dice 5 mm", max),
            ("mean_hausdorff95", "HD95 mm", min), ("mean_masd", "MASD mm", min),
            ("tumor_burden_rmse", "Burden RMSE mm³", min)]
@@ -99,6 +100,9 @@ def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, la
                 rows[member_label(member.spec)][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
                 total.add_sum(alone, member.spec.weight)
             rows[ENSEMBLE][case] = tumor_metrics(total.mask(spec.tumor_label), truth, spacing)
+            if ensemble.postprocessing is not None:
+                rows.setdefault(POSTPROCESSED, {})[case] = tumor_metrics(
+                    ensemble.postprocessed_mask(total, image) > 0, truth, spacing)
         log(f"{case}: ensemble Dice {rows[ENSEMBLE][case]['volumetric_dice']:.3f}")
     log(timer.summary())
     return {name: {"per_subject": per_subject, "aggregates": aggregate(per_subject)}
@@ -116,5 +120,5 @@ def format_table(result: dict[str, dict]) -> str:
             value = row["aggregates"][key]
             text = f"{value:.0f}" if key == "tumor_burden_rmse" else f"{value:.3f}" if value < 10 else f"{value:.2f}"
             cells.append(f"**{text}**" if np.isclose(value, best[key]) else text)
-        lines.append(f"| {'**ensemble**' if name == ENSEMBLE else name} | " + " | ".join(cells) + " |")
+        lines.append(f"| {f'**{name}**' if name in (ENSEMBLE, POSTPROCESSED) else name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

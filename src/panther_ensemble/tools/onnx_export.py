@@ -134,6 +134,9 @@ def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: in
                      if verify else "")
             log(f"[{index}/{len(spec.members)}] {member_spec.name} -> {entries[-1]['onnx']} in "
                 f"{time.perf_counter() - started:.1f}s{check}")
+        if spec.postprocessing is not None and spec.postprocessing.nnunet:  # nnU-Net's postprocessing.pkl goes too
+            (staging / spec.postprocessing.nnunet).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(weights_root / spec.postprocessing.nnunet, staging / spec.postprocessing.nnunet)
         written_spec = staging / spec.path.name
         written_spec.write_text(spec_text_with_backend(spec.path.read_text(), "onnxruntime"))
         load_spec(written_spec)  # still a valid spec

@@ -81,7 +81,13 @@ def stock_member_probabilities(image_file: Path, weights_root: Path, member: Mem
 
 def stock_ensemble_mask(image_file: Path, weights_root: Path, spec: EnsembleSpec,
                         device: torch.device | None = None) -> np.ndarray:
-    """The reference tumor mask (z, y, x) uint8: weighted mean of stock per-member probabilities.
+    """The reference tumor mask (z, y, x) uint8: weighted mean of stock per-member probabilities."""
+    return (stock_ensemble_labels(image_file, weights_root, spec, device) == spec.tumor_label).astype(np.uint8)
+
+
+def stock_ensemble_labels(image_file: Path, weights_root: Path, spec: EnsembleSpec,
+                          device: torch.device | None = None) -> np.ndarray:
+    """The reference label map (z, y, x): the argmax of the weighted mean of stock per-member probabilities.
 
     Each member is its own stock predictor, run through predict_single_npy_array's three steps; the
     preprocessing, which depends only on the plans, is run once per distinct plans and configuration.
@@ -98,5 +104,4 @@ def stock_ensemble_mask(image_file: Path, weights_root: Path, spec: EnsembleSpec
             prepared[key] = stock_preprocess(predictor, data, properties)
         weighted = stock_export(predictor, stock_logits(predictor, prepared[key]), prepared[key]) * member.weight
         total = weighted if total is None else total + weighted
-    labels = np.argmax(total / sum(m.weight for m in spec.members), axis=0)
-    return (labels == spec.tumor_label).astype(np.uint8)
+    return np.argmax(total / sum(m.weight for m in spec.members), axis=0)

@@ -13,20 +13,23 @@ step (the current ensemble among them), as the challenge ranks; the others optim
 
 from __future__ import annotations
 
+import hashlib
 import math
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..core.errors import PantherError
+from ..core.errors import PantherError, naming_the_case
 from ..core.log import StageTimer, log, warn
+from ..core.stop import write_text_atomically
 from ..engine.host_limits import available_memory
 from ..engine.image import check_image
+from ..engine.postprocess import PostProcessing, postprocess
 from ..engine.spec import EnsembleSpec, MemberSpec
 from .cost import T4, PoolCost, Target, pool_cost_on
 from .evaluate import aggregate, tumor_metrics
@@ -39,9 +42,31 @@ OBJECTIVES = ("rank", *METRICS)
 MEMORY_SHARE = 0.25  # of the available memory, for the kept probabilities; beyond it they go to disk
 
 
+# Post-processing candidates select tries on the probabilities it holds (no forwards): never-empty's floor is
+# NEVER_EMPTY_FLOOR; `organ` is the label map's other foreground label (the pancreas) where there is one.
+NEVER_EMPTY_FLOOR = 0.15
+# Voxels where every candidate gives every foreground label less than this are dropped: background in any weighted
+# mean (each foreground label below 1/classes leaves background above it), and below never-empty's floor.
+KEPT_BELOW = NEVER_EMPTY_FLOOR
+
+
+def postprocessing_candidates(organ: int | None) -> list[PostProcessing]:
+    floor = NEVER_EMPTY_FLOOR
+    candidates = [PostProcessing(), PostProcessing(never_empty_floor=floor), PostProcessing(keep_largest=True),
+                  PostProcessing(keep_largest=True, never_empty_floor=floor),
+                  PostProcessing(min_volume_mm3=100.0, never_empty_floor=floor)]
+    if organ is not None:
+        candidates += [PostProcessing(organ_label=organ, near_organ_mm=0.0, never_empty_floor=floor),
+                       PostProcessing(organ_label=organ, near_organ_mm=10.0, never_empty_floor=floor),
+                       PostProcessing(keep_largest=True, organ_label=organ, near_organ_mm=10.0,
+                                      never_empty_floor=floor)]
+    return candidates
+
+
 @dataclass
 class Case:
-    """One labelled case: its truth and, per candidate, the probabilities at the voxels that can be tumor."""
+    """One labelled case: its truth and, per candidate, the probabilities at the voxels that can be foreground
+    (where some candidate gives some foreground label at least min(KEPT_BELOW, 1 / classes))."""
 
     name: str
     shape: tuple[int, ...]
@@ -49,13 +74,41 @@ class Case:
     truth: np.ndarray  # bool, the whole grid
     voxels: np.ndarray  # flat indices into the grid
     probabilities: list[np.ndarray]  # per candidate: (classes, len(voxels)), float32 or a float16 memmap
+    _metrics: dict = field(default_factory=dict, repr=False)  # by mask: many ensembles give this case one mask
 
-    def mask(self, weights: dict[int, float], tumor_label: int) -> np.ndarray:
+    def metrics(self, mask: np.ndarray) -> dict:
+        """The PANTHER metrics of a mask of this case, computed once per distinct mask (post-processing candidates
+        and near-identical ensembles often leave it as it was; the surface distances are select's slow part)."""
+        key = hashlib.blake2b(np.packbits(mask).tobytes(), digest_size=16).digest()
+        if key not in self._metrics:
+            self._metrics[key] = tumor_metrics(mask, self.truth, self.spacing_zyx)
+        return self._metrics[key]
+
+    def _mean(self, weights: dict[int, float]) -> np.ndarray:
         total = sum(w * self.probabilities[k].astype(np.float32) for k, w in weights.items())
-        mask = np.zeros(math.prod(self.shape), bool)
+        return total / sum(weights.values())
+
+    def labels(self, weights: dict[int, float]) -> np.ndarray:
+        """The weighted ensemble's label map (uint8, the whole grid)."""
+        labels = np.zeros(math.prod(self.shape), np.uint8)
         if self.voxels.size:
-            mask[self.voxels] = np.argmax(total / sum(weights.values()), axis=0) == tumor_label
-        return mask.reshape(self.shape)
+            labels[self.voxels] = np.argmax(self._mean(weights), axis=0)
+        return labels.reshape(self.shape)
+
+    def probability(self, weights: dict[int, float], label: int) -> np.ndarray:
+        probability = np.zeros(math.prod(self.shape), np.float32)
+        if self.voxels.size:
+            probability[self.voxels] = self._mean(weights)[label]
+        return probability.reshape(self.shape)
+
+    def mask(self, weights: dict[int, float], tumor_label: int,
+             postprocessing: PostProcessing | None = None) -> np.ndarray:
+        """The weighted ensemble's tumor mask, post-processed where asked."""
+        labels = self.labels(weights)
+        if postprocessing is None or not postprocessing.active:
+            return labels == tumor_label
+        return postprocess(labels, tumor_label, self.spacing_zyx, postprocessing,
+                           lambda: self.probability(weights, tumor_label))[0]
 
 
 def predict_candidates(spec: EnsembleSpec, weights_root: Path, cases: list[tuple[str, Path, Path]],
@@ -63,44 +116,84 @@ def predict_candidates(spec: EnsembleSpec, weights_root: Path, cases: list[tuple
     """Every candidate's probabilities on every case, kept where tumor is possible (see the module's docstring)."""
     timer = StageTimer()
     ensemble = load_for_cases(spec, weights_root, device, timer, cases)
-    classes = ensemble.classes
     index = {id(member): k for k, member in enumerate(ensemble.members)}
     budget = (available_memory() or (8 * 2 ** 30, ""))[0] * MEMORY_SHARE
     kept_bytes, result = 0, []
     try:
         for name, image_file, label_file in cases:
-            image, truth = read_labelled_case(image_file, label_file, spec.tumor_label)
-            scratch = Path(tempfile.mkdtemp(dir=work))
-            tumor_max = np.zeros(image.shape, np.float32)
-            for member, alone in each_member_alone(ensemble, image, timer):
-                probabilities = alone.probabilities().cpu().numpy()
-                np.maximum(tumor_max, probabilities[spec.tumor_label], out=tumor_max)
-                np.save(scratch / f"{index[id(member)]}.npy", probabilities)
-            voxels = np.flatnonzero(tumor_max >= 1.0 / classes)
-            kept = []
-            for k in range(len(ensemble.members)):
-                full = np.load(scratch / f"{k}.npy", mmap_mode="r").reshape(classes, -1)
-                values = np.ascontiguousarray(full[:, voxels])
-                if kept_bytes + values.nbytes <= budget:
-                    kept.append(values)
-                    kept_bytes += values.nbytes
-                else:  # beyond the memory share: float16 on disk
-                    stored = np.lib.format.open_memmap(work / f"{name}-{k}.npy", "w+", np.float16, values.shape)
-                    stored[:] = values
-                    kept.append(stored)
-            shutil.rmtree(scratch)
-            result.append(Case(name, image.shape, tuple(reversed(image.spacing)), truth, voxels, kept))
-            log(f"{name}: {len(ensemble.members)} candidates predicted; {voxels.size} of {truth.size} voxels can be "
-                "tumor in some ensemble")
+            with naming_the_case(image_file):
+                result.append(_predict_case(ensemble, name, image_file, label_file, spec.tumor_label, index, work,
+                                            timer, budget - kept_bytes))
+            kept_bytes += sum(p.nbytes for p in result[-1].probabilities if not isinstance(p, np.memmap))
+            log(f"{name}: {len(ensemble.members)} candidates predicted; {result[-1].voxels.size} of "
+                f"{result[-1].truth.size} voxels can be foreground in some ensemble")
     finally:
         ensemble.close()
     return result
 
 
-def score(cases: list[Case], weights: dict[int, float], tumor_label: int) -> tuple[dict, dict]:
-    """(aggregates, per-case metrics) of the weighted ensemble."""
-    per_case = {c.name: tumor_metrics(c.mask(weights, tumor_label), c.truth, c.spacing_zyx) for c in cases}
+def _predict_case(ensemble, name: str, image_file: Path, label_file: Path, tumor_label: int, index: dict,
+                  work: Path, timer: StageTimer, room: float) -> Case:
+    """One labelled case: every candidate's probabilities at the voxels some candidate calls foreground, in memory
+    while they fit `room` bytes, beyond it float16 on disk."""
+    classes = ensemble.classes
+    image, truth = read_labelled_case(image_file, label_file, tumor_label)
+    scratch = Path(tempfile.mkdtemp(dir=work))
+    foreground_max = np.zeros(image.shape, np.float32)
+    for member, alone in each_member_alone(ensemble, image, timer):
+        probabilities = alone.probabilities().cpu().numpy()
+        np.maximum(foreground_max, probabilities[1:].max(axis=0), out=foreground_max)
+        np.save(scratch / f"{index[id(member)]}.npy", probabilities)
+    voxels = np.flatnonzero(foreground_max >= min(KEPT_BELOW, 1.0 / classes))
+    kept = []
+    for k in range(len(ensemble.members)):
+        full = np.load(scratch / f"{k}.npy", mmap_mode="r").reshape(classes, -1)
+        values = np.ascontiguousarray(full[:, voxels])
+        if values.nbytes <= room:
+            kept.append(values)
+            room -= values.nbytes
+        else:  # beyond the memory share: float16 on disk
+            stored = np.lib.format.open_memmap(work / f"{name}-{k}.npy", "w+", np.float16, values.shape)
+            stored[:] = values
+            kept.append(stored)
+    shutil.rmtree(scratch)
+    return Case(name, image.shape, tuple(reversed(image.spacing)), truth, voxels, kept)
+
+
+def score(cases: list[Case], weights: dict[int, float], tumor_label: int,
+          postprocessing: PostProcessing | None = None) -> tuple[dict, dict]:
+    """(aggregates, per-case metrics) of the weighted ensemble, post-processed where asked."""
+    per_case = {c.name: c.metrics(c.mask(weights, tumor_label, postprocessing)) for c in cases}
     return aggregate(per_case), per_case
+
+
+@dataclass
+class PostChoice:
+    """Post-processing chosen with the members: per step of the path each candidate's aggregates and the winner;
+    the step written and its winner."""
+
+    path: list[Step]  # the whole greedy path (the spec gets its steps up to `step`)
+    candidates: list[PostProcessing]
+    per_step: list[list[dict]]  # [step][candidate]: aggregates
+    winners: list[int]  # per step: the index of its best candidate
+    step: int  # index into the path: the step written
+    chosen: PostProcessing
+
+
+def choose_postprocessing(cases: list[Case], path: list[Step], candidates: list[PostProcessing], objective: str,
+                          tumor_label: int) -> PostChoice:
+    """Every post-processing candidate on every step's ensemble (the probabilities held: no forward). Per step, the
+    candidate the objective ranks first among them (none first among equals); then the step whose winner it ranks
+    first among the steps' winners (the path's last step first among equals), as post-processing can change which
+    step is worth writing. Two small rankings, as the greedy steps rank their options, not one over every pair."""
+    per_step = [[score(cases, step.weights, tumor_label, pp)[0] for pp in candidates] for step in path]
+    winners = [best_option(row, objective) for row in per_step]
+    for i, j in enumerate(winners):
+        if j:
+            log(f"step {i + 1}: post-processing {candidates[j]} ranks first among {len(candidates)}")
+    last_first = list(reversed(range(len(path))))
+    step = last_first[best_option([per_step[i][winners[i]] for i in last_first], objective)]
+    return PostChoice(path, candidates, per_step, winners, step, candidates[winners[step]])
 
 
 def best_option(options: list[dict], objective: str) -> int:
@@ -182,7 +275,7 @@ def check_tumor_predicted(cases: list[Case], candidates: list[MemberSpec], final
 
 
 def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], pool: PoolCost, objective: str,
-               budget: float | None) -> Path:
+               budget: float | None, post: PostChoice | None = None) -> Path:
     """One [[member]] per distinct member, in the order first chosen (most valuable first: the deadline drops the
     last), each with its weight (times chosen) and a comment: the gain of the step that first chose it and its
     projected cost. The header says how `cost` prices the spec as select did."""
@@ -210,11 +303,21 @@ def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], poo
                       f"fold       = {member.fold if isinstance(member.fold, int) else repr(member.fold)}",
                       f'checkpoint = "{member.checkpoint}"', f"weight     = {final[step.candidate]:g}"]
         previous = step.aggregates
+    if post is not None and post.chosen.active:
+        before, after = post.per_step[post.step][0], post.per_step[post.step][post.candidates.index(post.chosen)]
+        lines += ["", f"# post-processing chosen with the members ({objective}; {len(post.candidates)} candidates): "
+                  f"HD95 {before['mean_hausdorff95']:.1f} -> {after['mean_hausdorff95']:.1f} mm, Dice "
+                  f"{before['mean_volumetric_dice']:.4f} -> {after['mean_volumetric_dice']:.4f} on the selection "
+                  "cases", *post.chosen.toml()]
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial")
-    partial.write_text("\n".join(lines).replace("'", '"') + "\n")
-    partial.replace(path)
+    write_text_atomically(path, "\n".join(lines).replace("'", '"') + "\n")
     return path
+
+
+def organ_label(members, tumor_label: int) -> int | None:
+    """The label map's one other foreground label (PANTHER's: the pancreas), where there is exactly one."""
+    others = [v for v in members[0].label_manager.all_labels if v not in (0, tumor_label)]
+    return int(others[0]) if len(others) == 1 else None  # numpy's int in the label manager
 
 
 def largest_case(cases: list[tuple[str, Path, Path]]) -> tuple[tuple[int, ...], tuple[float, ...]]:
@@ -228,15 +331,24 @@ def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def held_out_comparison(cases: list[Case], ensemble: dict[int, float], single: int, tumor_label: int) -> dict:
-    """The chosen ensemble and the best single candidate on held-out cases: means and the paired difference ±
-    its standard error per metric (RMSE: values only)."""
-    chosen_aggregates, chosen = score(cases, ensemble, tumor_label)
+def held_out_comparison(cases: list[Case], ensemble: dict[int, float], single: int, tumor_label: int,
+                        postprocessing: PostProcessing | None = None) -> dict:
+    """The chosen ensemble (with its post-processing) and the best single candidate on held-out cases: means and the
+    paired difference ± its standard error per metric (RMSE: values only); the ensemble without its
+    post-processing beside them, and its difference to it."""
+    chosen_aggregates, chosen = score(cases, ensemble, tumor_label, postprocessing)
     single_aggregates, alone = score(cases, {single: 1.0}, tumor_label)
-    result = {"cases": len(cases), "ensemble": chosen_aggregates, "best_single": single_aggregates, "difference": {}}
+    result = {"cases": len(cases), "ensemble": chosen_aggregates, "best_single": single_aggregates, "difference": {},
+              "postprocessing": str(postprocessing or PostProcessing())}
+    plain_aggregates, plain = score(cases, ensemble, tumor_label) if postprocessing and postprocessing.active \
+        else (chosen_aggregates, chosen)
+    result["without_postprocessing"] = plain_aggregates
+    result["postprocessing_difference"] = {}
     for key in ("volumetric_dice", "surface_dice", "hausdorff95", "masd"):
         mean, se = mean_and_standard_error([chosen[c][key] - alone[c][key] for c in chosen])
         result["difference"][key] = {"mean": mean, "standard_error": se}
+        mean, se = mean_and_standard_error([chosen[c][key] - plain[c][key] for c in chosen])
+        result["postprocessing_difference"][key] = {"mean": mean, "standard_error": se}
     return result
 
 
@@ -248,12 +360,15 @@ class Selection:
     candidates: list[MemberSpec]
     pool: PoolCost  # prices any of the candidates as `cost` prices a spec
     held_out: dict | None
+    post: PostChoice | None = None  # post-processing chosen with the members
+    objective: str = "rank"
 
 
 def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, labels: Path, out: Path,
                   device: torch.device, target: Target, objective: str = "rank", budget: float | None = None,
                   geometry: tuple[tuple[int, ...], tuple[float, ...]] | None = None,
-                  held_out: tuple[Path, Path] | None = None, remeasure: bool = False) -> Selection:
+                  held_out: tuple[Path, Path] | None = None, remeasure: bool = False,
+                  postprocessing: bool = True) -> Selection:
     """Everything is checked (labels, budget against the cheapest candidate) before any candidate predicts; the
     spec is written last, whole, or not at all."""
     from ..engine.members import describe_member
@@ -274,7 +389,17 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
     with tempfile.TemporaryDirectory(prefix="panther-select-") as work:
         scored = predict_candidates(candidates, weights_root, cases, device, Path(work))
         path, alone = select(scored, candidates.members, pool.total, budget, objective, candidates.tumor_label)
-        check_tumor_predicted(scored, candidates.members, path[-1], objective, candidates.tumor_label)
+        post = None
+        if postprocessing:
+            post = choose_postprocessing(scored, path, postprocessing_candidates(organ_label(members,
+                                                                                              candidates.tumor_label)),
+                                         objective, candidates.tumor_label)
+            if post.step < len(path) - 1:
+                log(f"with post-processing, step {post.step + 1} of the path ranks first: its members are written")
+            path = path[:post.step + 1]
+        final = path[-1] if post is None else replace(path[-1], aggregates=post.per_step[post.step][
+            post.candidates.index(post.chosen)])
+        check_tumor_predicted(scored, candidates.members, final, objective, candidates.tumor_label)
         comparison = None
         if held:  # only the chosen members and the best single candidate predict these
             needed = sorted({*path[-1].weights, path[0].candidate})
@@ -282,6 +407,7 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
             subset = replace(candidates, members=tuple(candidates.members[k] for k in needed))
             comparison = held_out_comparison(predict_candidates(subset, weights_root, held, device, Path(work)),
                                              {needed.index(k): w for k, w in path[-1].weights.items()},
-                                             needed.index(path[0].candidate), candidates.tumor_label)
-    written = write_spec(out, candidates, path, pool, objective, budget)
-    return Selection(written, path, alone, list(candidates.members), pool, comparison)
+                                             needed.index(path[0].candidate), candidates.tumor_label,
+                                             post.chosen if post else None)
+    written = write_spec(out, candidates, path, pool, objective, budget, post)
+    return Selection(written, path, alone, list(candidates.members), pool, comparison, post, objective)

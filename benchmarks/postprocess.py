@@ -1,0 +1,101 @@
+"""Post-processing's cost on the input grid of a large case: time and host memory of the ensemble's last stage with
+and without it, each in a fresh process (ru_maxrss), alternated, medians.
+
+    python benchmarks/postprocess.py [--shape 200,512,512] [--repeats 3] [--out FILE]
+
+The stage holds the ensemble's probability sum (3 classes, float32, over the whole grid: nnU-Net's crop of a scanner
+image keeps it all) with a pancreas, a tumor inside it, islands near and far, and, for never-empty, no tumor at all:
+- `mask`: the argmax's tumor mask, slab by slab (what predict does without post-processing);
+- `steps`: the label map, then every component step (largest, minimum volume, within 10 mm of the pancreas) and
+  never-empty (not needed here);
+- `never-empty`: the same where no voxel is tumor: the tumor's probability map and the region around its maximum.
+Memory: the process's resident memory sampled every 2 ms during the stage, above what it held when it began.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+STAGE = r"""
+import json, resource, sys, threading, time
+import numpy as np, torch
+from panther_ensemble.engine.input_grid import ProbabilitySum
+from panther_ensemble.engine.postprocess import PostProcessing, postprocess
+
+shape, variant = tuple(json.loads(sys.argv[1])), sys.argv[2]
+z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+def ball(c, r):
+    return ((z - c[0]) * 3.0) ** 2 + ((y - c[1]) * 0.7) ** 2 + ((x - c[2]) * 0.7) ** 2 <= r ** 2
+c = [s // 2 for s in shape]
+pancreas = ball(c, 40)
+tumor = ball(c, 12) | ball((c[0], c[1] + 60, c[2]), 4) | ball((c[0] // 2, c[1] // 3, c[2] // 3), 6)
+if variant == "never-empty":
+    tumor[:] = False
+probabilities = np.full((3, *shape), 0.05, np.float32)
+probabilities[0] = 0.9
+probabilities[1][pancreas] = 0.6; probabilities[0][pancreas] = 0.3
+probabilities[2][tumor] = 0.7; probabilities[0][tumor] = 0.2; probabilities[1][tumor] = 0.1
+probabilities[2][ball(c, 8)] = np.maximum(probabilities[2][ball(c, 8)], 0.3)  # faint where it is empty
+total = ProbabilitySum(shape, 3, torch.device("cpu"))
+total.total, total.region, total.weight = torch.from_numpy(probabilities), tuple(slice(0, n) for n in shape), 1.0
+del probabilities, pancreas, tumor, z, y, x
+def rss():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096
+start_rss, peak, running = rss(), [0], [True]
+def sample():
+    while running[0]:
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.002)
+sampler = threading.Thread(target=sample)
+sampler.start()
+started = time.perf_counter()
+if variant == "mask":
+    mask = total.mask(2)
+else:
+    pp = PostProcessing(keep_largest=True, min_volume_mm3=100.0, organ_label=1, near_organ_mm=10.0,
+                        never_empty_floor=0.2)
+    labels = total.region_labels()
+    mask, note = postprocess(labels, 2, (3.0, 0.7, 0.7), pp, lambda: total.region_probability(2))
+seconds = time.perf_counter() - started
+running[0] = False
+sampler.join()
+print(json.dumps({"seconds": seconds, "held_gib": start_rss / 2 ** 30, "added_gib": (peak[0] - start_rss) / 2 ** 30,
+                  "tumor_voxels": int(mask.sum())}))
+"""
+VARIANTS = ("mask", "steps", "never-empty")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shape", default="200,512,512", help="z,y,x voxels (default: 200,512,512)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="JSON report")
+    args = parser.parse_args()
+    shape = [int(v) for v in args.shape.split(",")]
+    runs: dict[str, list[dict]] = {v: [] for v in VARIANTS}
+    for _ in range(args.repeats):
+        for variant in VARIANTS:  # alternated
+            done = subprocess.run([sys.executable, "-c", STAGE, json.dumps(shape), variant], check=True,
+                                  capture_output=True, text=True)
+            runs[variant].append(json.loads(done.stdout))
+    report = {"shape_zyx": shape, "repeats": args.repeats, "started": time.strftime("%Y-%m-%d %H:%M"),
+              "medians": {v: {k: round(statistics.median(r[k] for r in runs[v]), 3)
+                              for k in ("seconds", "held_gib", "added_gib")} for v in VARIANTS},
+              "tumor_voxels": {v: runs[v][0]["tumor_voxels"] for v in VARIANTS}}
+    for variant, median in report["medians"].items():
+        print(f"{variant:12s} {median['seconds']:6.2f} s   held before {median['held_gib']:.2f} GiB (the sum)   added "
+              f"by the stage {median['added_gib']:.2f} GiB   tumor voxels {report['tumor_voxels'][variant]}")
+    if args.out:
+        args.out.write_text(json.dumps(report, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20:.2f} GiB)", file=sys.stderr)
+    main()

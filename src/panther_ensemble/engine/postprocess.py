@@ -1,0 +1,244 @@
+"""Post-processing of the ensemble's label map, the spec's `[postprocessing]`: what averaging cannot remove.
+
+Steps, each optional, in this order, on the tumor label: keep the largest component; keep components of at least
+`min_volume_mm3`; keep only components touching, or within `near_organ_mm` of, the predicted organ (`organ_label`,
+the pancreas); and, when no tumor voxel is left (or none was found), **never empty**: the connected region around
+the maximum tumor probability above `never_empty_floor` is written instead — PANTHER scores an empty mask as the
+worst case there is. Or nnU-Net's own `postprocessing.pkl` (`nnunet`, from a model folder's crossval results),
+applied as nnunetv2's apply_postprocessing applies it, its pickle read without running code.
+
+Components are 26-connected (nnU-Net's choice for its largest-component step), found on the tumor's bounding box
+(grown by the organ distance), never on the whole image: a 512 x 512 x 200 case costs its tumor's box.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from ..core.errors import PantherError
+
+CONNECTIVITY = np.ones((3, 3, 3), bool)  # 26-connected, as nnU-Net's remove_all_but_largest_component
+NNUNET_FUNCTION = ("nnunetv2.postprocessing.remove_connected_components",
+                   "remove_all_but_largest_component_from_segmentation")
+KEYS = {"keep_largest", "min_volume_mm3", "organ_label", "near_organ_mm", "never_empty_floor", "nnunet"}
+
+
+@dataclass(frozen=True)
+class PostProcessing:
+    keep_largest: bool = False
+    min_volume_mm3: float | None = None
+    organ_label: int | None = None
+    near_organ_mm: float | None = None  # needs organ_label; 0: touching
+    never_empty_floor: float | None = None
+    nnunet: str | None = None  # a postprocessing.pkl under the weights root, instead of the steps
+
+    def __str__(self) -> str:
+        if self.nnunet:
+            return f"nnU-Net's {self.nnunet}"
+        steps = (["largest component"] if self.keep_largest else []) + \
+            ([f"components >= {self.min_volume_mm3:g} mm3"] if self.min_volume_mm3 else []) + \
+            ([f"within {self.near_organ_mm:g} mm of label {self.organ_label}"] if self.near_organ_mm is not None
+             else []) + ([f"never empty (floor {self.never_empty_floor:g})"] if self.never_empty_floor else [])
+        return ", ".join(steps) or "none"
+
+    @property
+    def active(self) -> bool:
+        return str(self) != "none"
+
+    def toml(self) -> list[str]:
+        """The spec's table for it."""
+        lines = ["[postprocessing]"]
+        for key in ("keep_largest", "min_volume_mm3", "organ_label", "near_organ_mm", "never_empty_floor", "nnunet"):
+            value = getattr(self, key)
+            if value is None or value is False:
+                continue
+            text = "true" if value is True else json.dumps(value) if isinstance(value, str) else \
+                str(int(value)) if key == "organ_label" else repr(float(value))
+            lines.append(f"{key} = {text}")
+        return lines
+
+
+def parse(path: Path, table: object, tumor_label: int) -> PostProcessing | None:
+    """The spec's [postprocessing] table, checked on its own (the organ label against the members' labels later:
+    check_labels)."""
+    if table is None:
+        return None
+    if not isinstance(table, dict):
+        raise PantherError(f"{path}: [postprocessing] must be a table")
+    unknown = sorted(set(table) - KEYS)
+    if unknown:
+        raise PantherError(f"{path}: unknown key '{unknown[0]}' in [postprocessing] (known: {', '.join(sorted(KEYS))})")
+
+    def number(key: str, low: float, high: float, what: str) -> float | None:
+        value = table.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise PantherError(f"{path}: '{key}' in [postprocessing] must be {what}, got {value!r}")
+        return float(value)
+
+    keep_largest = table.get("keep_largest", False)
+    if not isinstance(keep_largest, bool):
+        raise PantherError(f"{path}: 'keep_largest' in [postprocessing] must be true or false, got {keep_largest!r}")
+    floor = table.get("never_empty_floor")
+    if floor is not None and (isinstance(floor, bool) or not isinstance(floor, (int, float)) or not 0 < floor < 1):
+        raise PantherError(f"{path}: 'never_empty_floor' in [postprocessing] must be a probability in (0, 1), got "
+                           f"{floor!r}")
+    organ = table.get("organ_label")
+    if organ is not None and (isinstance(organ, bool) or not isinstance(organ, int) or organ in (0, tumor_label)):
+        raise PantherError(f"{path}: 'organ_label' in [postprocessing] must be the organ's label (not 0, not the "
+                           f"tumor's {tumor_label}), got {organ!r}")
+    near = number("near_organ_mm", 0, math.inf, "a distance in mm, 0 or more")
+    if near is not None and organ is None:
+        raise PantherError(f"{path}: 'near_organ_mm' in [postprocessing] needs 'organ_label' (the pancreas's label)")
+    nnunet = table.get("nnunet")
+    if nnunet is not None:
+        if not isinstance(nnunet, str) or Path(nnunet).is_absolute() or ".." in Path(nnunet).parts:
+            raise PantherError(f"{path}: 'nnunet' in [postprocessing] must be a postprocessing.pkl's path under the "
+                               f"weights root, got {nnunet!r}")
+        if len(table) > 1:
+            raise PantherError(f"{path}: [postprocessing] names nnU-Net's postprocessing.pkl or steps, not both")
+    return PostProcessing(keep_largest, number("min_volume_mm3", 0, math.inf, "a volume in mm³, 0 or more"),
+                          organ, near, None if floor is None else float(floor), nnunet)
+
+
+def check_labels(path: Path, postprocessing: PostProcessing | None, labels: dict[str, int], weights_root: Path,
+                 ) -> None:
+    """The organ label is one of the members'; nnU-Net's postprocessing.pkl is there and nnU-Net's."""
+    if postprocessing is None:
+        return
+    if postprocessing.organ_label is not None and postprocessing.organ_label not in labels.values():
+        raise PantherError(f"{path}: 'organ_label' {postprocessing.organ_label} in [postprocessing] is not among the "
+                           f"members' labels {labels}")
+    if postprocessing.nnunet:
+        load_nnunet_postprocessing(Path(weights_root) / postprocessing.nnunet)
+
+
+class _NnunetPickle(pickle.Unpickler):
+    """nnU-Net's postprocessing.pkl names its functions: only its largest-component step is allowed; anything else
+    is refused before it could run."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == NNUNET_FUNCTION:
+            from nnunetv2.postprocessing.remove_connected_components import (
+                remove_all_but_largest_component_from_segmentation,
+            )
+
+            return remove_all_but_largest_component_from_segmentation
+        raise pickle.UnpicklingError(f"{module}.{name}")
+
+
+def load_nnunet_postprocessing(path: Path) -> tuple[list, list[dict]]:
+    """(functions, their keyword arguments) as nnUNetv2_determine_postprocessing saved them."""
+    try:
+        with open(path, "rb") as f:
+            functions, kwargs = _NnunetPickle(f).load()
+    except FileNotFoundError:
+        raise PantherError(f"{path}: nnU-Net's postprocessing.pkl does not exist") from None
+    except pickle.UnpicklingError as e:
+        raise PantherError(f"{path}: refused: not nnU-Net's postprocessing (it names {e}, which could run code)") \
+            from None
+    except Exception as e:  # a truncated or foreign pickle
+        raise PantherError(f"{path}: not nnU-Net's postprocessing.pkl ({type(e).__name__})") from None
+    if not (isinstance(functions, list) and isinstance(kwargs, list) and len(functions) == len(kwargs)
+            and all(isinstance(k, dict) and set(k) <= {"labels_or_regions", "background_label"} for k in kwargs)):
+        raise PantherError(f"{path}: not nnU-Net's postprocessing.pkl (expected its functions and their arguments)")
+    return functions, kwargs
+
+
+def _box(mask: np.ndarray, margin: tuple[int, ...]) -> tuple[slice, ...]:
+    """The bounding box of the mask's voxels, grown by margin voxels per axis, inside the array."""
+    where = [np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+             for axis in range(mask.ndim)]
+    return tuple(slice(max(0, w[0] - m), min(n, w[-1] + 1 + m)) for w, m, n in zip(where, margin, mask.shape))
+
+
+def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(labelled components, their sizes in voxels, index 0 unused)."""
+    labelled, count = ndimage.label(mask, CONNECTIVITY)
+    return labelled, np.bincount(labelled.ravel(), minlength=count + 1)
+
+
+def filter_tumor(tumor: np.ndarray, organ: np.ndarray | None, spacing_zyx: tuple[float, ...],
+                 postprocessing: PostProcessing) -> np.ndarray:
+    """The tumor mask (bool, z y x) after the component steps; worked on the tumor's bounding box only."""
+    if not tumor.any() or not (postprocessing.keep_largest or postprocessing.min_volume_mm3
+                               or postprocessing.near_organ_mm is not None):
+        return tumor
+    reach = 0.0 if postprocessing.near_organ_mm is None else postprocessing.near_organ_mm + float(
+        np.linalg.norm(spacing_zyx))  # "touching": a 26-neighbour's centre is at most the voxel diagonal away
+    box = _box(tumor, tuple(math.ceil(reach / s) for s in spacing_zyx))
+    labelled, sizes = _components(tumor[box])
+    keep = np.ones(len(sizes), bool)
+    keep[0] = False
+    if postprocessing.keep_largest:
+        keep &= sizes == sizes[1:].max()  # ties all kept, as nnU-Net's
+    if postprocessing.min_volume_mm3:
+        keep &= sizes * float(np.prod(spacing_zyx)) >= postprocessing.min_volume_mm3
+    if postprocessing.near_organ_mm is not None:
+        organ_box = organ[box]
+        grow = tuple(math.ceil(reach / sp) for sp in spacing_zyx)
+        for index, where in enumerate(ndimage.find_objects(labelled), start=1):
+            if where is None or not keep[index]:
+                continue
+            # each component's own box, grown by the reach: the organ farther off cannot be near it
+            around = tuple(slice(max(0, w.start - g), min(n, w.stop + g)) for w, g, n in
+                           zip(where, grow, organ_box.shape))
+            nearby = organ_box[around]
+            if not nearby.any():
+                keep[index] = False
+                continue
+            distance = ndimage.distance_transform_edt(~nearby, sampling=spacing_zyx)
+            keep[index] = distance[labelled[around] == index].min() <= reach
+    result = np.zeros_like(tumor)
+    result[box] = keep[labelled]
+    return result
+
+
+def never_empty(probability: np.ndarray, floor: float) -> np.ndarray | None:
+    """The connected region (26) around the maximum tumor probability, of voxels at or above `floor`; None where
+    even the maximum is below it."""
+    if probability.size == 0 or float(probability.max()) < floor:
+        return None
+    peak = np.unravel_index(int(np.argmax(probability)), probability.shape)
+    above = probability >= floor
+    box = _box(above, (0,) * above.ndim)
+    labelled, _ = ndimage.label(above[box], CONNECTIVITY)
+    region = np.zeros(probability.shape, bool)
+    region[box] = labelled == labelled[tuple(p - b.start for p, b in zip(peak, box))]
+    return region
+
+
+def postprocess(labels: np.ndarray, tumor_label: int, spacing_zyx: tuple[float, ...], postprocessing: PostProcessing,
+                probability, nnunet: tuple[list, list[dict]] | None = None) -> tuple[np.ndarray, str | None]:
+    """(the tumor mask, bool, and what post-processing did, for the summary line) from the label map (uint8, z y x)
+    and `probability()`, the tumor's probability on the same grid (asked for only where never-empty is needed);
+    `nnunet`: nnU-Net's post-processing as load_nnunet_postprocessing read it (the label map is then the image's
+    whole grid)."""
+    if postprocessing.nnunet:
+        from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
+
+        tumor = apply_postprocessing(labels, *nnunet) == tumor_label
+        return tumor, f"nnU-Net's post-processing: {int((labels == tumor_label).sum() - tumor.sum())} voxels removed"
+    tumor = labels == tumor_label
+    before = int(tumor.sum())
+    organ = labels == postprocessing.organ_label if postprocessing.near_organ_mm is not None else None
+    tumor = filter_tumor(tumor, organ, spacing_zyx, postprocessing)
+    notes = [f"{before - int(tumor.sum())} tumor voxels removed"] if before != int(tumor.sum()) else []
+    if postprocessing.never_empty_floor and not tumor.any():
+        region = never_empty(probability(), postprocessing.never_empty_floor)
+        if region is None:
+            notes.append(f"never empty: no voxel reaches the floor {postprocessing.never_empty_floor:g}, the mask "
+                         "stays empty")
+        else:
+            tumor = region
+            notes.append(f"never empty: the region around the maximum tumor probability ({int(region.sum())} voxels "
+                         f"at or above {postprocessing.never_empty_floor:g}) written instead of an empty mask")
+    return tumor, "; ".join(notes) or None

@@ -1,0 +1,284 @@
+"""Post-processing (engine.postprocess): the component steps, never-empty, nnU-Net's own postprocessing.pkl as
+nnUNetv2_apply_postprocessing applies it, the spec's table and its bad input, and the run's summary saying so."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from conftest import gc_input, read_mask
+
+from panther_ensemble.cli import main
+from panther_ensemble.core.errors import PantherError
+from panther_ensemble.engine.postprocess import (
+    PostProcessing,
+    filter_tumor,
+    load_nnunet_postprocessing,
+    never_empty,
+    postprocess,
+)
+from panther_ensemble.engine.spec import load_spec
+
+T1 = "abdominal-t1-mri"
+SPACING = (3.0, 1.0, 1.0)
+
+
+def blob(shape, centre, radius) -> np.ndarray:
+    z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
+    return (z - centre[0]) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius ** 2
+
+
+def scene():
+    """A tumor inside the pancreas, a small island touching it, a larger one far away."""
+    shape = (20, 60, 60)
+    pancreas = blob(shape, (10, 30, 20), 9)
+    tumor = blob(shape, (10, 30, 22), 4) | blob(shape, (10, 30, 31), 1.5) | blob(shape, (10, 45, 50), 5)
+    labels = np.where(tumor, 2, np.where(pancreas, 1, 0)).astype(np.uint8)
+    return labels, tumor
+
+
+def components(mask) -> int:
+    from scipy import ndimage
+
+    return ndimage.label(mask, np.ones((3, 3, 3)))[1]
+
+
+def test_each_step_alone():
+    labels, tumor = scene()
+    organ = labels == 1
+    assert components(tumor) == 3
+    largest = filter_tumor(tumor, organ, SPACING, PostProcessing(keep_largest=True))
+    assert components(largest) == 1 and largest[10, 45, 50]  # the far one is the largest: it wins
+    big = filter_tumor(tumor, organ, SPACING, PostProcessing(min_volume_mm3=100.0))
+    assert components(big) == 2 and not big[10, 30, 31]  # the small island is gone
+    near = filter_tumor(tumor, organ, SPACING, PostProcessing(organ_label=1, near_organ_mm=0.0))
+    assert near[10, 30, 22] and near[10, 30, 31] and not near[10, 45, 50]  # touching or inside the pancreas kept
+    assert filter_tumor(tumor, organ, SPACING, PostProcessing(organ_label=1, near_organ_mm=40.0)).sum() == tumor.sum()
+    assert not filter_tumor(tumor, np.zeros_like(organ), SPACING,
+                            PostProcessing(organ_label=1, near_organ_mm=5.0)).any()  # no organ: nothing near it
+
+
+def test_never_empty_takes_the_region_around_the_maximum():
+    probability = np.zeros((10, 20, 20), np.float32)
+    probability[4:6, 5:9, 5:9] = 0.3
+    probability[5, 6, 6] = 0.45
+    probability[2, 15:17, 15:17] = 0.35  # another region above the floor, not around the maximum
+    region = never_empty(probability, 0.25)
+    assert region.sum() == 2 * 4 * 4 and region[5, 6, 6] and not region[2, 15, 15]
+    assert never_empty(probability, 0.5) is None
+    labels = np.zeros((10, 20, 20), np.uint8)
+    tumor, note = postprocess(labels, 2, SPACING, PostProcessing(never_empty_floor=0.25), lambda: probability)
+    assert tumor.sum() == 32 and "never empty" in note
+    tumor, note = postprocess(labels, 2, SPACING, PostProcessing(never_empty_floor=0.6), lambda: probability)
+    assert not tumor.any() and "stays empty" in note
+
+
+def nnunet_pickle(path, labels_or_regions=2):
+    from batchgenerators.utilities.file_and_folder_operations import save_pickle
+    from nnunetv2.postprocessing.remove_connected_components import (
+        remove_all_but_largest_component_from_segmentation,
+    )
+
+    save_pickle(([remove_all_but_largest_component_from_segmentation], [{"labels_or_regions": labels_or_regions}]),
+                str(path))
+    return path
+
+
+def test_nnunets_postprocessing_as_nnunet_applies_it(tmp_path):
+    """Parity: nnU-Net's own load_postprocess_save (what nnUNetv2_apply_postprocessing runs per file) on a label map
+    file against the product's application of the same postprocessing.pkl."""
+    from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+    from nnunetv2.postprocessing.remove_connected_components import load_postprocess_save
+
+    labels, _ = scene()
+    image = sitk.GetImageFromArray(labels)
+    image.SetSpacing(tuple(reversed(SPACING)))
+    sitk.WriteImage(image, str(tmp_path / "case.nii.gz"))
+    pkl = nnunet_pickle(tmp_path / "postprocessing.pkl")
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+
+    stock = load_pickle(str(pkl))  # nnU-Net's own reading, for its own run
+    load_postprocess_save(str(tmp_path / "case.nii.gz"), str(tmp_path / "stock.nii.gz"), SimpleITKIO(), *stock)
+    expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "stock.nii.gz"))) == 2
+    ours, note = postprocess(labels, 2, SPACING, PostProcessing(nnunet="postprocessing.pkl"), None,
+                             load_nnunet_postprocessing(pkl))
+    assert np.array_equal(ours, expected) and components(ours) == 1 and "nnU-Net" in note
+
+
+def test_a_pickle_that_is_not_nnunets_is_refused_unrun(tmp_path):
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (tmp_path / "evil.pkl").write_bytes(pickle.dumps(([Payload()], [{}])))
+    with pytest.raises(PantherError, match="refused: not nnU-Net's postprocessing .* could run code"):
+        load_nnunet_postprocessing(tmp_path / "evil.pkl")
+    assert not marker.exists()
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps(["not", "nnU-Net's"]))
+    with pytest.raises(PantherError, match="not nnU-Net's postprocessing.pkl"):
+        load_nnunet_postprocessing(tmp_path / "list.pkl")
+
+
+def spec_with(workspace, tmp_path, table: str, weights=None):
+    text = workspace.t1_spec.read_text() + "\n[postprocessing]\n" + table
+    path = tmp_path / "pp.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("table, expected", [
+    ("organ_label = 5\nnear_organ_mm = 0", "'organ_label' 5 in [postprocessing] is not among the members' labels"),
+    ("min_volume_mm3 = -10", "'min_volume_mm3' in [postprocessing] must be a volume in mm³, 0 or more"),
+    ("never_empty_floor = 1.5", "'never_empty_floor' in [postprocessing] must be a probability in (0, 1)"),
+    ("never_empty_floor = 0", "'never_empty_floor' in [postprocessing] must be a probability in (0, 1)"),
+    ("near_organ_mm = 5", "'near_organ_mm' in [postprocessing] needs 'organ_label'"),
+    ("organ_label = 1", "must be the organ's label (not 0, not the tumor's 1)"),
+    ("keep_largest = 1", "'keep_largest' in [postprocessing] must be true or false"),
+    ("keep_biggest = true", "unknown key 'keep_biggest' in [postprocessing]"),
+    ('nnunet = "evil.pkl"', "refused: not nnU-Net's postprocessing"),
+    ('nnunet = "../x.pkl"', "must be a postprocessing.pkl's path under the weights root"),
+    ('nnunet = "linked.pkl"', "linked.pkl leads outside the weights root"),
+    ('nnunet = "pp.pkl"\nkeep_largest = true', "names nnU-Net's postprocessing.pkl or steps, not both"),
+], ids=["organ-missing", "negative-volume", "floor-above-1", "floor-0", "distance-without-organ", "organ-is-tumor",
+        "not-a-bool", "unknown-key", "evil-pickle", "pickle-outside", "pickle-linked-out", "both"])
+def test_bad_postprocessing_is_one_line_before_any_work(workspace, tmp_path, capsys, table, expected):
+    weights = tmp_path / "weights"
+    shutil.copytree(workspace.weights, weights)
+    (weights / "evil.pkl").write_bytes(pickle.dumps((__import__("os").system, ("true",))))
+    (weights / "linked.pkl").symlink_to(nnunet_pickle(tmp_path / "outside.pkl"))  # nnU-Net's, but outside
+    input_dir = gc_input(tmp_path, T1, {"case.mha": dict(shape_zyx=(10, 30, 34), spacing_xyz=(1, 1, 3), seed=1)})
+    code = main(["predict", "--input", str(input_dir), "--output", str(tmp_path / "out"), "--ensemble",
+                 str(spec_with(workspace, tmp_path, table)), "--weights", str(weights), "--device", "cpu"])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], lines
+    assert "loading" not in captured.out and not (tmp_path / "out").exists()
+
+
+def test_predict_with_postprocessing_says_what_it_did(workspace, tmp_path, capsys):
+    """The synthetic members' labels: 1 tumor, 2 other; the summary line says what post-processing did."""
+    input_dir = gc_input(tmp_path, T1, {"case.mha": dict(shape_zyx=(16, 60, 64), spacing_xyz=(1, 1, 3), seed=3)})
+    plain = tmp_path / "plain"
+    assert main(["predict", "--input", str(input_dir), "--output", str(plain), "--ensemble", str(workspace.t1_spec),
+                 "--weights", str(workspace.weights), "--device", "cpu", "--budget", "0"]) == 0
+    spec = spec_with(workspace, tmp_path, "keep_largest = true\nnever_empty_floor = 0.2\n")
+    assert str(load_spec(spec).postprocessing) == "largest component, never empty (floor 0.2)"
+    assert main(["predict", "--input", str(input_dir), "--output", str(tmp_path / "pp"), "--ensemble", str(spec),
+                 "--weights", str(workspace.weights), "--device", "cpu", "--budget", "0"]) == 0
+    out = capsys.readouterr().out
+    before = read_mask(next(plain.rglob("case.mha")))[0].astype(bool)
+    after = read_mask(next((tmp_path / "pp").rglob("case.mha")))[0].astype(bool)
+    assert components(before) > 1  # random weights: islands to remove
+    assert components(after) == 1 and not (after & ~before).any()  # the largest one, nothing added
+    assert "post-processing: " in out and "tumor voxels removed" in out
+
+
+def test_the_member_table_has_a_row_for_the_ensemble_with_its_postprocessing(workspace, tmp_path):
+    from panther_ensemble.demo import synthetic as syn
+    from panther_ensemble.tools.member_table import POSTPROCESSED, compare_members
+
+    for name in ("images", "labels"):
+        syn.make_image(tmp_path / name / "case.mha", (16, 60, 64), (1, 1, 3), seed=3)
+    spec = load_spec(spec_with(workspace, tmp_path, "keep_largest = true\n"))
+    table = compare_members(spec, workspace.weights, tmp_path / "images", tmp_path / "labels",
+                            __import__("torch").device("cpu"))
+    assert list(table)[-2:] == ["ensemble", POSTPROCESSED]
+    assert table[POSTPROCESSED]["aggregates"]["n_subjects"] == 1
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_keep_largest_is_nnunets_largest_component(seed):
+    """keep_largest against nnU-Net's own remove_all_but_largest_component_from_segmentation on the tumor label,
+    random label maps with many components (ties included where they happen)."""
+    from nnunetv2.postprocessing.remove_connected_components import (
+        remove_all_but_largest_component_from_segmentation,
+    )
+
+    rng = np.random.default_rng(seed)
+    labels = (rng.uniform(size=(12, 30, 30)) < 0.04).astype(np.uint8) * 2  # many small islands of tumor
+    labels[(rng.uniform(size=labels.shape) < 0.1) & (labels == 0)] = 1
+    labels[3:6, 5:9, 5:9] = 2  # one clear largest, on some seeds
+    stock = remove_all_but_largest_component_from_segmentation(labels.copy(), labels_or_regions=2) == 2
+    ours, _ = postprocess(labels, 2, SPACING, PostProcessing(keep_largest=True), None)
+    assert components(labels == 2) > 5 and np.array_equal(ours, stock)
+
+
+def test_nnunets_postprocessing_in_predict_equals_stock_nnunet(workspace, tmp_path):
+    """The whole path: stock nnU-Net's predictors (the reference), their label map through nnU-Net's own
+    apply_postprocessing, against predict --mode exact with the same postprocessing.pkl named in the spec."""
+    from batchgenerators.utilities.file_and_folder_operations import load_pickle
+    from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
+
+    from panther_ensemble.tools.reference import stock_ensemble_labels
+
+    weights = tmp_path / "weights"
+    shutil.copytree(workspace.weights, weights)
+    (weights / "weights.sha256").unlink(missing_ok=True)
+    spec = load_spec(workspace.t1_spec)
+    relative = f"{spec.members[0].model}/crossval_results_folds_0/postprocessing.pkl"
+    (weights / relative).parent.mkdir(parents=True)
+    pkl = nnunet_pickle(weights / relative, labels_or_regions=spec.tumor_label)
+    spec_file = tmp_path / "nnunet-pp.toml"
+    spec_file.write_text(workspace.t1_spec.read_text() + f'\n[postprocessing]\nnnunet = "{relative}"\n')
+    input_dir = gc_input(tmp_path, T1, {"case.mha": dict(shape_zyx=(16, 60, 64), spacing_xyz=(1, 1, 3), seed=3)})
+    image_file = input_dir / "images" / T1 / "case.mha"
+    labels = stock_ensemble_labels(image_file, weights, spec)
+    expected = apply_postprocessing(labels, *load_pickle(str(pkl))) == spec.tumor_label
+    assert components(labels == spec.tumor_label) > 1 and components(expected) == 1  # it had work to do
+    assert main(["predict", "--input", str(input_dir), "--output", str(tmp_path / "out"), "--ensemble",
+                 str(spec_file), "--weights", str(weights), "--device", "cpu", "--budget", "0", "--mode",
+                 "exact"]) == 0
+    ours = read_mask(next((tmp_path / "out").rglob("case.mha")))[0].astype(bool)
+    assert np.array_equal(ours, expected)
+
+
+def test_never_empty_in_predict_writes_the_region_and_says_so(workspace, tmp_path, capsys):
+    """A constant image: the random members find no tumor; with never_empty the region around the maximum tumor
+    probability is written and the summary line says so, without it the mask is empty."""
+    folder = tmp_path / "input" / "images" / T1
+    folder.mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.zeros((8, 24, 28), np.float32))
+    image.SetSpacing((1.0, 1.0, 3.0))
+    sitk.WriteImage(image, str(folder / "case.mha"))
+    spec = spec_with(workspace, tmp_path, "never_empty_floor = 0.01\n")
+    for name, spec_file in (("plain", workspace.t1_spec), ("never-empty", spec)):
+        assert main(["predict", "--input", str(tmp_path / "input"), "--output", str(tmp_path / name), "--ensemble",
+                     str(spec_file), "--weights", str(workspace.weights), "--device", "cpu", "--budget", "0"]) == 0
+    summaries = [line for line in capsys.readouterr().out.splitlines() if line.startswith("summary")]
+    assert not read_mask(next((tmp_path / "plain").rglob("case.mha")))[0].any() and "EMPTY" in summaries[0]
+    assert read_mask(next((tmp_path / "never-empty").rglob("case.mha")))[0].any()
+    assert "never empty: the region around the maximum tumor probability" in summaries[1], summaries[1]
+    assert "EMPTY" not in summaries[1]
+
+
+def test_nnunets_postprocessing_travels_in_the_model_tarball(workspace, tmp_path):
+    """export-model stages the postprocessing.pkl the spec names (and the manifest lists it): the tarball predicts
+    as the weights root it came from."""
+    import tarfile
+
+    weights = tmp_path / "weights"
+    shutil.copytree(workspace.weights, weights)
+    (weights / "weights.sha256").unlink(missing_ok=True)
+    relative = f"{load_spec(workspace.t1_spec).members[0].model}/crossval_results_folds_0/postprocessing.pkl"
+    (weights / relative).parent.mkdir(parents=True)
+    nnunet_pickle(weights / relative, labels_or_regions=1)
+    spec_file = tmp_path / "task1.toml"
+    spec_file.write_text(workspace.t1_spec.read_text() + f'\n[postprocessing]\nnnunet = "{relative}"\n')
+    tarball = tmp_path / "model.tar.gz"
+    assert main(["export-model", "--ensemble", str(spec_file), "--weights", str(weights), "--out", str(tarball)]) == 0
+    with tarfile.open(tarball) as tar:
+        tar.extractall(tmp_path / "model", filter="data")
+    assert (tmp_path / "model" / relative).is_file() and relative in (tmp_path / "model" / "weights.sha256").read_text()
+    input_dir = gc_input(tmp_path, T1, {"case.mha": dict(shape_zyx=(16, 60, 64), spacing_xyz=(1, 1, 3), seed=3)})
+    for name, spec, root in (("here", spec_file, weights), ("tarball", tmp_path / "model" / "task1.toml",
+                                                            tmp_path / "model")):
+        assert main(["predict", "--input", str(input_dir), "--output", str(tmp_path / name), "--ensemble", str(spec),
+                     "--weights", str(root), "--device", "cpu", "--budget", "0"]) == 0
+    masks = [read_mask(next((tmp_path / name).rglob("case.mha")))[0] for name in ("here", "tarball")]
+    assert np.array_equal(*masks) and components(masks[0]) == 1
