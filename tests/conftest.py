@@ -66,3 +66,16 @@ def labelled_cases(root: Path, shapes: list[tuple[int, int, int]], spacing_xyz: 
         (root / "labels").mkdir(exist_ok=True)
         sitk.WriteImage(label, str(root / "labels" / f"case{i}.mha"))
     return root
+
+
+def extract_tarball(tarball: Path, folder: Path) -> list[str]:
+    """A model tarball's members extracted as GC's shim does; with the 'data' filter where this Python has it
+    (3.11.4 and later: the image's Python is 3.11.2). Returns the members' names."""
+    import tarfile
+
+    with tarfile.open(tarball) as tar:
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(folder, filter="data")
+        else:
+            tar.extractall(folder)  # our own export; the caller checks the names
+        return tar.getnames()

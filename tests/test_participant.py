@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import read_mask
+from conftest import extract_tarball, read_mask
 
 from panther_ensemble.cli import main
 from panther_ensemble.demo.phantom import make_phantom, panther_label_map
@@ -76,9 +76,7 @@ def test_a_participants_folds_from_select_to_the_upload(participant, tmp_path, c
     tarball = tmp_path / "export" / "model-my_task1.tar.gz"
     assert main(["export-model", "--ensemble", str(spec_file), "--weights", str(FOLDS), "--out", str(tarball)]) == 0
     extracted = tmp_path / "opt-ml-model"
-    with tarfile.open(tarball) as tar:
-        names = tar.getnames()
-        tar.extractall(extracted, filter="data")
+    names = extract_tarball(tarball, extracted)
     assert "my_task1.toml" in names and "weights.sha256" in names
     for model, fold, checkpoint in chosen:  # stripped of the optimizer state and training log
         relative = f"{model}/fold_{fold}/{checkpoint}"

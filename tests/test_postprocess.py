@@ -10,7 +10,7 @@ import shutil
 import numpy as np
 import pytest
 import SimpleITK as sitk
-from conftest import gc_input, read_mask
+from conftest import extract_tarball, gc_input, read_mask
 
 from panther_ensemble.cli import main
 from panther_ensemble.core.errors import PantherError
@@ -260,7 +260,6 @@ def test_never_empty_in_predict_writes_the_region_and_says_so(workspace, tmp_pat
 def test_nnunets_postprocessing_travels_in_the_model_tarball(workspace, tmp_path):
     """export-model stages the postprocessing.pkl the spec names (and the manifest lists it): the tarball predicts
     as the weights root it came from."""
-    import tarfile
 
     weights = tmp_path / "weights"
     shutil.copytree(workspace.weights, weights)
@@ -272,8 +271,7 @@ def test_nnunets_postprocessing_travels_in_the_model_tarball(workspace, tmp_path
     spec_file.write_text(workspace.t1_spec.read_text() + f'\n[postprocessing]\nnnunet = "{relative}"\n')
     tarball = tmp_path / "model.tar.gz"
     assert main(["export-model", "--ensemble", str(spec_file), "--weights", str(weights), "--out", str(tarball)]) == 0
-    with tarfile.open(tarball) as tar:
-        tar.extractall(tmp_path / "model", filter="data")
+    extract_tarball(tarball, tmp_path / "model")
     assert (tmp_path / "model" / relative).is_file() and relative in (tmp_path / "model" / "weights.sha256").read_text()
     input_dir = gc_input(tmp_path, T1, {"case.mha": dict(shape_zyx=(16, 60, 64), spacing_xyz=(1, 1, 3), seed=3)})
     for name, spec, root in (("here", spec_file, weights), ("tarball", tmp_path / "model" / "task1.toml",
