@@ -8,7 +8,12 @@ image keeps it all) with a pancreas, a tumor inside it, islands near and far, an
 - `mask`: the argmax's tumor mask, slab by slab (what predict does without post-processing);
 - `steps`: the label map, then every component step (largest, minimum volume, within 10 mm of the pancreas) and
   never-empty (not needed here);
-- `never-empty`: the same where no voxel is tumor: the tumor's probability map and the region around its maximum.
+- `organ`: the organ step alone (within 10 mm of the pancreas's largest component), every one of 40 scattered
+  islands measured;
+- `never-empty`: the same as `steps` where no voxel is tumor: the tumor's probability map and the region around its
+  maximum;
+- `nnunet`: nnU-Net's own steps as determine_postprocessing writes them (all foreground labels as one, then the
+  tumor), by nnU-Net's function on the sum's region.
 Memory: the process's resident memory sampled every 2 ms during the stage, above what it held when it began.
 """
 
@@ -34,8 +39,11 @@ z, y, x = np.ogrid[:shape[0], :shape[1], :shape[2]]
 def ball(c, r):
     return ((z - c[0]) * 3.0) ** 2 + ((y - c[1]) * 0.7) ** 2 + ((x - c[2]) * 0.7) ** 2 <= r ** 2
 c = [s // 2 for s in shape]
-pancreas = ball(c, 40)
+pancreas = ball(c, 40) | ball((c[0], c[1] // 4, c[2] // 4), 8)  # the organ and a false island of it
 tumor = ball(c, 12) | ball((c[0], c[1] + 60, c[2]), 4) | ball((c[0] // 2, c[1] // 3, c[2] // 3), 6)
+rng = np.random.default_rng(0)
+for _ in range(40):  # scattered islands across the grid: what the organ step must measure one by one
+    tumor |= ball([int(rng.integers(0, n)) for n in shape], 2)
 if variant == "never-empty":
     tumor[:] = False
 probabilities = np.full((3, *shape), 0.05, np.float32)
@@ -58,9 +66,14 @@ sampler.start()
 started = time.perf_counter()
 if variant == "mask":
     mask = total.mask(2)
+elif variant == "nnunet":
+    from nnunetv2.postprocessing.remove_connected_components import (
+        remove_all_but_largest_component_from_segmentation as largest)
+    nnunet = ([largest, largest], [{"labels_or_regions": [1, 2]}, {"labels_or_regions": 2}])
+    mask, note = postprocess(total.region_labels(), 2, (3.0, 0.7, 0.7), PostProcessing(nnunet="pp.pkl"), None, nnunet)
 else:
-    pp = PostProcessing(keep_largest=True, min_volume_mm3=100.0, organ_label=1, near_organ_mm=10.0,
-                        never_empty_floor=0.2)
+    pp = PostProcessing(keep_largest=variant != "organ", min_volume_mm3=None if variant == "organ" else 100.0,
+                        organ_label=1, near_organ_mm=10.0, never_empty_floor=0.2)
     labels = total.region_labels()
     mask, note = postprocess(labels, 2, (3.0, 0.7, 0.7), pp, lambda: total.region_probability(2))
 seconds = time.perf_counter() - started
@@ -69,7 +82,7 @@ sampler.join()
 print(json.dumps({"seconds": seconds, "held_gib": start_rss / 2 ** 30, "added_gib": (peak[0] - start_rss) / 2 ** 30,
                   "tumor_voxels": int(mask.sum())}))
 """
-VARIANTS = ("mask", "steps", "never-empty")
+VARIANTS = ("mask", "steps", "organ", "never-empty", "nnunet")
 
 
 def main() -> None:

@@ -88,9 +88,12 @@ def nnunet_pickle(path, labels_or_regions=2):
     return path
 
 
-def test_nnunets_postprocessing_as_nnunet_applies_it(tmp_path):
+@pytest.mark.parametrize("labels_or_regions", [2, [1, 2], 1, (1, 2), [(1, 2), 2]],
+                         ids=["tumor", "every-foreground-label", "the-organ", "a-region", "region-then-tumor"])
+def test_nnunets_postprocessing_as_nnunet_applies_it(tmp_path, labels_or_regions):
     """Parity: nnU-Net's own load_postprocess_save (what nnUNetv2_apply_postprocessing runs per file) on a label map
-    file against the product's application of the same postprocessing.pkl."""
+    file against the product's application of the same postprocessing.pkl, for what nnU-Net's
+    determine_postprocessing writes (all foreground labels as one, each label, regions)."""
     from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
     from nnunetv2.postprocessing.remove_connected_components import load_postprocess_save
 
@@ -98,7 +101,7 @@ def test_nnunets_postprocessing_as_nnunet_applies_it(tmp_path):
     image = sitk.GetImageFromArray(labels)
     image.SetSpacing(tuple(reversed(SPACING)))
     sitk.WriteImage(image, str(tmp_path / "case.nii.gz"))
-    pkl = nnunet_pickle(tmp_path / "postprocessing.pkl")
+    pkl = nnunet_pickle(tmp_path / "postprocessing.pkl", labels_or_regions)
     from batchgenerators.utilities.file_and_folder_operations import load_pickle
 
     stock = load_pickle(str(pkl))  # nnU-Net's own reading, for its own run
@@ -106,7 +109,7 @@ def test_nnunets_postprocessing_as_nnunet_applies_it(tmp_path):
     expected = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "stock.nii.gz"))) == 2
     ours, note = postprocess(labels, 2, SPACING, PostProcessing(nnunet="postprocessing.pkl"), None,
                              load_nnunet_postprocessing(pkl))
-    assert np.array_equal(ours, expected) and components(ours) == 1 and "nnU-Net" in note
+    assert np.array_equal(ours, expected) and "nnU-Net" in note
 
 
 def test_a_pickle_that_is_not_nnunets_is_refused_unrun(tmp_path):
@@ -123,6 +126,15 @@ def test_a_pickle_that_is_not_nnunets_is_refused_unrun(tmp_path):
     (tmp_path / "list.pkl").write_bytes(pickle.dumps(["not", "nnU-Net's"]))
     with pytest.raises(PantherError, match="not nnU-Net's postprocessing.pkl"):
         load_nnunet_postprocessing(tmp_path / "list.pkl")
+    from nnunetv2.postprocessing.remove_connected_components import (
+        remove_all_but_largest_component_from_segmentation as largest,
+    )
+
+    for content in (([1], [{}]), ([largest], [{}]), ([largest], [{"labels_or_regions": "x"}]),
+                    ([largest], [{"labels_or_regions": 2, "background_label": 1.5}]), ([largest], [])):
+        (tmp_path / "odd.pkl").write_bytes(pickle.dumps(content))  # loads without running code, then fails late
+        with pytest.raises(PantherError, match="expected its largest-component steps and their labels or regions"):
+            load_nnunet_postprocessing(tmp_path / "odd.pkl")
 
 
 def spec_with(workspace, tmp_path, table: str, weights=None):
@@ -134,19 +146,23 @@ def spec_with(workspace, tmp_path, table: str, weights=None):
 
 @pytest.mark.parametrize("table, expected", [
     ("organ_label = 5\nnear_organ_mm = 0", "'organ_label' 5 in [postprocessing] is not among the members' labels"),
-    ("min_volume_mm3 = -10", "'min_volume_mm3' in [postprocessing] must be a volume in mm³, 0 or more"),
+    ("min_volume_mm3 = -10", "'min_volume_mm3' in [postprocessing] must be a finite volume in mm³, 0 or more"),
     ("never_empty_floor = 1.5", "'never_empty_floor' in [postprocessing] must be a probability in (0, 1)"),
     ("never_empty_floor = 0", "'never_empty_floor' in [postprocessing] must be a probability in (0, 1)"),
     ("near_organ_mm = 5", "'near_organ_mm' in [postprocessing] needs 'organ_label'"),
     ("organ_label = 1", "must be the organ's label (not 0, not the tumor's 1)"),
     ("keep_largest = 1", "'keep_largest' in [postprocessing] must be true or false"),
+    ("organ_label = 2\nnear_organ_mm = inf", "'near_organ_mm' in [postprocessing] must be a finite distance"),
+    ("min_volume_mm3 = inf", "'min_volume_mm3' in [postprocessing] must be a finite volume"),
+    ("organ_label = 2", "'organ_label' in [postprocessing] needs 'near_organ_mm'"),
     ("keep_biggest = true", "unknown key 'keep_biggest' in [postprocessing]"),
     ('nnunet = "evil.pkl"', "refused: not nnU-Net's postprocessing"),
     ('nnunet = "../x.pkl"', "must be a postprocessing.pkl's path under the weights root"),
     ('nnunet = "linked.pkl"', "linked.pkl leads outside the weights root"),
     ('nnunet = "pp.pkl"\nkeep_largest = true', "names nnU-Net's postprocessing.pkl or steps, not both"),
 ], ids=["organ-missing", "negative-volume", "floor-above-1", "floor-0", "distance-without-organ", "organ-is-tumor",
-        "not-a-bool", "unknown-key", "evil-pickle", "pickle-outside", "pickle-linked-out", "both"])
+        "not-a-bool", "distance-infinite", "volume-infinite", "organ-without-distance", "unknown-key", "evil-pickle",
+        "pickle-outside", "pickle-linked-out", "both"])
 def test_bad_postprocessing_is_one_line_before_any_work(workspace, tmp_path, capsys, table, expected):
     weights = tmp_path / "weights"
     shutil.copytree(workspace.weights, weights)
@@ -189,7 +205,18 @@ def test_the_member_table_has_a_row_for_the_ensemble_with_its_postprocessing(wor
     table = compare_members(spec, workspace.weights, tmp_path / "images", tmp_path / "labels",
                             __import__("torch").device("cpu"))
     assert list(table)[-2:] == ["ensemble", POSTPROCESSED]
-    assert table[POSTPROCESSED]["aggregates"]["n_subjects"] == 1
+    from panther_ensemble.tools.evaluate import tumor_metrics
+
+    input_dir = tmp_path / "input" / "images" / T1
+    input_dir.mkdir(parents=True)
+    shutil.copy(tmp_path / "images" / "case.mha", input_dir / "case.mha")
+    assert main(["predict", "--input", str(tmp_path / "input"), "--output", str(tmp_path / "out"), "--ensemble",
+                 str(spec.path), "--weights", str(workspace.weights), "--device", "cpu", "--budget", "0"]) == 0
+    truth, image = read_mask(tmp_path / "labels" / "case.mha")
+    predicted = read_mask(next((tmp_path / "out").rglob("case.mha")))[0].astype(bool)
+    expected = tumor_metrics(predicted, truth == spec.tumor_label, tuple(reversed(image.GetSpacing())))
+    assert table[POSTPROCESSED]["per_subject"]["case"] == pytest.approx(expected)
+    assert table[POSTPROCESSED]["per_subject"]["case"] != table["ensemble"]["per_subject"]["case"]
 
 
 @pytest.mark.parametrize("seed", range(4))
@@ -280,3 +307,64 @@ def test_nnunets_postprocessing_travels_in_the_model_tarball(workspace, tmp_path
                      "--weights", str(root), "--device", "cpu", "--budget", "0"]) == 0
     masks = [read_mask(next((tmp_path / name).rglob("case.mha")))[0] for name in ("here", "tarball")]
     assert np.array_equal(*masks) and components(masks[0]) == 1
+
+
+def test_within_n_mm_is_measured_between_voxels_on_the_right_axes():
+    """At 3 x 1 x 1 mm (z, y, x): a component 2 empty voxels from the organ in-plane is 3 mm away centre to centre,
+    one a slice above it touches it, one two slices above is 6 mm away; the spacing's order decides."""
+    shape = (9, 20, 30)
+    organ = np.zeros(shape, bool)
+    organ[4, 5:15, 5:10] = True
+    in_plane = np.zeros(shape, bool)
+    in_plane[4, 8:11, 12:14] = True  # x 12-13, the organ ends at x 9: 2 empty voxels between, 3 mm
+    above = np.zeros(shape, bool)
+    above[5, 8:11, 6:8] = True  # the next slice: a 26-neighbour
+    higher = np.zeros(shape, bool)
+    higher[6, 8:11, 6:8] = True  # one empty slice between: 6 mm at 3 mm slices
+    for component, distance in ((in_plane, 3.0), (above, 0.0), (higher, 6.0)):
+        assert kept_at(component, organ, distance, SPACING), distance
+        assert distance == 0 or not kept_at(component, organ, distance - 0.1, SPACING), distance
+    assert kept_at(higher, organ, 2.0, (1.0, 1.0, 3.0)) and not kept_at(higher, organ, 2.0, SPACING)  # axes matter
+
+
+def kept_at(component, organ, near: float, spacing) -> bool:
+    return bool(filter_tumor(component, organ, spacing, PostProcessing(organ_label=1, near_organ_mm=near)).any())
+
+
+def test_never_empty_with_the_organ_step_looks_near_the_organ_first():
+    """A far distractor removed by the organ step must not come back as never-empty's region while something near
+    the organ reaches the floor; where nothing near it does, the maximum anywhere."""
+    shape = (10, 40, 40)
+    labels = np.zeros(shape, np.uint8)
+    labels[4:7, 5:15, 5:15] = 1  # the organ
+    labels[4:7, 30:36, 30:36] = 2  # a tumor far from it: removed by the organ step
+    probability = np.zeros(shape, np.float32)
+    probability[4:7, 30:36, 30:36] = 0.9
+    probability[5, 8:11, 8:11] = 0.3  # faint, in the organ
+    pp = PostProcessing(organ_label=1, near_organ_mm=5.0, never_empty_floor=0.2)
+    tumor, note = postprocess(labels, 2, SPACING, pp, lambda: probability)
+    assert tumor[5, 9, 9] and not tumor[5, 33, 33] and tumor.sum() == 9 and "never empty" in note
+    probability[5, 8:11, 8:11] = 0.1  # below the floor: the maximum anywhere
+    tumor, _ = postprocess(labels, 2, SPACING, pp, lambda: probability)
+    assert tumor[5, 33, 33]
+
+
+def test_a_mask_that_post_processing_empties_is_said_so(workspace, tmp_path, capsys):
+    input_dir = gc_input(tmp_path, T1, {"case.mha": dict(shape_zyx=(16, 60, 64), spacing_xyz=(1, 1, 3), seed=3)})
+    spec = spec_with(workspace, tmp_path, "min_volume_mm3 = 1e9\n")
+    assert main(["predict", "--input", str(input_dir), "--output", str(tmp_path / "out"), "--ensemble", str(spec),
+                 "--weights", str(workspace.weights), "--device", "cpu", "--budget", "0"]) == 0
+    summary = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("summary"))
+    assert "tumor voxels removed; the mask is EMPTY: post-processing removed every tumor voxel" in summary, summary
+
+
+def test_the_organ_is_its_largest_component():
+    """A false organ island around a distractor does not make the distractor 'near the organ'."""
+    shape = (10, 40, 60)
+    labels = np.zeros(shape, np.uint8)
+    labels[3:8, 5:20, 5:25] = 1  # the pancreas
+    labels[4:7, 5:10, 10:15] = 2  # the tumor in it
+    labels[4:7, 25:35, 40:50] = 1  # a small false pancreas rim far away ...
+    labels[5, 28:32, 43:47] = 2  # ... around a distractor
+    tumor, _ = postprocess(labels, 2, SPACING, PostProcessing(organ_label=1, near_organ_mm=0.0), None)
+    assert tumor[5, 7, 12] and not tumor[5, 30, 45]

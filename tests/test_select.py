@@ -403,8 +403,8 @@ def aggregates(dice: float, hd95: float) -> dict:
 
 
 def test_post_processing_may_change_the_step_written_but_ties_keep_the_last(monkeypatch):
-    """Per step the best candidate among the candidates; then the steps' winners against each other, the path's
-    last step first among equals. A table of (step, candidate) -> aggregates stands in for the scoring."""
+    """Per step the best candidate; an earlier step is written only where its best is a post-processing that beats
+    the last step's best (ties keep the last). A table of (step, candidate) -> aggregates stands in for scoring."""
     from panther_ensemble.engine.postprocess import PostProcessing
     from panther_ensemble.tools import select as selection
 
@@ -423,3 +423,8 @@ def test_post_processing_may_change_the_step_written_but_ties_keep_the_last(monk
     monkeypatch.setattr(selection, "score", lambda *args: (next(calls), {}))
     post = selection.choose_postprocessing([], path, candidates, "rank", 1)
     assert post.step == 2 and post.chosen == candidates[0]
+    table[0, 0] = table[0, 1] = aggregates(0.90, 5.0)  # step 1 better as it was, nothing post-processed there:
+    calls = iter(table[i, j] for i in range(3) for j in range(2))  # the greedy path's choice stands
+    monkeypatch.setattr(selection, "score", lambda *args: (next(calls), {}))
+    post = selection.choose_postprocessing([], path, candidates, "rank", 1)
+    assert post.winners[0] == 0 and post.step == 2

@@ -322,7 +322,10 @@ def predict_case(model: Ensemble, file: Path, output_dir: Path, timer: StageTime
     used = len(spec.members) - len(model.dropped)
     seconds = deadline.seconds
     budget_note = "no budget" if seconds is None else f"budget left {deadline.left():.1f}s of {seconds:.0f}s"
-    empty = "" if mask.any() else "; the mask is EMPTY: no member found tumor (PANTHER scores that as the worst case)"
+    removed = "voxels removed" in (model.postprocessing_note or "")
+    empty = "" if mask.any() else "; the mask is EMPTY: " + ("post-processing removed every tumor voxel" if removed
+                                                             else "no member found tumor") + \
+        " (PANTHER scores that as the worst case)"
     if model.postprocessing_note:
         empty = f"; post-processing: {model.postprocessing_note}{empty}"
     log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"

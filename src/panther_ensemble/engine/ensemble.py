@@ -24,7 +24,7 @@ from .image import Image
 from .input_grid import MODES, ProbabilitySum
 from .loading import NetworkLoader, Verify
 from .members import Member, Network, describe_member, load_network
-from .postprocess import load_nnunet_postprocessing, postprocess
+from .postprocess import load_nnunet_postprocessing, nnunet_needs_the_whole_grid, postprocess
 from .preprocess import preprocess, preprocessing_key
 from .sliding_window import NonFiniteLogits, sliding_window_logits, tile_count, tiles_per_forward
 from .spec import EnsembleSpec
@@ -234,9 +234,10 @@ class Ensemble:
             return self.postprocessed_mask(total, image)
 
     def postprocessed_mask(self, total: ProbabilitySum, image: Image) -> np.ndarray:
-        """The spec's post-processing on the label map (the sum's region; nnU-Net's own on the whole grid)."""
+        """The spec's post-processing on the label map over the sum's region (outside it every voxel is background;
+        nnU-Net's own steps on the whole grid where they name the background)."""
         labels, region = total.region_labels(), total.region
-        if self.postprocessing.nnunet:  # its functions see the image's whole label map, as nnU-Net's do
+        if self._nnunet is not None and nnunet_needs_the_whole_grid(self._nnunet):
             whole = np.zeros(image.shape, np.uint8)
             whole[region] = labels
             labels, region = whole, tuple(slice(0, n) for n in image.shape)

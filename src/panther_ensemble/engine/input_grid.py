@@ -244,7 +244,13 @@ class ProbabilitySum:
 
     def region_probability(self, label: int) -> np.ndarray:
         """float32 weighted-mean probability of `label` over the region (for never-empty post-processing)."""
-        return (self.total[label] / self.weight).float().cpu().numpy()
+        try:
+            return (self.total[label] / self.weight).float().cpu().numpy()
+        except RuntimeError as e:  # torch's OutOfMemoryError among them
+            if self.device == HOST or not out_of_memory(e):
+                raise
+            self._to_host("taking the tumor's probability")
+            return (self.total[label] / self.weight).float().numpy()
 
     def mask(self, label: int) -> np.ndarray:
         """uint8 (z, y, x): argmax of the weighted mean == label (background outside every crop)."""

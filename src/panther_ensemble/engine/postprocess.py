@@ -1,14 +1,16 @@
 """Post-processing of the ensemble's label map, the spec's `[postprocessing]`: what averaging cannot remove.
 
 Steps, each optional, in this order, on the tumor label: keep the largest component; keep components of at least
-`min_volume_mm3`; keep only components touching, or within `near_organ_mm` of, the predicted organ (`organ_label`,
-the pancreas); and, when no tumor voxel is left (or none was found), **never empty**: the connected region around
-the maximum tumor probability above `never_empty_floor` is written instead — PANTHER scores an empty mask as the
-worst case there is. Or nnU-Net's own `postprocessing.pkl` (`nnunet`, from a model folder's crossval results),
-applied as nnunetv2's apply_postprocessing applies it, its pickle read without running code.
+`min_volume_mm3`; keep only components touching (a voxel shared or 26-neighbouring) or within `near_organ_mm` of
+(voxel centre to voxel centre) the predicted organ (`organ_label`, the pancreas: its largest component); and, when
+no tumor voxel is left (or none was found), **never empty**: the connected region around the maximum tumor
+probability above `never_empty_floor` (near the organ first, with the organ step) is written instead — PANTHER
+scores an empty mask as the worst case there is. Or nnU-Net's own `postprocessing.pkl` (`nnunet`, from a model
+folder's crossval results), applied as nnunetv2's apply_postprocessing applies it, its pickle read without running
+code.
 
 Components are 26-connected (nnU-Net's choice for its largest-component step), found on the tumor's bounding box
-(grown by the organ distance), never on the whole image: a 512 x 512 x 200 case costs its tumor's box.
+(grown by the organ distance) and the organ's, never on the whole image: a 512 x 512 x 200 case costs their boxes.
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def parse(path: Path, table: object, tumor_label: int) -> PostProcessing | None:
         value = table.get(key)
         if value is None:
             return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                or not low <= value <= high:
             raise PantherError(f"{path}: '{key}' in [postprocessing] must be {what}, got {value!r}")
         return float(value)
 
@@ -95,9 +98,11 @@ def parse(path: Path, table: object, tumor_label: int) -> PostProcessing | None:
     if organ is not None and (isinstance(organ, bool) or not isinstance(organ, int) or organ in (0, tumor_label)):
         raise PantherError(f"{path}: 'organ_label' in [postprocessing] must be the organ's label (not 0, not the "
                            f"tumor's {tumor_label}), got {organ!r}")
-    near = number("near_organ_mm", 0, math.inf, "a distance in mm, 0 or more")
+    near = number("near_organ_mm", 0, math.inf, "a finite distance in mm, 0 or more")
     if near is not None and organ is None:
         raise PantherError(f"{path}: 'near_organ_mm' in [postprocessing] needs 'organ_label' (the pancreas's label)")
+    if organ is not None and near is None:
+        raise PantherError(f"{path}: 'organ_label' in [postprocessing] needs 'near_organ_mm' (0: touching the organ)")
     nnunet = table.get("nnunet")
     if nnunet is not None:
         if not isinstance(nnunet, str) or Path(nnunet).is_absolute() or ".." in Path(nnunet).parts:
@@ -105,7 +110,7 @@ def parse(path: Path, table: object, tumor_label: int) -> PostProcessing | None:
                                f"weights root, got {nnunet!r}")
         if len(table) > 1:
             raise PantherError(f"{path}: [postprocessing] names nnU-Net's postprocessing.pkl or steps, not both")
-    return PostProcessing(keep_largest, number("min_volume_mm3", 0, math.inf, "a volume in mm³, 0 or more"),
+    return PostProcessing(keep_largest, number("min_volume_mm3", 0, math.inf, "a finite volume in mm³, 0 or more"),
                           organ, near, None if floor is None else float(floor), nnunet)
 
 
@@ -147,10 +152,44 @@ def load_nnunet_postprocessing(path: Path) -> tuple[list, list[dict]]:
             from None
     except Exception as e:  # a truncated or foreign pickle
         raise PantherError(f"{path}: not nnU-Net's postprocessing.pkl ({type(e).__name__})") from None
+    from nnunetv2.postprocessing.remove_connected_components import (
+        remove_all_but_largest_component_from_segmentation as largest,
+    )
+
     if not (isinstance(functions, list) and isinstance(kwargs, list) and len(functions) == len(kwargs)
-            and all(isinstance(k, dict) and set(k) <= {"labels_or_regions", "background_label"} for k in kwargs)):
-        raise PantherError(f"{path}: not nnU-Net's postprocessing.pkl (expected its functions and their arguments)")
+            and all(f is largest for f in functions) and all(_nnunet_arguments(k) for k in kwargs)):
+        raise PantherError(f"{path}: not nnU-Net's postprocessing.pkl (expected its largest-component steps and their "
+                           "labels or regions)")
     return functions, kwargs
+
+
+def _nnunet_arguments(kwargs: object) -> bool:
+    """remove_all_but_largest_component_from_segmentation's: labels_or_regions an int, a region (a tuple of ints) or
+    a list of those; background_label an int."""
+    def label(value: object) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    def label_or_region(value: object) -> bool:
+        return label(value) or (isinstance(value, tuple) and len(value) > 0 and all(map(label, value)))
+
+    if not isinstance(kwargs, dict) or "labels_or_regions" not in kwargs or \
+            not set(kwargs) <= {"labels_or_regions", "background_label"}:
+        return False
+    given = kwargs["labels_or_regions"]
+    return (label_or_region(given) or (isinstance(given, list) and len(given) > 0
+                                       and all(map(label_or_region, given)))) \
+        and label(kwargs.get("background_label", 0))
+
+
+def nnunet_needs_the_whole_grid(nnunet: tuple[list, list[dict]]) -> bool:
+    """Whether nnU-Net's steps must see the image's whole label map: only where they name the background or set
+    removed voxels to another label (outside the sum's region every voxel is background, so components of
+    foreground labels are the same on the region alone)."""
+    def labels(given) -> set:
+        items = given if isinstance(given, list) else [given]
+        return {v for item in items for v in (item if isinstance(item, tuple) else (item,))}
+
+    return any(0 in labels(k["labels_or_regions"]) or k.get("background_label", 0) != 0 for k in nnunet[1])
 
 
 def _box(mask: np.ndarray, margin: tuple[int, ...]) -> tuple[slice, ...]:
@@ -166,15 +205,46 @@ def _components(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return labelled, np.bincount(labelled.ravel(), minlength=count + 1)
 
 
+def _margin(distance_mm: float, spacing_zyx: tuple[float, ...]) -> tuple[int, ...]:
+    """Voxels per axis that cover `distance_mm`, and one more: a 26-neighbour of the organ touches it."""
+    return tuple(math.ceil(distance_mm / s) + 1 for s in spacing_zyx)
+
+
+def near_the_organ(component: np.ndarray, organ: np.ndarray, spacing_zyx: tuple[float, ...], distance_mm: float
+                   ) -> bool:
+    """Whether the component touches the organ (shares or neighbours, 26-connected, one of its voxels) or one of its
+    voxels' centres lies within `distance_mm` of an organ voxel's centre; both masks on one box."""
+    if not organ.any():
+        return False
+    if (ndimage.binary_dilation(component, CONNECTIVITY) & organ).any():
+        return True
+    if distance_mm <= 0:
+        return False
+    return float(ndimage.distance_transform_edt(~organ, sampling=spacing_zyx)[component].min()) <= distance_mm
+
+
+def the_organ(organ: np.ndarray) -> np.ndarray:
+    """The predicted organ's largest connected component (26; ties all kept): PANTHER's pancreas is one organ, and a
+    false organ island the networks draw around a distractor must not make the distractor 'near the organ'."""
+    if not organ.any():
+        return organ
+    box = _box(organ, (0,) * organ.ndim)
+    labelled, sizes = _components(organ[box])
+    if len(sizes) <= 2:
+        return organ
+    largest = np.zeros_like(organ)
+    largest[box] = (sizes == sizes[1:].max())[labelled] & organ[box]
+    return largest
+
+
 def filter_tumor(tumor: np.ndarray, organ: np.ndarray | None, spacing_zyx: tuple[float, ...],
                  postprocessing: PostProcessing) -> np.ndarray:
     """The tumor mask (bool, z y x) after the component steps; worked on the tumor's bounding box only."""
-    if not tumor.any() or not (postprocessing.keep_largest or postprocessing.min_volume_mm3
-                               or postprocessing.near_organ_mm is not None):
+    near = postprocessing.near_organ_mm
+    if not tumor.any() or not (postprocessing.keep_largest or postprocessing.min_volume_mm3 or near is not None):
         return tumor
-    reach = 0.0 if postprocessing.near_organ_mm is None else postprocessing.near_organ_mm + float(
-        np.linalg.norm(spacing_zyx))  # "touching": a 26-neighbour's centre is at most the voxel diagonal away
-    box = _box(tumor, tuple(math.ceil(reach / s) for s in spacing_zyx))
+    grow = _margin(near, spacing_zyx) if near is not None else (0,) * tumor.ndim
+    box = _box(tumor, grow)
     labelled, sizes = _components(tumor[box])
     keep = np.ones(len(sizes), bool)
     keep[0] = False
@@ -182,32 +252,29 @@ def filter_tumor(tumor: np.ndarray, organ: np.ndarray | None, spacing_zyx: tuple
         keep &= sizes == sizes[1:].max()  # ties all kept, as nnU-Net's
     if postprocessing.min_volume_mm3:
         keep &= sizes * float(np.prod(spacing_zyx)) >= postprocessing.min_volume_mm3
-    if postprocessing.near_organ_mm is not None:
+    if near is not None:
         organ_box = organ[box]
-        grow = tuple(math.ceil(reach / sp) for sp in spacing_zyx)
         for index, where in enumerate(ndimage.find_objects(labelled), start=1):
-            if where is None or not keep[index]:
-                continue
-            # each component's own box, grown by the reach: the organ farther off cannot be near it
-            around = tuple(slice(max(0, w.start - g), min(n, w.stop + g)) for w, g, n in
-                           zip(where, grow, organ_box.shape))
-            nearby = organ_box[around]
-            if not nearby.any():
-                keep[index] = False
-                continue
-            distance = ndimage.distance_transform_edt(~nearby, sampling=spacing_zyx)
-            keep[index] = distance[labelled[around] == index].min() <= reach
+            if where is not None and keep[index]:
+                # the component's own box, grown by the distance and a voxel: the organ farther off cannot count
+                around = tuple(slice(max(0, w.start - g), min(n, w.stop + g)) for w, g, n in
+                               zip(where, grow, organ_box.shape))
+                keep[index] = near_the_organ(labelled[around] == index, organ_box[around], spacing_zyx, near)
     result = np.zeros_like(tumor)
     result[box] = keep[labelled]
     return result
 
 
-def never_empty(probability: np.ndarray, floor: float) -> np.ndarray | None:
+def never_empty(probability: np.ndarray, floor: float, prefer: tuple[slice, ...] | None = None) -> np.ndarray | None:
     """The connected region (26) around the maximum tumor probability, of voxels at or above `floor`; None where
-    even the maximum is below it."""
+    even the maximum is below it. `prefer`: a box searched for the maximum first (around the organ, where a tumor
+    far from it was just removed), the whole grid where nothing in it reaches the floor."""
     if probability.size == 0 or float(probability.max()) < floor:
         return None
     peak = np.unravel_index(int(np.argmax(probability)), probability.shape)
+    if prefer is not None and probability[prefer].size and float(probability[prefer].max()) >= floor:
+        inside = np.unravel_index(int(np.argmax(probability[prefer])), probability[prefer].shape)
+        peak = tuple(i + b.start for i, b in zip(inside, prefer))
     above = probability >= floor
     box = _box(above, (0,) * above.ndim)
     labelled, _ = ndimage.label(above[box], CONNECTIVITY)
@@ -220,8 +287,9 @@ def postprocess(labels: np.ndarray, tumor_label: int, spacing_zyx: tuple[float, 
                 probability, nnunet: tuple[list, list[dict]] | None = None) -> tuple[np.ndarray, str | None]:
     """(the tumor mask, bool, and what post-processing did, for the summary line) from the label map (uint8, z y x)
     and `probability()`, the tumor's probability on the same grid (asked for only where never-empty is needed);
-    `nnunet`: nnU-Net's post-processing as load_nnunet_postprocessing read it (the label map is then the image's
-    whole grid)."""
+    `nnunet`: nnU-Net's post-processing as load_nnunet_postprocessing read it (on the sum's region, or the image's
+    whole label map where nnunet_needs_the_whole_grid). With the organ step, never-empty looks for the maximum near
+    the organ first (its box grown by the distance)."""
     if postprocessing.nnunet:
         from nnunetv2.postprocessing.remove_connected_components import apply_postprocessing
 
@@ -229,11 +297,13 @@ def postprocess(labels: np.ndarray, tumor_label: int, spacing_zyx: tuple[float, 
         return tumor, f"nnU-Net's post-processing: {int((labels == tumor_label).sum() - tumor.sum())} voxels removed"
     tumor = labels == tumor_label
     before = int(tumor.sum())
-    organ = labels == postprocessing.organ_label if postprocessing.near_organ_mm is not None else None
+    organ = the_organ(labels == postprocessing.organ_label) if postprocessing.near_organ_mm is not None else None
     tumor = filter_tumor(tumor, organ, spacing_zyx, postprocessing)
     notes = [f"{before - int(tumor.sum())} tumor voxels removed"] if before != int(tumor.sum()) else []
     if postprocessing.never_empty_floor and not tumor.any():
-        region = never_empty(probability(), postprocessing.never_empty_floor)
+        around_organ = _box(organ, _margin(postprocessing.near_organ_mm, spacing_zyx)) \
+            if organ is not None and organ.any() else None
+        region = never_empty(probability(), postprocessing.never_empty_floor, around_organ)
         if region is None:
             notes.append(f"never empty: no voxel reaches the floor {postprocessing.never_empty_floor:g}, the mask "
                          "stays empty")

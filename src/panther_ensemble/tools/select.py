@@ -75,6 +75,7 @@ class Case:
     voxels: np.ndarray  # flat indices into the grid
     probabilities: list[np.ndarray]  # per candidate: (classes, len(voxels)), float32 or a float16 memmap
     _metrics: dict = field(default_factory=dict, repr=False)  # by mask: many ensembles give this case one mask
+    _last_labels: tuple = field(default=(None, None), repr=False)  # (weights, their label map)
 
     def metrics(self, mask: np.ndarray) -> dict:
         """The PANTHER metrics of a mask of this case, computed once per distinct mask (post-processing candidates
@@ -89,11 +90,15 @@ class Case:
         return total / sum(weights.values())
 
     def labels(self, weights: dict[int, float]) -> np.ndarray:
-        """The weighted ensemble's label map (uint8, the whole grid)."""
-        labels = np.zeros(math.prod(self.shape), np.uint8)
-        if self.voxels.size:
-            labels[self.voxels] = np.argmax(self._mean(weights), axis=0)
-        return labels.reshape(self.shape)
+        """The weighted ensemble's label map (uint8, the whole grid; the last one kept: every post-processing
+        candidate asks for the same)."""
+        key = tuple(sorted(weights.items()))
+        if self._last_labels[0] != key:
+            labels = np.zeros(math.prod(self.shape), np.uint8)
+            if self.voxels.size:
+                labels[self.voxels] = np.argmax(self._mean(weights), axis=0)
+            self._last_labels = (key, labels.reshape(self.shape))
+        return self._last_labels[1]
 
     def probability(self, weights: dict[int, float], label: int) -> np.ndarray:
         probability = np.zeros(math.prod(self.shape), np.float32)
@@ -183,16 +188,21 @@ class PostChoice:
 def choose_postprocessing(cases: list[Case], path: list[Step], candidates: list[PostProcessing], objective: str,
                           tumor_label: int) -> PostChoice:
     """Every post-processing candidate on every step's ensemble (the probabilities held: no forward). Per step, the
-    candidate the objective ranks first among them (none first among equals); then the step whose winner it ranks
-    first among the steps' winners (the path's last step first among equals), as post-processing can change which
-    step is worth writing. Two small rankings, as the greedy steps rank their options, not one over every pair."""
+    candidate the objective ranks first among them (none first among equals). The path's last step is written
+    unless post-processing changes that: an earlier step whose winner is a post-processing (not none) and beats the
+    last step's winner, the two ranked alone; among several such, the one the objective ranks first (the later
+    first among equals). Small rankings, as the greedy steps rank their options (rank is not transitive: one
+    ranking over every step could pick an earlier step where nothing was post-processed)."""
     per_step = [[score(cases, step.weights, tumor_label, pp)[0] for pp in candidates] for step in path]
     winners = [best_option(row, objective) for row in per_step]
     for i, j in enumerate(winners):
         if j:
             log(f"step {i + 1}: post-processing {candidates[j]} ranks first among {len(candidates)}")
-    last_first = list(reversed(range(len(path))))
-    step = last_first[best_option([per_step[i][winners[i]] for i in last_first], objective)]
+    last = len(path) - 1
+    best = [per_step[i][winners[i]] for i in range(len(path))]
+    better = [i for i in reversed(range(last)) if candidates[winners[i]].active
+              and best_option([best[last], best[i]], objective) == 1]
+    step = last if not better else better[best_option([best[i] for i in better], objective)]
     return PostChoice(path, candidates, per_step, winners, step, candidates[winners[step]])
 
 
