@@ -201,7 +201,7 @@ suite_in_image() {
     printf 'FROM %s\nUSER root\nRUN PIP_ROOT_USER_ACTION=ignore PIP_DISABLE_PIP_VERSION_CHECK=1 python -m pip install -q --no-cache-dir %s && printf "#!/bin/sh\\nexec python -m panther_ensemble.cli \\"\\$@\\"\\n" > /usr/local/bin/panther-ensemble && chmod 755 /usr/local/bin/panther-ensemble\nUSER user\n' \
         "$TAG" "${SUITE_REQUIREMENTS[*]}" | docker build -q --network host -t "$TAG-suite" - >/dev/null 2>&1 \
         || fail "the suite's image (pytest on $TAG) could not be built"
-    local start
+    local start code=0
     start="$(now)"
     docker run --rm --network none --read-only --user "$run_user" --tmpfs /tmp:exec --shm-size 256m \
         --memory 16g --cpus "$cpus" "${no_gpu_env[@]}" --volume "$repo:/repo:ro" --workdir /repo \
@@ -211,8 +211,12 @@ suite_in_image() {
         --memory 16g --cpus "$cpus" "${no_gpu_env[@]}" --volume "$repo:/repo:ro" --workdir /repo \
         --env PYTHONPATH=/repo/src --env PANTHER_APP_DIR=/repo --env PYTHONDONTWRITEBYTECODE=1 \
         --entrypoint python "$TAG-suite" -m pytest -q -p no:cacheprovider --basetemp /tmp/pytest tests \
-        | tail -5 | sed 's/^/   /'
-    [[ ${PIPESTATUS[0]} == 0 ]] || fail "the pytest suite failed on the image's torch"
+        >"$work/suite.log" 2>&1 || code=$?
+    tail -5 "$work/suite.log" | sed 's/^/   /'
+    if ((code != 0)); then  # what failed, as pytest said it (the log goes with $work)
+        sed -n '/^=* FAILURES =*$/,$p' "$work/suite.log" | tail -150 | sed 's/^/   | /'
+        fail "the pytest suite failed on the image's torch"
+    fi
     echo "   suite on the image's torch in $(elapsed "$start") s"
 }
 

@@ -1,15 +1,17 @@
-"""What limits the process's memory (engine.host_limits): the machine, the cgroups from the process's own up to the
-root (Docker, Slurm, Apptainer; v1 and v2), RLIMIT_DATA (Grand Challenge's shim sets it) and RLIMIT_AS."""
+"""What limits the process (engine.host_limits): memory (the machine, the cgroups from the process's own up to the
+root (Docker, Slurm, Apptainer; v1 and v2), RLIMIT_DATA (Grand Challenge's shim sets it) and RLIMIT_AS) and CPUs (the
+cores it may run on, the cgroups' CPU quotas), and torch's CPU threads set from them."""
 
 from __future__ import annotations
 
+import os
 import resource
 import subprocess
 import sys
 from pathlib import Path
 
 from panther_ensemble.engine import host_limits
-from panther_ensemble.engine.host_limits import Room, available_memory, cgroup_rooms, rlimit_rooms
+from panther_ensemble.engine.host_limits import Room, available_memory, cgroup_rooms, rlimit_rooms, usable_cpus
 
 GiB = 2 ** 30
 NO_RLIMITS = staticmethod(lambda which: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
@@ -128,6 +130,8 @@ def test_an_allocation_that_fails_anyway_is_one_line(workspace, tmp_path):
     image = sitk.GetImageFromArray(np.random.default_rng(0).integers(1, 900, (60, 300, 300), dtype=np.int16))
     image.SetSpacing((0.7, 0.7, 1.5))
     sitk.WriteImage(image, str(folder / "case.mha"))
+    # two CPU threads, whatever the machine: each thread's stack counts under RLIMIT_DATA, and the 160 MB left here
+    # would not hold 64 of them (the test after the next says the pool starts before any case)
     code = ("import sys\nimport panther_ensemble.app.predict_run as run\n"
             "run.check_host_memory = lambda *args, **kwargs: None\n"
             "used = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmData:')) * 1024\n"
@@ -136,7 +140,7 @@ def test_an_allocation_that_fails_anyway_is_one_line(workspace, tmp_path):
     done = subprocess.run([sys.executable, "-c", code, "predict", "--input", str(tmp_path / "input"), "--output",
                            str(tmp_path / "out"), "--ensemble", str(workspace.t1_spec), "--weights",
                            str(workspace.weights), "--device", "cpu", "--budget", "0"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: {folder / 'case.mha'}: out of memory"), lines[0]
@@ -161,3 +165,53 @@ def test_an_image_that_simpleitk_cannot_allocate_is_out_of_memory_not_unreadable
     assert done.returncode == 0 and done.stderr == "", done.stderr
     line = done.stdout.strip()
     assert line.startswith(f"{path}: out of memory") and "Failed to allocate memory" in line, line
+
+
+def test_usable_cpus_are_the_cores_under_the_smallest_cgroup_quota(tmp_path):
+    """Docker's --cpus 2.5 on a 64-core host: 3 CPUs (v2 cpu.max, v1 cpu.cfs_quota_us); an ancestor's quota (a Slurm
+    job's, a systemd slice's) counts too; "max" and -1 are none; the cores it may run on cap it."""
+    cores = set(range(64))
+    root = tmp_path / "v2"
+    cgroup(root / "job" / "task", {"cpu.max": "max 100000"})
+    cgroup(root / "job", {"cpu.max": "250000 100000"})
+    cgroup(root, {"cpu.max": "max 100000"})
+    assert usable_cpus(root, proc_self(tmp_path, "0::/job/task\n"), cores) == 3
+    (root / "job" / "task" / "cpu.max").write_text("100000 100000\n")
+    assert usable_cpus(root, proc_self(tmp_path, "0::/job/task\n"), cores) == 1
+    assert usable_cpus(root, proc_self(tmp_path, "0::/job/task\n"), {0}) == 1
+    (root / "job" / "cpu.max").write_text("max 100000\n")
+    (root / "job" / "task" / "cpu.max").write_text("max 100000\n")
+    assert usable_cpus(root, proc_self(tmp_path, "0::/job/task\n"), cores) == 64
+    v1 = tmp_path / "v1"
+    cgroup(v1 / "cpu", {"cpu.cfs_quota_us": "400000", "cpu.cfs_period_us": "100000"})
+    docker = "4:cpu,cpuacct:/docker/0123abcd\n12:memory:/docker/0123abcd\n"
+    assert usable_cpus(v1, proc_self(tmp_path, docker), cores) == 4
+    assert usable_cpus(v1, proc_self(tmp_path, docker), {3, 7}) == 2
+    (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1\n")
+    assert usable_cpus(v1, proc_self(tmp_path, docker), cores) == 64
+    assert usable_cpus(tmp_path / "none", proc_self(tmp_path, ""), cores) == 64
+    assert usable_cpus(v1, proc_self(tmp_path, docker)) == len(os.sched_getaffinity(0))
+
+
+def test_cpu_threads_follow_the_quota_and_start_before_any_case(tmp_path):
+    """torch's threads are capped at the usable CPUs (a quota of 1, as if the container had --cpus 1), never raised,
+    left as OMP_NUM_THREADS says where it is set, and all started by the time the device is chosen: under GC's
+    RLIMIT_DATA a thread started later, with the memory taken by a case, would end the process inside libgomp."""
+    code = ("import os, sys, torch\nfrom panther_ensemble.engine import devices\n"
+            "devices.usable_cpus = lambda: int(sys.argv[1])\n"
+            "before = len(os.listdir('/proc/self/task'))\n"
+            "devices.select_device('cpu')\n"
+            "print(torch.get_num_threads(), len(os.listdir('/proc/self/task')) - before)")
+
+    def threads(env: dict, usable: int) -> tuple[int, int]:
+        environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"} | env
+        done = subprocess.run([sys.executable, "-c", code, str(usable)], capture_output=True, text=True, timeout=120,
+                              env=environment)
+        assert done.returncode == 0, done.stderr
+        return tuple(int(n) for n in done.stdout.split())
+
+    count, started = threads({}, 1)
+    assert count == 1 and started == 0  # one thread: the main one, no pool
+    default, started = threads({}, 64)  # torch's own count (the physical cores here), not raised to 64
+    assert 1 <= default <= len(os.sched_getaffinity(0)) and started >= default - 1  # the pool already running
+    assert threads({"OMP_NUM_THREADS": "1"}, 64) == (1, 0)

@@ -1,4 +1,5 @@
-"""Which device runs the ensemble, and saying loudly why CUDA does not start where a GPU is expected.
+"""Which device runs the ensemble, and saying loudly why CUDA does not start where a GPU is expected; the host's
+CPU threads.
 
 On GC a silent fall back to the CPU is a timeout: when the container was given GPUs (NVIDIA_VISIBLE_DEVICES, set by
 the NVIDIA runtime and by PyTorch's images) or --device cuda asks for one and CUDA does not start, one line on
@@ -14,6 +15,7 @@ import torch
 
 from ..core.errors import PantherError, is_allocation_failure
 from ..core.log import warn
+from .host_limits import usable_cpus
 
 HOST = torch.device("cpu")
 NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
@@ -46,8 +48,22 @@ def cuda_failure() -> str:
     return f"{reason} (torch {torch.__version__} for CUDA {torch.version.cuda}; NVIDIA driver {driver})"
 
 
+def settle_cpu_threads() -> int:
+    """torch's CPU threads: no more than the CPUs this process can keep busy (torch does not read the cgroup's quota: in
+    a container given 4 CPUs of a 64-core host it would run 64), unless OMP_NUM_THREADS says how many; then the thread
+    pool started at once, while memory is free: under RLIMIT_DATA (GC's shim sets it) a thread that cannot get its
+    stack later on ends the process inside libgomp, with no error of ours and no result."""
+    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > usable_cpus():
+        torch.set_num_threads(usable_cpus())
+    threads = torch.get_num_threads()
+    torch.zeros(threads * 2 ** 16).add_(1)  # twice as many chunks as threads of torch's grain (32768): all of them run
+    return threads
+
+
 def select_device(requested: str) -> torch.device:
-    """auto: CUDA when it starts, else the CPU (loudly where a GPU is expected); cuda: CUDA or a PantherError."""
+    """auto: CUDA when it starts, else the CPU (loudly where a GPU is expected); cuda: CUDA or a PantherError. The
+    CPU threads are settled first, whichever it is (the host preprocesses and writes)."""
+    settle_cpu_threads()
     if requested == "cpu":
         return HOST
     if torch.cuda.is_available():

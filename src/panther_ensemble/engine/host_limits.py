@@ -1,11 +1,14 @@
-"""What limits this process's host memory, and how much room each limit leaves: the machine's MemAvailable, the
+"""What limits this process on the host. Memory: how much room each limit leaves (the machine's MemAvailable, the
 memory limit of the process's own cgroup and of every ancestor (v1 and v2: Docker, Slurm's `--mem`, Apptainer),
-and the resource limits RLIMIT_DATA (Grand Challenge's sagemaker-shim sets it to the job's memory) and RLIMIT_AS.
-The smallest room decides; its name goes into the log and into a refusal.
+and the resource limits RLIMIT_DATA (Grand Challenge's sagemaker-shim sets it to the job's memory) and RLIMIT_AS);
+the smallest room decides, and its name goes into the log and into a refusal. CPUs: the cores it may run on and the
+smallest CPU quota of its cgroups (Docker's --cpus), which torch does not read.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import resource
 from collections.abc import Callable
 from pathlib import Path
@@ -49,9 +52,9 @@ _V2 = ("", "memory.max", "memory.current", "inactive_file")
 _V1 = ("memory", "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
 
 
-def _own_cgroups(proc_self: Path) -> list[tuple[tuple[str, str, str, str], str]]:
-    """(version, path) of this process's memory cgroups, from /proc/self/cgroup ("0::/path" for v2,
-    "N:...memory...:/path" for v1)."""
+def _own_cgroups(proc_self: Path, v1_controller: str) -> list[tuple[bool, str]]:
+    """(whether v2, path) of this process's cgroups for one controller, from /proc/self/cgroup ("0::/path" for v2,
+    "N:...<controller>...:/path" for v1)."""
     try:
         lines = (proc_self / "cgroup").read_text().splitlines()
     except OSError:
@@ -60,9 +63,9 @@ def _own_cgroups(proc_self: Path) -> list[tuple[tuple[str, str, str, str], str]]
     for line in lines:
         _, controllers, path = line.split(":", 2) if line.count(":") >= 2 else ("", "", "")
         if controllers == "":
-            found.append((_V2, path))
-        elif "memory" in controllers.split(","):
-            found.append((_V1, path))
+            found.append((True, path))
+        elif v1_controller in controllers.split(","):
+            found.append((False, path))
     return found
 
 
@@ -79,9 +82,10 @@ def cgroup_rooms(root: Path | None = None, proc_self: Path | None = None) -> lis
     """The room under every cgroup memory limit on the way from this process's cgroup to the root. Reclaimable page
     cache (inactive files) counts as free, as the kernel's OOM logic sees it."""
     root, proc_self = root or CGROUP_ROOT, proc_self or PROC_SELF
-    own = _own_cgroups(proc_self) or [(_V2, "/"), (_V1, "/")]
+    own = _own_cgroups(proc_self, "memory") or [(True, "/"), (False, "/")]
     rooms, seen = [], set()
-    for (mount, limit_name, usage_name, reclaimable), path in own:
+    for v2, path in own:
+        mount, limit_name, usage_name, reclaimable = _V2 if v2 else _V1
         for folder in _cgroup_folders(root / mount if mount else root, path):
             limit = _read_int(folder / limit_name)
             if folder in seen or limit is None or limit >= UNLIMITED:
@@ -91,6 +95,32 @@ def cgroup_rooms(root: Path | None = None, proc_self: Path | None = None) -> lis
             rooms.append(Room(max(0, limit - max(0, usage)),
                               f"the cgroup memory limit ({folder / limit_name}: {limit / GiB:.1f} GiB)"))
     return rooms
+
+
+def _cpu_quota(folder: Path, v2: bool) -> float | None:
+    """CPUs' worth of time per period one cgroup may use (v2 cpu.max "quota period", v1 cpu.cfs_quota_us over
+    cpu.cfs_period_us); None: no quota."""
+    try:
+        if v2:
+            quota, period = (folder / "cpu.max").read_text().split()[:2]
+        else:
+            quota, period = ((folder / name).read_text().strip() for name in ("cpu.cfs_quota_us", "cpu.cfs_period_us"))
+        return int(quota) / int(period) if int(quota) > 0 and int(period) > 0 else None
+    except (OSError, ValueError):  # "max", "-1" or no file: no quota
+        return None
+
+
+def usable_cpus(root: Path | None = None, proc_self: Path | None = None, affinity: set[int] | None = None) -> int:
+    """The CPUs this process can keep busy: the cores it may run on, capped by the smallest CPU quota of its cgroup
+    and every ancestor (rounded up). A container started with --cpus 4 on a 64-core host sees 64 cores."""
+    root, proc_self = root or CGROUP_ROOT, proc_self or PROC_SELF
+    cpus = len(affinity if affinity is not None else os.sched_getaffinity(0))
+    for v2, path in _own_cgroups(proc_self, "cpu") or [(True, "/"), (False, "/")]:
+        for folder in _cgroup_folders(root if v2 else root / "cpu", path):
+            quota = _cpu_quota(folder, v2)
+            if quota is not None:
+                cpus = min(cpus, math.ceil(quota))
+    return max(1, cpus)
 
 
 def _status_kib(proc_self: Path, key: str) -> int | None:
