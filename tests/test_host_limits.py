@@ -130,8 +130,6 @@ def test_an_allocation_that_fails_anyway_is_one_line(workspace, tmp_path):
     image = sitk.GetImageFromArray(np.random.default_rng(0).integers(1, 900, (60, 300, 300), dtype=np.int16))
     image.SetSpacing((0.7, 0.7, 1.5))
     sitk.WriteImage(image, str(folder / "case.mha"))
-    # two CPU threads, whatever the machine: each thread's stack counts under RLIMIT_DATA, and the 160 MB left here
-    # would not hold 64 of them (the test after the next says the pool starts before any case)
     code = ("import sys\nimport panther_ensemble.app.predict_run as run\n"
             "run.check_host_memory = lambda *args, **kwargs: None\n"
             "used = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmData:')) * 1024\n"
@@ -140,7 +138,7 @@ def test_an_allocation_that_fails_anyway_is_one_line(workspace, tmp_path):
     done = subprocess.run([sys.executable, "-c", code, "predict", "--input", str(tmp_path / "input"), "--output",
                            str(tmp_path / "out"), "--ensemble", str(workspace.t1_spec), "--weights",
                            str(workspace.weights), "--device", "cpu", "--budget", "0"],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "2"})
+                          capture_output=True, text=True, timeout=300)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: {folder / 'case.mha'}: out of memory"), lines[0]
@@ -215,3 +213,21 @@ def test_cpu_threads_follow_the_quota_and_start_before_any_case(tmp_path):
     default, started = threads({}, 64)  # torch's own count (the physical cores here), not raised to 64
     assert 1 <= default <= len(os.sched_getaffinity(0)) and started >= default - 1  # the pool already running
     assert threads({"OMP_NUM_THREADS": "1"}, 64) == (1, 0)
+
+
+def test_cpu_threads_fit_the_data_limit(tmp_path):
+    """A 16-core machine's 16 threads under RLIMIT_DATA with 100 MB of room: 16 stacks of 8 MB would not fit, and
+    libgomp would end the process (seen: 'libgomp: Thread creation failed'); as many as a quarter of the room holds
+    run instead, and the process carries on."""
+    code = ("import resource, sys, torch\nfrom panther_ensemble.engine import devices\n"
+            "devices.usable_cpus = lambda: 16\ntorch.set_num_threads(16)\n"
+            "resource.setrlimit(resource.RLIMIT_STACK, (8 * 2 ** 20, resource.getrlimit(resource.RLIMIT_STACK)[1]))\n"
+            "used = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmData:')) * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_DATA, (used + 100 * 2 ** 20, ) * 2)\n"
+            "devices.select_device('cpu')\n"
+            "print(torch.get_num_threads(), float(torch.ones(2 ** 20).sum()))")
+    environment = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=environment)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    threads, total = done.stdout.split()
+    assert int(threads) == 3 and float(total) == 2 ** 20  # 100 MB / (4 x 8 MB)

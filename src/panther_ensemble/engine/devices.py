@@ -9,13 +9,14 @@ stderr says why; --device cuda then stops the run.
 from __future__ import annotations
 
 import os
+import resource
 from pathlib import Path
 
 import torch
 
 from ..core.errors import PantherError, is_allocation_failure
 from ..core.log import warn
-from .host_limits import usable_cpus
+from .host_limits import rlimit_rooms, usable_cpus
 
 HOST = torch.device("cpu")
 NVIDIA_DRIVER_VERSION = Path("/proc/driver/nvidia/version")
@@ -48,13 +49,26 @@ def cuda_failure() -> str:
     return f"{reason} (torch {torch.__version__} for CUDA {torch.version.cuda}; NVIDIA driver {driver})"
 
 
+def _threads_whose_stacks_fit(threads: int) -> int:
+    """At most as many threads as a quarter of the room under RLIMIT_DATA and RLIMIT_AS holds stacks for (each
+    thread's stack, RLIMIT_STACK's size or 32 MiB where unlimited, counts in full): the rest is the cases'."""
+    room = min(rlimit_rooms(), default=None)
+    if room is None:
+        return threads
+    stack = resource.getrlimit(resource.RLIMIT_STACK)[0]
+    stack = 32 * 2 ** 20 if stack == resource.RLIM_INFINITY or stack <= 0 else stack
+    return max(1, min(threads, room.bytes // (4 * stack)))
+
+
 def settle_cpu_threads() -> int:
     """torch's CPU threads: no more than the CPUs this process can keep busy (torch does not read the cgroup's quota: in
-    a container given 4 CPUs of a 64-core host it would run 64), unless OMP_NUM_THREADS says how many; then the thread
-    pool started at once, while memory is free: under RLIMIT_DATA (GC's shim sets it) a thread that cannot get its
-    stack later on ends the process inside libgomp, with no error of ours and no result."""
-    if "OMP_NUM_THREADS" not in os.environ and torch.get_num_threads() > usable_cpus():
-        torch.set_num_threads(usable_cpus())
+    a container given 4 CPUs of a 64-core host it would run 64) and than the memory limits hold stacks for, unless
+    OMP_NUM_THREADS says how many; then the thread pool started at once, while memory is free. Under RLIMIT_DATA (GC's
+    shim sets it) a thread that cannot get its stack ends the process inside libgomp, with no error of ours."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        wanted = _threads_whose_stacks_fit(min(torch.get_num_threads(), usable_cpus()))
+        if wanted != torch.get_num_threads():
+            torch.set_num_threads(wanted)
     threads = torch.get_num_threads()
     torch.zeros(threads * 2 ** 16).add_(1)  # twice as many chunks as threads of torch's grain (32768): all of them run
     return threads
