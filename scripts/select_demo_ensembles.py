@@ -4,18 +4,19 @@
 selection phantoms plus phantoms made hard on purpose (a faint tumor; a tumor-like distractor in the liver: seeds
 5450-5455 "t1", 6450-6455 "t2", the first half faint); scored on fresh held-out phantoms (5600-5623 "t1",
 6800-6823 "t2") and fresh hard ones (5630-5641, 6830-6841, half each), with and without the chosen
-post-processing, paired per case, and the challenge's rank of the two.
+post-processing, paired per case, and the challenge's rank of the two: on each set and on both together. A finished
+choice (<work>/<task>/report/selection.json) and finished tables stand: a rerun only summarizes.
 
     python scripts/select_demo_ensembles.py --work /tmp/demo-selection [--task task1 --task task2] [--write]
 
 Per task, the candidate pool is the task's demo folds in weights/ and deliberately bad candidates: one fold of the
 other task and, for Task 1 (whose dataset it is written into), a random-weight fold with the demo plans. select
-chooses on phantoms no earlier step of the project used (seeds 5400-5411 "t1", 6400-6435 "t2"), objective rank,
-for GC's T4 budget. Then the member table of the chosen spec on 24 further fresh phantoms (the demo's HELD_OUT_SEEDS:
-5500-5523, 6700-6723): the ensemble against each of its members, with the paired difference to its best member ±
-its standard error per metric. Earlier Task 2 choices (12 phantoms, 6400-6411) were scored on 6500-6523 and
-6600-6623 (weights/README.md). With --write the chosen specs replace ensemble/<task>.toml (the numbers go into
-weights/README.md by hand, from <work>/<task>/summary.md).
+chooses on phantoms no earlier step of the project used (seeds 5400-5411 "t1", 6400-6435 "t2", and the hard ones
+above), objective rank, for GC's T4 budget. Then `evaluate` on the held-out sets: the ensemble against each of its
+members (the paired difference to its best member ± its standard error per metric) and with against without its
+post-processing. With --write the chosen specs replace ensemble/<task>.toml (the numbers go into weights/README.md
+by hand, from <work>/<task>/summary.md; scripts/make_demo_cases.py then writes the member tables there, on the
+demo's HELD_OUT_SEEDS). Earlier choices and their held-out sets: weights/README.md, "History".
 """
 
 from __future__ import annotations
@@ -31,15 +32,16 @@ import SimpleITK as sitk
 
 from panther_ensemble.demo import synthetic as syn
 from panther_ensemble.demo.phantom import make_phantom
-from panther_ensemble.demo.sample_cases import HELD_OUT_SEEDS
 from panther_ensemble.engine.spec import load_spec
+from panther_ensemble.tools.evaluate import aggregate
+from panther_ensemble.tools.member_table import POSTPROCESSED
 from panther_ensemble.tools.select import mean_and_standard_error
 
 REPO = Path(__file__).resolve().parents[1]
-# held out: the demo's HELD_OUT_SEEDS (5500-5523, 6700-6723)
-TASKS = {"task1": ("t1", "abdominal-t1-mri", range(5400, 5412), HELD_OUT_SEEDS["t1"], "Dataset901_PantherT1",
+# (flavour, socket, selection seeds, dataset, the other task's fold)
+TASKS = {"task1": ("t1", "abdominal-t1-mri", range(5400, 5412), "Dataset901_PantherT1",
                    "Dataset902_PantherT2/nnUNetTrainerDA5__nnUNetResEncUNetDemoPlans__3d_fullres/fold_0"),
-         "task2": ("t2", "abdominal-t2-mri", range(6400, 6436), HELD_OUT_SEEDS["t2"], "Dataset902_PantherT2",
+         "task2": ("t2", "abdominal-t2-mri", range(6400, 6436), "Dataset902_PantherT2",
                    "Dataset901_PantherT1/nnUNetTrainer__nnUNetResEncUNetDemoPlans__3d_fullres/fold_0")}
 # (hard seeds for choosing, fresh held-out seeds, fresh hard held-out seeds): post-processing's re-selection
 POSTPROCESSING_SEEDS = {"task1": (range(5450, 5456), range(5600, 5624), range(5630, 5642)),
@@ -94,7 +96,7 @@ def run(*arguments: str) -> None:
 
 def summarize(table: dict, chosen: Path) -> str:
     """The ensemble against its best member (by mean Dice) on the held-out phantoms, paired per case."""
-    table.pop("ensemble + post-processing", None)
+    table.pop(POSTPROCESSED, None)
     ensemble = table.pop("ensemble")
     best_name = max(table, key=lambda name: table[name]["aggregates"]["mean_volumetric_dice"])
     best = table[best_name]
@@ -121,17 +123,17 @@ def summarize(table: dict, chosen: Path) -> str:
     return "\n".join(lines)
 
 
-def with_and_without(table: dict) -> str:
-    """The ensemble with its post-processing against itself without, on the held-out phantoms: per metric the
-    means and the paired difference ± s.e., and the challenge's rank of the two (per metric, 1 the better, ties
-    shared; the mean over the five)."""
-    plain, post = table["ensemble"], table["ensemble + post-processing"]
+def with_and_without(plain: dict, post: dict) -> str:
+    """The ensemble with its post-processing against itself without, per case ({case: metrics} each): per metric
+    the means and the paired difference ± s.e., and the challenge's rank of the two (per metric 1 the better, ties
+    both 1, else 2; the mean over the five)."""
+    aggregates = {"with": aggregate(post), "without": aggregate(plain)}
     lines = ["| metric | with post-processing | without | with - without (± s.e.) |", "| --- | --- | --- | --- |"]
     ranks = {"with": 0.0, "without": 0.0}
     for metric in (*METRICS, "tumor_burden_rmse"):
         key = "tumor_burden_rmse" if metric == "tumor_burden_rmse" else f"mean_{metric}"
         higher = metric in ("volumetric_dice", "surface_dice")
-        a, b = post["aggregates"][key], plain["aggregates"][key]
+        a, b = aggregates["with"][key], aggregates["without"][key]
         better = (a > b) if higher else (a < b)
         worse = (a < b) if higher else (a > b)
         ranks["with"] += 1 if not worse else 2
@@ -139,8 +141,7 @@ def with_and_without(table: dict) -> str:
         if metric == "tumor_burden_rmse":
             lines.append(f"| {metric} | {a:.0f} | {b:.0f} | |")
             continue
-        mean, se = mean_and_standard_error([post["per_subject"][c][metric] - plain["per_subject"][c][metric]
-                                            for c in plain["per_subject"]])
+        mean, se = mean_and_standard_error([post[c][metric] - plain[c][metric] for c in plain])
         lines.append(f"| {metric} | {a:.4f} | {b:.4f} | {mean:+.4f} ± {se:.4f} |")
     lines += ["", f"Mean rank of the five metrics (1 the better of the two, ties shared): with "
               f"{ranks['with'] / 5:.1f}, without {ranks['without'] / 5:.1f}."]
@@ -154,7 +155,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="replace ensemble/<task>.toml with the choice")
     args = parser.parse_args()
     for task in args.task or sorted(TASKS):
-        flavour, socket, choose_seeds, _, dataset, other_task_fold = TASKS[task]
+        flavour, socket, choose_seeds, dataset, other_task_fold = TASKS[task]
         hard_choose, held_seeds, hard_held = POSTPROCESSING_SEEDS[task]
         folder = args.work / task
         choose = write_phantoms(flavour, choose_seeds, folder / "choose")
@@ -163,16 +164,21 @@ def main() -> None:
         hard = write_phantoms(flavour, hard_held, folder / "held-out-hard", hard=True)
         candidates, weights = candidate_pool(args.work, socket, dataset, other_task_fold)
         chosen = folder / f"{task}.toml"
-        run("select", "--candidates", str(candidates), "--weights", str(weights), "--images", str(choose / "images"),
-            "--labels", str(choose / "labels"), "--out", str(chosen), "--budget", "270", "--target", "t4",
-            "--report", str(folder / "report"), "--device", "cpu")
+        if not (folder / "report" / "selection.json").exists():  # resumable: a finished choice stands
+            run("select", "--candidates", str(candidates), "--weights", str(weights), "--images",
+                str(choose / "images"), "--labels", str(choose / "labels"), "--out", str(chosen), "--budget", "270",
+                "--target", "t4", "--report", str(folder / "report"), "--device", "cpu")
         summary = [summarize(json.loads(json.dumps(evaluate_on(chosen, weights, held, folder / "held-out.json"))),
                              chosen)]
-        for name, data in (("held-out", held), ("hard held-out", hard)):
-            table = evaluate_on(chosen, weights, data, folder / f"{name.replace(' ', '-')}.json")
-            if "ensemble + post-processing" in table:
-                summary += ["", f"With and without the post-processing, {name} phantoms "
-                            f"({len(table['ensemble']['per_subject'])}):", "", with_and_without(table)]
+        tables = {name: evaluate_on(chosen, weights, data, folder / f"{name.replace(' ', '-')}.json")
+                  for name, data in (("held-out", held), ("hard held-out", hard))}
+        if all(POSTPROCESSED in table for table in tables.values()):
+            both = {kind: {case: metrics for table in tables.values() for case, metrics in
+                           table[kind]["per_subject"].items()} for kind in ("ensemble", POSTPROCESSED)}
+            for name, plain, post in [(name, t["ensemble"]["per_subject"], t[POSTPROCESSED]["per_subject"])
+                                      for name, t in tables.items()] + [("all held-out", *both.values())]:
+                summary += ["", f"With and without the post-processing, {name} phantoms ({len(plain)}):", "",
+                            with_and_without(plain, post)]
         (folder / "summary.md").write_text("\n".join(summary) + "\n")
         print("\n".join(summary))
         if args.write:
