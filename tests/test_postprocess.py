@@ -219,6 +219,22 @@ def test_the_member_table_has_a_row_for_the_ensemble_with_its_postprocessing(wor
     assert table[POSTPROCESSED]["per_subject"]["case"] != table["ensemble"]["per_subject"]["case"]
 
 
+@pytest.mark.parametrize("shape", [(10, 40, 40), (40, 120, 120)])
+def test_minimum_volume_counts_every_component_as_a_plain_count_does(shape):
+    """Component sizes are counted per component's box, or in one pass over a speckled map (over 4096 of them):
+    both against scipy's label and a bincount over the grid."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    tumor = rng.uniform(size=shape) < 0.012
+    tumor[2:6, 5:9, 5:9] = True
+    labelled, count = ndimage.label(tumor, np.ones((3, 3, 3)))
+    sizes = np.bincount(labelled.ravel())
+    expected = np.isin(labelled, np.flatnonzero(sizes >= 3)[1:])
+    kept = filter_tumor(tumor, None, (1.0, 1.0, 1.0), PostProcessing(min_volume_mm3=3.0))
+    assert (count > 4096) == (shape[0] == 40) and np.array_equal(kept, expected) and kept[3, 6, 6]
+
+
 @pytest.mark.parametrize("seed", range(4))
 def test_keep_largest_is_nnunets_largest_component(seed):
     """keep_largest against nnU-Net's own remove_all_but_largest_component_from_segmentation on the tumor label,
