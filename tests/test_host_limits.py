@@ -145,6 +145,34 @@ def test_an_allocation_that_fails_anyway_is_one_line(workspace, tmp_path):
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
 
 
+def test_the_first_case_imports_nothing(workspace, tmp_path):
+    """Every module a case needs is imported before it (engine.members.import_case_code), where the room under
+    RLIMIT_DATA is not yet the case's: imported mid-case (nnU-Net's class lookups, the architecture, torch's lazy
+    sympy) it was a SystemError and an abort, 1 in 3 times, in the allocation test above."""
+    import json
+
+    import numpy as np
+    import SimpleITK as sitk
+
+    folder = tmp_path / "input" / "images" / "abdominal-t1-mri"
+    folder.mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(1, 900, (20, 60, 60), dtype=np.int16))
+    sitk.WriteImage(image, str(folder / "case.mha"))
+    code = ("import json, sys\nimport panther_ensemble.app.predict_run as run\nnew = []\n"
+            "def case(*args, before=None, **kwargs):\n    before = set(sys.modules)\n"
+            "    try:\n        return predict(*args, **kwargs)\n"
+            "    finally:\n        new.extend(sorted(set(sys.modules) - before))\n"
+            "predict, run.predict_case = run.predict_case, case\n"
+            "from panther_ensemble.cli import main\ncode = main(sys.argv[1:])\n"
+            "print(json.dumps({'code': code, 'new': new}))")
+    done = subprocess.run([sys.executable, "-c", code, "predict", "--input", str(tmp_path / "input"), "--output",
+                           str(tmp_path / "out"), "--ensemble", str(workspace.t1_spec), "--weights",
+                           str(workspace.weights), "--device", "cpu", "--budget", "0"],
+                          capture_output=True, text=True, timeout=300)
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"code": 0, "new": []}, done.stderr[-2000:]
+
+
 def test_an_image_that_simpleitk_cannot_allocate_is_out_of_memory_not_unreadable(tmp_path):
     """SimpleITK's reader under RLIMIT_DATA: 'Failed to allocate memory for image' is the process's limit, not a
     broken file: one line saying out of memory and naming the file."""

@@ -23,7 +23,7 @@ from .devices import HOST, out_of_memory, release_device_memory
 from .image import Image
 from .input_grid import MODES, ProbabilitySum
 from .loading import NetworkLoader, Verify
-from .members import Member, Network, describe_member, load_network
+from .members import Member, Network, describe_member, import_case_code, load_network
 from .postprocess import load_nnunet_postprocessing, nnunet_needs_the_whole_grid, postprocess
 from .preprocess import preprocess, preprocessing_key
 from .sliding_window import NonFiniteLogits, sliding_window_logits, tile_count, tiles_per_forward
@@ -79,6 +79,7 @@ class Ensemble:
         loading in the background."""
         with timer.stage("load"):
             members = [describe_member(weights_root, m, backend) for m in spec.members]
+            import_case_code(members)
         if callable(placement):
             placement = placement(members)
         with timer.stage("load"):

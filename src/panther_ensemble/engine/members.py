@@ -7,6 +7,7 @@ they are read with torch's weights-only unpickler and a small allow-list, so no 
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 import warnings
@@ -15,8 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import nnunetv2
 import numpy as np
 import torch
+from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 from nnunetv2.utilities.label_handling.label_handling import LabelManager, determine_num_input_channels
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
@@ -218,6 +221,31 @@ def describe_member(weights_root: Path, member: MemberSpec, backend: str = "torc
     return Member(member, folder, member.trainer, configuration_name, plans_manager,
                   configuration_manager, dataset_json, plans_manager.get_label_manager(dataset_json), backend,
                   member.network_file(weights_root, backend))
+
+
+def import_case_code(members: list[Member]) -> None:
+    """Import now what the members' first case would import: nnU-Net finds the preprocessor and normalization
+    classes by importing modules, building a network imports its architecture, torch 2.7 imports sympy on the first
+    torch._check of a meta-device init and torch.load its serialization config. Mid-case, under the RLIMIT_DATA that
+    GC's shim sets, such an import failed as a SystemError and the process then aborted (1 in 3 runs of the
+    allocation test in the image)."""
+    if any(member.backend == "torch" for member in members):  # torch.load imports its serialization config lazily
+        buffer = io.BytesIO()
+        torch.save(torch.zeros(1), buffer)
+        buffer.seek(0)
+        torch.load(buffer, weights_only=True)
+    built: set[str] = set()
+    for member in members:
+        manager = member.configuration_manager
+        manager.preprocessor_class  # noqa: B018 (nnU-Net's lookup imports its modules)
+        for scheme in manager.normalization_schemes:
+            recursive_find_python_class(str(Path(nnunetv2.__path__[0]) / "preprocessing" / "normalization"), scheme,
+                                        "nnunetv2.preprocessing.normalization")
+        architecture = json.dumps([manager.network_arch_class_name, manager.network_arch_init_kwargs], default=str)
+        if member.backend == "torch" and architecture not in built:
+            built.add(architecture)
+            with torch.device("meta"):  # no memory: only the imports and torch's first checks
+                network_from_plans(member.plans_manager, manager, member.dataset_json)
 
 
 def load_network(member: Member, device: torch.device | None = None) -> Network:
