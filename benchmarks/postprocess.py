@@ -6,6 +6,7 @@ and without it, each in a fresh process (ru_maxrss), alternated, medians.
 The stage holds the ensemble's probability sum (3 classes, float32, over the whole grid: nnU-Net's crop of a scanner
 image keeps it all) with a pancreas, a tumor inside it, islands near and far, and, for never-empty, no tumor at all:
 - `mask`: the argmax's tumor mask, slab by slab (what predict does without post-processing);
+- `mask-torch-argmax`: the same with torch.argmax in place of input_grid.first_argmax (what it replaced);
 - `steps`: the label map, then every component step (largest, minimum volume, within 10 mm of the pancreas) and
   never-empty (not needed here);
 - `organ`: the organ step alone (within 10 mm of the pancreas's largest component), every one of 40 scattered
@@ -31,6 +32,7 @@ from pathlib import Path
 STAGE = r"""
 import json, resource, sys, threading, time
 import numpy as np, torch
+from panther_ensemble.engine import input_grid
 from panther_ensemble.engine.input_grid import ProbabilitySum
 from panther_ensemble.engine.postprocess import PostProcessing, postprocess
 
@@ -66,6 +68,9 @@ sampler.start()
 started = time.perf_counter()
 if variant == "mask":
     mask = total.mask(2)
+elif variant == "mask-torch-argmax":
+    input_grid.first_argmax = lambda values: torch.argmax(values, dim=0)
+    mask = total.mask(2)
 elif variant == "nnunet":
     from nnunetv2.postprocessing.remove_connected_components import (
         remove_all_but_largest_component_from_segmentation as largest)
@@ -82,7 +87,7 @@ sampler.join()
 print(json.dumps({"seconds": seconds, "held_gib": start_rss / 2 ** 30, "added_gib": (peak[0] - start_rss) / 2 ** 30,
                   "tumor_voxels": int(mask.sum())}))
 """
-VARIANTS = ("mask", "steps", "organ", "never-empty", "nnunet")
+VARIANTS = ("mask", "mask-torch-argmax", "steps", "organ", "never-empty", "nnunet")
 
 
 def main() -> None:
@@ -103,7 +108,7 @@ def main() -> None:
                               for k in ("seconds", "held_gib", "added_gib")} for v in VARIANTS},
               "tumor_voxels": {v: runs[v][0]["tumor_voxels"] for v in VARIANTS}}
     for variant, median in report["medians"].items():
-        print(f"{variant:12s} {median['seconds']:6.2f} s   held before {median['held_gib']:.2f} GiB (the sum)   added "
+        print(f"{variant:17s} {median['seconds']:6.2f} s   held before {median['held_gib']:.2f} GiB (the sum)   added "
               f"by the stage {median['added_gib']:.2f} GiB   tumor voxels {report['tumor_voxels'][variant]}")
     if args.out:
         args.out.write_text(json.dumps(report, indent=2) + "\n")

