@@ -119,56 +119,53 @@ def test_paths_outside_the_cgroup_mount_are_not_followed(tmp_path):
     assert host_limits.UNLIMITED > 2 ** 59
 
 
-def test_an_allocation_that_fails_anyway_is_one_line(workspace, tmp_path):
-    """The estimate lets the case through (switched off here), then an allocation fails under RLIMIT_DATA, as GC's
-    shim sets it: one error line naming the case and the cause, exit 1, no traceback, no mask."""
+def predict_in_a_child(workspace, tmp_path, shape_zyx, code: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """`code` (ending in the CLI's main on its argv) predicting one int16 noise case of `shape_zyx` with the
+    workspace's Task 1 spec, in a fresh process; returns it and the case's path."""
     import numpy as np
     import SimpleITK as sitk
 
-    folder = tmp_path / "input" / "images" / "abdominal-t1-mri"
-    folder.mkdir(parents=True)
-    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(1, 900, (60, 300, 300), dtype=np.int16))
+    case = tmp_path / "input" / "images" / "abdominal-t1-mri" / "case.mha"
+    case.parent.mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(1, 900, shape_zyx, dtype=np.int16))
     image.SetSpacing((0.7, 0.7, 1.5))
-    sitk.WriteImage(image, str(folder / "case.mha"))
+    sitk.WriteImage(image, str(case))
+    done = subprocess.run([sys.executable, "-c", code, "predict", "--input", str(tmp_path / "input"), "--output",
+                           str(tmp_path / "out"), "--ensemble", str(workspace.t1_spec), "--weights",
+                           str(workspace.weights), "--device", "cpu", "--budget", "0"],
+                          capture_output=True, text=True, timeout=300)
+    return done, case
+
+
+def test_an_allocation_that_fails_anyway_is_one_line(workspace, tmp_path):
+    """The estimate lets the case through (switched off here), then an allocation fails under RLIMIT_DATA, as GC's
+    shim sets it: one error line naming the case and the cause, exit 1, no traceback, no mask."""
     code = ("import sys\nimport panther_ensemble.app.predict_run as run\n"
             "run.check_host_memory = lambda *args, **kwargs: None\n"
             "used = next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmData:')) * 1024\n"
             "import resource\nresource.setrlimit(resource.RLIMIT_DATA, (used + 160 * 2 ** 20, ) * 2)\n"
             "from panther_ensemble.cli import main\nsys.exit(main(sys.argv[1:]))")
-    done = subprocess.run([sys.executable, "-c", code, "predict", "--input", str(tmp_path / "input"), "--output",
-                           str(tmp_path / "out"), "--ensemble", str(workspace.t1_spec), "--weights",
-                           str(workspace.weights), "--device", "cpu", "--budget", "0"],
-                          capture_output=True, text=True, timeout=300)
+    done, case = predict_in_a_child(workspace, tmp_path, (60, 300, 300), code)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1, done.stderr
-    assert lines[0].startswith(f"error: {folder / 'case.mha'}: out of memory"), lines[0]
+    assert lines[0].startswith(f"error: {case}: out of memory"), lines[0]
     assert not any(p.is_file() for p in (tmp_path / "out").rglob("*"))
 
 
 def test_the_first_case_imports_nothing(workspace, tmp_path):
     """Every module a case needs is imported before it (engine.members.import_case_code), where the room under
     RLIMIT_DATA is not yet the case's: imported mid-case (nnU-Net's class lookups, the architecture, torch's lazy
-    sympy) it was a SystemError and an abort, 1 in 3 times, in the allocation test above."""
+    sympy) it was a SystemError and an abort, 1 in 6 times, in the allocation test above."""
     import json
 
-    import numpy as np
-    import SimpleITK as sitk
-
-    folder = tmp_path / "input" / "images" / "abdominal-t1-mri"
-    folder.mkdir(parents=True)
-    image = sitk.GetImageFromArray(np.random.default_rng(0).integers(1, 900, (20, 60, 60), dtype=np.int16))
-    sitk.WriteImage(image, str(folder / "case.mha"))
     code = ("import json, sys\nimport panther_ensemble.app.predict_run as run\nnew = []\n"
-            "def case(*args, before=None, **kwargs):\n    before = set(sys.modules)\n"
+            "def case(*args, **kwargs):\n    before = set(sys.modules)\n"
             "    try:\n        return predict(*args, **kwargs)\n"
             "    finally:\n        new.extend(sorted(set(sys.modules) - before))\n"
             "predict, run.predict_case = run.predict_case, case\n"
             "from panther_ensemble.cli import main\ncode = main(sys.argv[1:])\n"
             "print(json.dumps({'code': code, 'new': new}))")
-    done = subprocess.run([sys.executable, "-c", code, "predict", "--input", str(tmp_path / "input"), "--output",
-                           str(tmp_path / "out"), "--ensemble", str(workspace.t1_spec), "--weights",
-                           str(workspace.weights), "--device", "cpu", "--budget", "0"],
-                          capture_output=True, text=True, timeout=300)
+    done, _ = predict_in_a_child(workspace, tmp_path, (20, 60, 60), code)
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result == {"code": 0, "new": []}, done.stderr[-2000:]
 
