@@ -79,10 +79,10 @@ class Ensemble:
         loading in the background."""
         with timer.stage("load"):
             members = [describe_member(weights_root, m, backend) for m in spec.members]
-            import_case_code(members)
-        if callable(placement):
+        if callable(placement):  # a server's check that its networks fit comes first
             placement = placement(members)
         with timer.stage("load"):
+            import_case_code(members)
             ensemble = cls(spec, members, device, mode, placement, verify)
         log(f"loading {len(spec.members)} members ({backend}) from {weights_root} in {len(ensemble.groups)} "
             f"preprocessing group(s) on {device}: their networks in the background, in the order they run")
