@@ -121,8 +121,8 @@ def _stock_probabilities(logits: torch.Tensor, member: Member, properties: dict)
 
 def first_argmax(values: torch.Tensor) -> torch.Tensor:
     """torch.argmax(values, dim=0) as uint8 for finite values (a tie goes to the first class, as argmax's), class
-    after class: torch's CPU argmax over the leading dimension took 8.2 s on a 512 x 512 x 200 grid's slabs, this
-    2.5 s. The sum is finite: every member's logits are checked before they are added."""
+    after class: torch's CPU argmax over the leading dimension took 9.85 s on a 512 x 512 x 200 grid's slabs, this
+    0.40 s (benchmarks/postprocess.py). The sum is finite: every member's logits are checked before they are added."""
     if values.shape[0] > 255:
         return torch.argmax(values, dim=0)
     best = values[0].clone()

@@ -227,7 +227,7 @@ def import_case_code(members: list[Member]) -> None:
     """Import now what the members' first case would import: nnU-Net finds the preprocessor and normalization
     classes by importing modules, building a network imports its architecture, torch 2.7 imports sympy on the first
     torch._check of a meta-device init and torch.load its serialization config. Mid-case, under the RLIMIT_DATA that
-    GC's shim sets, such an import failed as a SystemError and the process then aborted (1 in 3 runs of the
+    GC's shim sets, such an import failed as a SystemError and the process then aborted (1 in 6 runs of the
     allocation test in the image)."""
     if any(member.backend == "torch" for member in members):  # torch.load imports its serialization config lazily
         buffer = io.BytesIO()
