@@ -6,8 +6,9 @@
 #   --tag TAG       the exec image's tag (default: panther-ensemble:latest); the invoke image is TAG-invoke
 #                   (panther-ensemble:latest-invoke)
 #   --api ...       which to build (default: both). invoke: labelled org.grand-challenge.api-method=invoke, GC
-#                   starts it once and sends each case to its server (/health, /invoke): loading is outside the
-#                   cases' time limit (the one to upload, docs/container.md); exec: GC runs it once per case
+#                   starts it once and sends each task to its server (/health, /invoke): a job of several tasks
+#                   loads once (the one to upload, docs/container.md); exec: GC runs it once per task. GC's time
+#                   limit counts from the container's start in both (docs/contracts.md, the deadline)
 #   --no-weights    leave weights/ out of the image: the weights then come from GC's model tarball
 #                   (export.sh writes it; GC extracts it to /opt/ml/model)
 #   --ensemble FILE your spec (repeatable, one per input socket), baked in instead of the demo's ensemble/: the

@@ -10,7 +10,8 @@
 # (export.sh --models-only), starts the S3 and runs the scenarios: both sample cases in exec and in invoke mode
 # (inputs.json with socket and interface, and with socket alone), the model tarball as GC passes it, a corrupt input,
 # an empty input, a bad case followed by a good one in one server, the server killed mid-task, GC's memory for a
-# 16 GB T4 and limits too small for a 512 x 512 x 200 case (exec) and for the networks (invoke).
+# 16 GB T4 and limits too small for a 512 x 512 x 200 case (exec) and for the networks (invoke), and the first
+# invoke task's mask within a tight budget counted from the container's start (the shim's health polls included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

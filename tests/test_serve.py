@@ -10,6 +10,7 @@ import os
 import resource
 import shutil
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -18,11 +19,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from conftest import gc_input, read_mask
 from test_cli import OUTPUT_FOLDER, REPO, T1
 
+import panther_ensemble.engine.loading as loading
 from panther_ensemble.app import invoke_server
 from panther_ensemble.app.loaded_ensembles import LoadedEnsembles, ServeOptions
+from panther_ensemble.core.clock import now
 from panther_ensemble.core.errors import PantherError
 from panther_ensemble.engine.spec import load_spec
 
@@ -148,9 +152,9 @@ def test_a_failed_load_ends_the_server(capfd):
         s.bind(("127.0.0.1", port))
 
 
-def test_the_budget_counts_from_the_invoke(workspace, tmp_path, monkeypatch):
-    """Loading happens before the first task: the first case's deadline starts at the /invoke call, and by default
-    it is GC's 300 s less a margin for the call (no start-up or imports in it)."""
+def test_the_first_task_counts_from_the_jobs_start_a_later_one_from_its_call(workspace, tmp_path, monkeypatch):
+    """GC's clock: the first task's budget counts from the job's start (loading and the wait for the call in it),
+    a later task's from its own call; a second case of one task from its own start."""
     seen = []
 
     def predict_case(model, file, output_dir, timer, deadline):
@@ -160,13 +164,188 @@ def test_the_budget_counts_from_the_invoke(workspace, tmp_path, monkeypatch):
     monkeypatch.setattr("panther_ensemble.app.loaded_ensembles.predict_case", predict_case)
     input_dir = gc_input(tmp_path, T1, {"a.mha": dict(shape_zyx=(6, 20, 20), spacing_xyz=(1, 1, 3), seed=1),
                                         "b.mha": dict(shape_zyx=(6, 20, 20), spacing_xyz=(1, 1, 3), seed=2)})
+    job = now("the test's job")
     ensembles = LoadedEnsembles(ServeOptions(input_dir, tmp_path / "out", workspace.t1_spec, workspace.weights,
-                                             "cpu"))
+                                             "cpu", job=job))
     ensembles.load_at_start()
-    invoked = time.perf_counter()
-    ensembles.predict(invoked)
-    assert seen[0] == (invoked, 290.0) and seen[1][0] > invoked  # the second case's budget is its own
+    ensembles.predict(time.perf_counter())
+    assert seen[0] == (job.at, 270.0) and seen[1][0] > job.at  # the second case's budget is its own
+    seen.clear()
+    called = time.perf_counter()
+    ensembles.predict(called)
+    assert seen[0] == (called, 270.0) and ensembles.tasks == 2
     ensembles.loaded[T1].close()
+
+
+class SlowNetwork(torch.nn.Module):
+    def __init__(self, network: torch.nn.Module, delay: float) -> None:
+        super().__init__()
+        self.network, self.delay = network, delay
+
+    def forward(self, x):
+        time.sleep(self.delay)
+        return self.network(x)
+
+
+def test_a_first_task_called_long_after_healthy_ends_within_the_jobs_budget(workspace, tmp_path, monkeypatch,
+                                                                             capsys):
+    """The shim polls /health every 10 s: the first /invoke may come 10 s after the server turned healthy. The
+    task's budget counts from the job's start, so the mask is written within it, members dropped as needed, where
+    an ensemble needs far longer."""
+    original, loaded = loading.load_network, []
+
+    def slow_network(member, device):
+        network = SlowNetwork(original(member, device), 0.05 if not loaded else 1.0)
+        loaded.append(network)
+        return network
+
+    monkeypatch.setattr(loading, "load_network", slow_network)
+    budget, port, stop_serving = 16.0, free_port(), threading.Event()
+    fresh_task(tmp_path / "gc", T1, {"case.mha": dict(shape_zyx=(16, 60, 70), spacing_xyz=(0.8, 0.8, 3.0), seed=5)})
+    job = now("the test's job")
+    options = ServeOptions(tmp_path / "gc" / "input", tmp_path / "gc" / "output", workspace.t1_spec,
+                           workspace.weights, "cpu", budget, job=job)
+
+    def load():
+        ensembles = LoadedEnsembles(options)
+        ensembles.load_at_start()
+        return ensembles.predict
+
+    server = threading.Thread(target=invoke_server.serve, args=(load, "127.0.0.1", port, stop_serving), daemon=True)
+    server.start()
+    try:
+        wait_for(port, 200, 60)
+        healthy = time.perf_counter()
+        time.sleep(max(0.0, healthy + 10.0 - time.perf_counter()))  # the shim's next poll
+        assert request(port, "POST", "/invoke")[0] == 201
+        done = time.perf_counter()
+    finally:
+        stop_serving.set()
+        server.join(10)
+    log = capsys.readouterr().out
+    assert done - job.at <= budget + 0.5, (done - job.at, log)
+    assert "budget: dropped" in log and "summary case.mha: " in log
+    line = next(line for line in log.splitlines() if line.startswith("task 1: "))
+    assert "budget 16 s of the 300 s time limit, counted from the test's job (start-up and loading " in line
+    waited = float(line.split("the wait for the call ")[1].split(" s")[0])
+    assert 9.5 <= waited <= 11, line
+
+
+# --- any caller: bodies, lengths, callers that go away, idle connections
+
+def raw_exchange(port: int, data: bytes, close_after_send: bool = False, timeout: float = 10) -> bytes:
+    """Send `data` on a fresh connection; what the server answers until it closes (b"" where it closes silently)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as connection:
+        connection.sendall(data)
+        if close_after_send:
+            return b""
+        answer = b""
+        while chunk := connection.recv(65536):
+            answer += chunk
+        return answer
+
+
+@pytest.mark.parametrize("length, status", [("abc", 400), ("-5", 400), ("1e3", 400), (str(2 * 2 ** 30), 413)],
+                         ids=["not-a-count", "negative", "not-an-integer", "two-gigabytes"])
+def test_a_bad_or_huge_content_length_is_refused_with_nothing_read(stand_in_server, capfd, length, status):
+    port, loaded, _, calls = stand_in_server
+    loaded.set()
+    wait_for(port, 200, 10)
+    capfd.readouterr()
+    started = time.perf_counter()
+    answer = raw_exchange(port, f"POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Length: {length}\r\n\r\n".encode())
+    assert answer.startswith(f"HTTP/1.1 {status} ".encode()) and b"Connection: close" in answer, answer
+    assert time.perf_counter() - started < 2  # answered at once: the announced body is neither awaited nor read
+    assert calls == [] and capfd.readouterr().err == ""
+    assert request(port, "GET", "/health")[0] == 200
+
+
+@pytest.mark.parametrize("data", [b"POST /invoke HTTP/1.1\r\nHost: x\r\n",  # gone mid-headers
+                                  b"POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n0123456789"],
+                         ids=["mid-headers", "body-cut-short"])
+def test_a_request_that_did_not_arrive_whole_is_never_a_task(stand_in_server, capfd, data):
+    port, loaded, _, calls = stand_in_server
+    loaded.set()
+    wait_for(port, 200, 10)
+    capfd.readouterr()
+    raw_exchange(port, data, close_after_send=True)
+    time.sleep(0.5)
+    assert calls == [] and capfd.readouterr().err == ""
+    assert request(port, "POST", "/invoke")[0] == 201 and len(calls) == 1  # the next whole one is
+
+
+def test_a_caller_gone_before_its_task_begins_is_never_a_task(stand_in_server, capfd, monkeypatch):
+    port, loaded, _, calls = stand_in_server
+    loaded.set()
+    wait_for(port, 200, 10)
+    closed, original = threading.Event(), invoke_server._Handler._body_read
+
+    def after_the_caller_closed(handler):  # the server reads the request, then finds its caller gone
+        closed.wait(10)
+        return original(handler)
+
+    monkeypatch.setattr(invoke_server._Handler, "_body_read", after_the_caller_closed)
+    capfd.readouterr()
+    raw_exchange(port, b"POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n", close_after_send=True)
+    closed.set()
+    time.sleep(0.5)
+    assert calls == []
+    captured = capfd.readouterr()
+    assert captured.err == "" and "the caller went away before the task began" in captured.out
+
+
+def test_a_caller_gone_during_its_task_does_not_stop_it(stand_in_server, capfd):
+    port, loaded, behaviour, _ = stand_in_server
+    running, closed, finished = threading.Event(), threading.Event(), []
+
+    def task(started):
+        running.set()
+        closed.wait(10)
+        time.sleep(0.2)
+        finished.append(started)
+        return ["mask"]
+
+    behaviour["predict"] = task
+    loaded.set()
+    wait_for(port, 200, 10)
+    capfd.readouterr()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as connection:
+        connection.sendall(b"POST /invoke HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+        assert running.wait(10)
+        connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # a reset, not a FIN
+    closed.set()
+    deadline = time.monotonic() + 10
+    while not finished and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)
+    assert len(finished) == 1  # the task ran to its end
+    captured = capfd.readouterr()
+    assert captured.err == "", captured.err  # no traceback on GC's error channel
+    assert request(port, "GET", "/health")[0] == 200
+
+
+def test_idle_and_surplus_connections_are_bounded(monkeypatch, capfd):
+    monkeypatch.setattr(invoke_server._Handler, "timeout", 2.0)
+    monkeypatch.setattr(invoke_server, "MAX_CONNECTIONS", 2)
+    port, stop_serving = free_port(), threading.Event()
+    thread = threading.Thread(target=invoke_server.serve, args=(lambda: (lambda started: []), "127.0.0.1", port,
+                                                                 stop_serving), daemon=True)
+    thread.start()
+    try:
+        wait_for(port, 200, 10)
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
+        idle[1].sendall(b"GET /health HTTP/1.1\r\nHost")  # half-sent
+        time.sleep(0.1)
+        assert raw_exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+        for connection in idle:  # both closed by the server once idle for its timeout
+            assert connection.recv(1) == b""
+            connection.close()
+        time.sleep(0.1)
+        assert request(port, "GET", "/health")[0] == 200
+    finally:
+        stop_serving.set()
+        thread.join(10)
+    assert capfd.readouterr().err == ""
 
 
 # --- the real server on the synthetic ensemble

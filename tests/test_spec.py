@@ -63,7 +63,25 @@ def test_good_spec_parses(tmp_path):
     (GOOD.replace("tumor_label = 1", "tumor_label = true"), "'tumor_label' in the top level must be an integer"),
     (GOOD.replace("fold = 0", "fold = 0.5", 1), "'fold' in [[member]] 1 must be an integer or \"all\""),
     (GOOD.replace("fold = 0", "fold = -1", 1), "'fold' in [[member]] 1 must not be negative"),
-    (GOOD.replace("weight = 2.5", "weight = 0"), "'weight' in [[member]] 2 must be positive"),
+    (GOOD.replace("weight = 2.5", "weight = 0"), "'weight' in [[member]] 2 must be a finite number above 0, got 0"),
+    (GOOD.replace("weight = 2.5", "weight = inf"), "'weight' in [[member]] 2 must be a finite number above 0, got inf"),
+    (GOOD.replace("weight = 2.5", "weight = nan"), "'weight' in [[member]] 2 must be a finite number above 0, got nan"),
+    (GOOD.replace("tumor_label = 1", "tumor_label = 1\nbudget_seconds = nan"),
+     "'budget_seconds' must be a finite number above 0, got nan"),
+    (GOOD.replace("tumor_label = 1", "tumor_label = 1\nbudget_seconds = -inf"),
+     "'budget_seconds' must be a finite number above 0, got -inf"),
+    (GOOD.replace("tumor_label = 1", "tumor_label = 1\nbudget_seconds = 0"),
+     "'budget_seconds' must be a finite number above 0, got 0"),
+    (GOOD.replace("tumor_label = 1", "tumor_label = 1\ntime_limit_seconds = inf"),
+     "'time_limit_seconds' must be a finite number above 0, got inf"),
+    (GOOD.replace("tumor_label = 1", "tumor_label = 1\ntime_limit_seconds = 100\nbudget_seconds = 200"),
+     "'budget_seconds' (200) is past 'time_limit_seconds' (100)"),
+    (GOOD.replace("tumor_label = 1", "tumor_label = 1\n[postprocessing]\nmin_volume_mm3 = nan"),
+     "'min_volume_mm3' in [postprocessing] must be a finite volume"),
+    (GOOD.replace("tumor_label = 1", "tumor_label = 1\n[postprocessing]\norgan_label = 2\nnear_organ_mm = inf"),
+     "'near_organ_mm' in [postprocessing] must be a finite distance"),
+    (GOOD.replace("tumor_label = 1", "tumor_label = 1\n[postprocessing]\nnever_empty_floor = nan"),
+     "'never_empty_floor' in [postprocessing] must be a probability in (0, 1)"),
     (GOOD.replace(f'model = "{ALL_ROUNDER.model}"', 'model = "../x"'), "must be a relative path"),
     (GOOD.split("[[member]]")[0], "needs at least one [[member]]"),
     ("input_socket = ", "not a valid TOML ensemble spec"),
@@ -141,14 +159,15 @@ def test_find_spec_by_socket(tmp_path):
     assert "no ensemble spec for input socket 'abdominal-ct'" in message and "a.toml (abdominal-t1-mri)" in message
 
 
-def test_weights_root_resolution(tmp_path, weights, monkeypatch):
+def test_weights_root_resolution(tmp_path, weights, monkeypatch, capsys):
     import panther_ensemble.app.locations as locations
 
     spec = load_spec(write(tmp_path, GOOD))
     gc_model, app = tmp_path / "opt_ml_model", tmp_path / "app"
-    monkeypatch.setattr(locations, "GC_MODEL_DIR", gc_model)
+    monkeypatch.setenv("PANTHER_MODEL_DIR", str(gc_model))  # GC's /opt/ml/model, without root
     monkeypatch.setattr(locations, "APP_DIR", app)
     assert resolve_weights_root(spec, weights) == weights  # --weights wins
+    assert capsys.readouterr().out == f"weights {weights} (--weights)\n"
     with pytest.raises(PantherError, match=r"app/weights: weights folder does not exist \(no model tarball at "
                                            r".*opt_ml_model holds the members, and the app's own weights folder\)"):
         resolve_weights_root(spec, None)  # nothing anywhere: said so, not blamed on the spec
@@ -157,9 +176,22 @@ def test_weights_root_resolution(tmp_path, weights, monkeypatch):
         resolve_weights_root(spec, None)  # the weightless image without a model tarball
     (app / "weights").rmdir()
     shutil.copytree(weights, app / "weights")
+    capsys.readouterr()
     assert resolve_weights_root(spec, None) == app / "weights"
+    assert f"(the app's own; {gc_model} does not hold every member)" in capsys.readouterr().out
     shutil.copytree(weights, gc_model)
     assert resolve_weights_root(spec, None) == gc_model  # GC's model tarball holds the members
+    assert f"weights {gc_model} ({gc_model} ($PANTHER_MODEL_DIR) holds every member)" in capsys.readouterr().out
+    (app / "ensemble").mkdir()
+    (app / "ensemble" / "task1.toml").write_text(GOOD)
+    assert find_spec("abdominal-t1-mri", locations.spec_dirs()).path == app / "ensemble" / "task1.toml"
+    assert f"(the app's own; {gc_model} ($PANTHER_MODEL_DIR) has none for 'abdominal-t1-mri')" in \
+        capsys.readouterr().out
+    (gc_model / "mine.toml").write_text(GOOD)
+    assert find_spec("abdominal-t1-mri", locations.spec_dirs()).path == gc_model / "mine.toml"
+    assert f"(from {gc_model} ($PANTHER_MODEL_DIR))" in capsys.readouterr().out
+    monkeypatch.delenv("PANTHER_MODEL_DIR")
+    assert locations.model_dir() == Path("/opt/ml/model")  # GC's, where nothing names another
 
 
 def test_two_specs_for_one_socket_in_one_folder_are_an_error(tmp_path):

@@ -38,8 +38,10 @@ an HTTP server that loads the ensembles once, then predicts INPUT into OUTPUT (a
 
 Loaded at start-up: --ensemble; else every spec of the first folder holding any (/opt/ml/model, then the app's
 ensemble/), only the sockets --socket or PANTHER_SOCKETS name where set. A task for another socket loads its spec
-then (within that task's budget) and keeps it. Each task's budget counts from its /invoke. A problem while loading
-is one error line and exit 1 (the health check never turns 200).
+then (within that task's budget) and keeps it. The first task's budget counts from the job's start on GC's clock
+(GC's runtime's start, else this process's), loading and the wait for the call included; a later task's from its
+/invoke, at most from the job's start plus the time limits of the tasks before it. A problem while loading is one
+error line and exit 1 (the health check never turns 200).
 """
 
 
@@ -51,10 +53,15 @@ def _add_predict_arguments(parser: argparse.ArgumentParser, cohorts: bool = True
     parser.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="auto: CUDA when available, else CPU (default: auto)")
     parser.add_argument("--budget", type=float, metavar="SECONDS",
-                        help="per-case time budget: members that would finish past it are dropped and the "
-                             "ensemble of those done is written (default: the spec's budget_seconds, else "
-                             "270 = GC's 300 s minus a safety margin for start-up; serving the invoke API, 290 from "
-                             "each /invoke; 0: no limit)")
+                        help="time budget per task: members that would finish past it are dropped and the ensemble "
+                             "of those done is written; it counts from the job's start on GC's clock (GC's runtime's "
+                             "start where it started this process, else this process's: start-up, imports, loading "
+                             "and, serving, the wait for the first /invoke included; docs/contracts.md) (default: "
+                             "the spec's budget_seconds, else the time limit less a 30 s margin: 270; 0: no limit)")
+    parser.add_argument("--time-limit", type=float, metavar="SECONDS",
+                        help="the phase's time limit per task on GC, which the budget must stay within; the k-th "
+                             "task of a job has at most k of them from the job's start (default: the spec's "
+                             "time_limit_seconds, else GC's 300)")
     parser.add_argument("--mode", choices=("fast", "exact"), default="fast",
                         help="fast (default): nnU-Net's resampling arithmetic on the device, the image's (cubic "
                              "B-spline as matrices) and the logits' (nnU-Net's torch resampling, slab by slab), and "

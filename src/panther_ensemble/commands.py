@@ -4,10 +4,11 @@ per command, so --help and argument errors cost nothing."""
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .core.errors import PantherError
+from .core.errors import PantherError, finite_number
 from .core.stop import write_text_atomically
 
 if TYPE_CHECKING:
@@ -27,24 +28,30 @@ def _spec_and_weights(spec_file: Path, weights: Path | None) -> tuple[EnsembleSp
 
 def run_predict(args: argparse.Namespace) -> None:
     from .app.predict_run import CohortOptions, predict_folder  # heavy imports (torch, nnunetv2) only now
+    from .core.clock import exec_task
 
     predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
                    budget=args.budget, mode=args.mode, backend=args.backend,
-                   cohort=CohortOptions(args.shard, args.shard_count, args.skip_existing, args.records))
+                   cohort=CohortOptions(args.shard, args.shard_count, args.skip_existing, args.records),
+                   time_limit=args.time_limit, origin=exec_task())
 
 
 def run_serve(args: argparse.Namespace) -> None:
     from .app.invoke_server import serve  # the port is bound before torch is imported
+    from .core.clock import job_start
+
+    job = job_start()
 
     def load():
         from .app.loaded_ensembles import LoadedEnsembles, ServeOptions
 
         ensembles = LoadedEnsembles(ServeOptions(args.input, args.output, args.ensemble, args.weights, args.device,
-                                                 args.budget, args.mode, args.backend, tuple(args.socket or ())))
+                                                 args.budget, args.mode, args.backend, tuple(args.socket or ()),
+                                                 args.time_limit, job))
         ensembles.load_at_start()
         return ensembles.predict
 
-    serve(load, args.host, args.port)
+    serve(load, args.host, args.port, folders=(args.input, args.output))
 
 
 def run_summarize(args: argparse.Namespace) -> None:
@@ -147,6 +154,7 @@ def run_benchmark(args: argparse.Namespace) -> None:
 
     if args.repeats is not None and args.repeats < 1:
         raise PantherError(f"--repeats must be at least 1, got {args.repeats}")
+    finite_number(args.max_minutes, "--max-minutes")
     with tempfile.TemporaryDirectory(prefix="panther-benchmark-") as scratch:
         report = run_benchmark(args.preset, args.work or Path(scratch), select_device(args.device), args.case,
                                args.repeats, args.max_minutes, args.out, not args.no_onnxruntime)
@@ -163,8 +171,9 @@ def _geometry(shape: str | None, spacing: str | None) -> tuple[tuple[int, ...], 
     except (AttributeError, ValueError):
         raise PantherError(f"--shape and --spacing take Z,Y,X numbers together, got {shape!r} and {spacing!r}") \
             from None
-    if len(dims) != 3 or len(mm) != 3 or min(dims) < 1 or min(mm) <= 0:
-        raise PantherError(f"--shape and --spacing take three positive numbers each, got {shape!r} and {spacing!r}")
+    if len(dims) != 3 or len(mm) != 3 or min(dims) < 1 or not all(math.isfinite(v) and v > 0 for v in mm):
+        raise PantherError(f"--shape and --spacing take three positive, finite numbers each, got {shape!r} and "
+                           f"{spacing!r}")
     return dims, mm
 
 
@@ -210,7 +219,9 @@ def _cost(args: argparse.Namespace) -> dict:
         geometry = header.shape_zyx, header.spacing_zyx
     spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
     members = [describe_member(weights_root, m) for m in spec.members]
-    return pool_cost_on(members, *geometry, target, select_device(args.device), args.remeasure).report()
+    postprocessing = spec.postprocessing.kind if spec.postprocessing else "none"
+    return pool_cost_on(members, *geometry, target, select_device(args.device), args.remeasure,
+                        postprocessing).report()
 
 
 def run_cost(args: argparse.Namespace) -> None:

@@ -10,20 +10,22 @@ loads; a case's check then counts only what the case adds (the networks are held
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.clock import Origin, now
 from ..core.errors import CaseFailure, PantherError
 from ..core.log import StageTimer, log
-from ..engine.deadline import DEFAULT_INVOKE_BUDGET_SECONDS, Deadline
+from ..engine.deadline import Deadline
 from ..engine.devices import select_device
 from ..engine.ensemble import Ensemble, Placement
 from ..engine.members import Member
 from ..engine.memory import check_host_memory, check_networks_fit
 from ..engine.spec import EnsembleSpec, load_spec
 from .gc_io import check_writable, find_inputs, input_header, output_path
-from .locations import spec_dirs, specs_by_socket
-from .predict_run import budget_seconds, device_placement, host_needs, log_host_memory, predict_case, prepare
+from .locations import spec_dirs, spec_origin, specs_by_socket
+from .predict_run import device_placement, host_needs, log_deadline, log_host_memory, predict_case, prepare, task_clock
 
 SOCKETS_VARIABLE = "PANTHER_SOCKETS"  # comma-separated input sockets to load at start-up
 # Before any case is known, the device's placement is planned for a large PANTHER case (memory.plan_device); a
@@ -42,6 +44,8 @@ class ServeOptions:
     mode: str = "fast"
     backend: str | None = None
     sockets: tuple[str, ...] = ()  # empty: PANTHER_SOCKETS, else every spec of the first folder holding any
+    time_limit: float | None = None  # GC's limit per task (--time-limit); None: the spec's, else 300 s
+    job: Origin | None = None  # when GC's clock for the job began (core.clock.job_start); None: the server's start
 
 
 def sockets_from_environment() -> tuple[str, ...]:
@@ -53,6 +57,9 @@ class LoadedEnsembles:
         self.options = options
         self.device = select_device(options.device)
         self.loaded: dict[str, Ensemble] = {}
+        self.job = options.job or now("the server's start")
+        self.tasks = 0  # the tasks of this job so far (TaskClock: the k-th counts from at most k - 1 limits in)
+        self.ready: float | None = None  # when the ensembles loaded at start-up were ready
 
     def _specs_at_start(self) -> dict[str, EnsembleSpec]:
         if self.options.ensemble is not None:
@@ -74,7 +81,9 @@ class LoadedEnsembles:
                 found = ", ".join(f"{s.path.name} ({s.input_socket})" for s in specs.values())
                 raise PantherError(f"no ensemble spec for input socket '{socket}' to load at start-up; found {found}")
         for socket in sockets:
+            log(f"spec {specs[socket].path} for {socket} ({spec_origin(specs[socket])})")
             self.loaded[socket] = self._load(specs[socket], StageTimer())
+        self.ready = time.perf_counter()
 
     def _load(self, spec: EnsembleSpec, timer: StageTimer) -> Ensemble:
         prepared = prepare(spec, self.options.weights, self.options.backend, self.options.mode, timer)
@@ -96,9 +105,11 @@ class LoadedEnsembles:
         return model
 
     def predict(self, started: float) -> list[Path]:
-        """One task: every image of the input folder's socket into the output folder, checked first; the first
-        case's budget counts from `started` (the /invoke call), each later one from its own start."""
+        """One task, called at `started`: every image of the input folder's socket into the output folder, checked
+        first. The first case's budget counts from the task's start on GC's clock (TaskClock: for the first task the
+        job's start), each later case's from its own start."""
         options, timer = self.options, StageTimer()
+        self.tasks += 1
         inputs = find_inputs(options.input_dir)
         model = self.loaded.get(inputs.socket)
         if model is None:
@@ -106,7 +117,8 @@ class LoadedEnsembles:
             if spec is None:
                 raise PantherError(f"{options.input_dir}: input socket '{inputs.socket}' has no ensemble here (loaded: "
                                    f"{', '.join(self.loaded) or 'none'})")
-            log(f"{inputs.socket}: not loaded at start-up; loading {spec.path} now, within this task's budget")
+            log(f"{inputs.socket}: not loaded at start-up; loading {spec.path} ({spec_origin(spec)}) now, within this "
+                "task's budget")
             model = self.loaded[inputs.socket] = self._load(spec, timer)
         spec = model.spec
         headers = {file: input_header(file, inputs.root) for file in inputs.files}
@@ -114,11 +126,15 @@ class LoadedEnsembles:
         for file, header in headers.items():
             check_host_memory(file, host_needs(model.members, header, options.mode, self.device, model.placement,
                                                networks_loaded=True))
-        seconds = budget_seconds(options.budget, spec.budget_seconds, DEFAULT_INVOKE_BUDGET_SECONDS)
+        clock = task_clock(self.job, spec, options.budget, options.time_limit)
         written = []
         try:
             for index, file in enumerate(headers):
-                deadline = Deadline(seconds, start=started if index == 0 else None)
+                if index == 0:
+                    deadline = clock.next_task(started, self.tasks)
+                    log_deadline(clock, deadline, started, self.ready)
+                else:
+                    deadline = Deadline(clock.budget)
                 try:
                     written.append(predict_case(model, file, options.output_dir, timer, deadline)[0])
                 except Exception as e:  # one line naming the case

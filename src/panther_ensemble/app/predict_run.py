@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import AlreadyReported, CaseFailure, PantherError, failure_line, print_failure
+from ..core.clock import Origin, TaskOrigin, this_call
+from ..core.errors import AlreadyReported, CaseFailure, PantherError, failure_line, finite_number, print_failure
 from ..core.log import StageTimer, log, warn
 from ..core.stop import on_stop
-from ..engine.deadline import DEFAULT_BUDGET_SECONDS, Deadline
+from ..engine.deadline import GC_TIME_LIMIT_SECONDS, Deadline, TaskClock, resolve_budget
 from ..engine.devices import HOST, select_device
 from ..engine.ensemble import Ensemble, Placement
 from ..engine.host_limits import available_memory
@@ -63,13 +64,31 @@ def tumor_volume_ml(mask: np.ndarray, spacing: tuple[float, float, float]) -> fl
     return float(mask.sum()) * float(np.prod(spacing)) / 1000.0
 
 
-def budget_seconds(cli_budget: float | None, spec_budget: float | None,
-                   default: float = DEFAULT_BUDGET_SECONDS) -> float | None:
-    """--budget, else the spec's, else GC's default for the API method; 0 means no limit."""
-    if cli_budget is not None and cli_budget < 0:
-        raise PantherError(f"--budget must not be negative, got {cli_budget}")
-    seconds = cli_budget if cli_budget is not None else spec_budget or default
-    return None if seconds == 0 else seconds
+def log_deadline(clock: TaskClock, deadline: Deadline, started: float, ready: float | None = None) -> None:
+    """What a task's deadline counts from, and what of it start-up, loading and the wait for the call took."""
+    if deadline.seconds is None:
+        log(f"task {clock.tasks}: no budget")
+        return
+    spent = [] if started - deadline.start < 0.05 else [f"{started - deadline.start:.1f} s before the task"]
+    if ready is not None and deadline.start <= ready <= started:
+        spent = [f"start-up and loading {ready - deadline.start:.1f} s",
+                 f"the wait for the call {started - ready:.1f} s"]
+    log(f"task {clock.tasks}: budget {deadline.seconds:g} s of the {clock.time_limit:g} s time limit, counted from "
+        f"{clock.counted_from(deadline, started)}{' (' + ', '.join(spent) + ')' if spent else ''}; "
+        f"{deadline.left():.1f} s left")
+
+
+def task_clock(job: Origin, spec: EnsembleSpec, budget: float | None, time_limit: float | None) -> TaskClock:
+    """GC's clock for the tasks of a job with this spec: the budget per task is --budget, else the spec's
+    budget_seconds, else the time limit (--time-limit, else the spec's time_limit_seconds, else GC's 300 s) less the
+    safety margin; 0: no limit (docs/contracts.md, the deadline)."""
+    if budget is not None:
+        finite_number(budget, "--budget", zero=True)
+    if time_limit is not None:
+        finite_number(time_limit, "--time-limit")
+    limit = time_limit or spec.time_limit_seconds or GC_TIME_LIMIT_SECONDS
+    given = budget if budget is not None else spec.budget_seconds
+    return TaskClock(job, resolve_budget(given, limit), limit)
 
 
 def choose_backend(cli_backend: str | None, spec: EnsembleSpec, mode: str) -> str:
@@ -150,9 +169,13 @@ class CohortOptions:
 def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = None, weights: Path | None = None,
                    device: str = "auto", budget: float | None = None, mode: str = "fast",
                    backend: str | None = None, timer: StageTimer | None = None,
-                   cohort: CohortOptions | None = None) -> list[Path]:
-    """Predict every image of the input socket (of this shard); returns the written mask paths."""
+                   cohort: CohortOptions | None = None, time_limit: float | None = None,
+                   origin: TaskOrigin | None = None) -> list[Path]:
+    """Predict every image of the input socket (of this shard); returns the written mask paths. The first case's
+    budget counts from `origin` (core.clock.exec_task for a process GC started; by default this call), each later
+    case's from its own start."""
     timer = timer or StageTimer()
+    origin = origin or this_call()
     cohort = cohort or CohortOptions()
     inputs = find_inputs(input_dir)
     shard = resolve_shard(cohort.shard, cohort.shard_count)
@@ -164,8 +187,8 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
         return []
     cases = _Cases(Records(cohort.records, shard) if cohort.records else None, files)
     try:
-        return _predict_cases(inputs.socket, files, inputs.root, output_dir, ensemble, weights, device, budget, mode,
-                              backend, timer, cohort, cases)
+        return _predict_cases(inputs.socket, files, inputs.root, output_dir, ensemble, weights, device,
+                              (budget, time_limit, origin), mode, backend, timer, cohort, cases)
     except Exception as e:  # a failure of the whole run (spec, weights, device): every case still gets its record
         cases.record_the_rest(e)
         raise
@@ -173,10 +196,12 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
 
 def _predict_cases(socket: str, files: list[Path], root: Path, output_dir: Path, ensemble: Path | None,
                    weights: Path | None,
-                   device: str, budget: float | None, mode: str, backend: str | None, timer: StageTimer,
-                   cohort: CohortOptions, cases: _Cases) -> list[Path]:
+                   device: str, timing: tuple[float | None, float | None, TaskOrigin], mode: str,
+                   backend: str | None, timer: StageTimer, cohort: CohortOptions, cases: _Cases) -> list[Path]:
     spec = load_spec(ensemble) if ensemble is not None else find_spec(socket, spec_dirs())
     check_socket(spec, socket)
+    budget, time_limit, origin = timing
+    clock = task_clock(origin.job, spec, budget, time_limit)
     prepared = prepare(spec, weights, backend, mode, timer)
     headers = {}
     for file in files:
@@ -192,7 +217,6 @@ def _predict_cases(socket: str, files: list[Path], root: Path, output_dir: Path,
         return []
     check_writable(output_path(output_dir, spec.output_socket, next(iter(headers))).parent)
     torch_device = select_device(device)
-    seconds = budget_seconds(budget, spec.budget_seconds)
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {socket}: {len(headers)} image(s)")
     log_host_memory()
 
@@ -213,8 +237,10 @@ def _predict_cases(socket: str, files: list[Path], root: Path, output_dir: Path,
     try:
         for index, file in enumerate(headers):
             started = time.perf_counter()
-            # one budget per case; the first one also pays for loading the models
-            deadline = Deadline(seconds, start=timer.started if index == 0 else None)
+            # one budget per case; the first one's counts from the task's start on GC's clock (loading included)
+            deadline = clock.next_task(origin.task.at, origin.number) if index == 0 else Deadline(clock.budget)
+            if index == 0:
+                log_deadline(clock, deadline, origin.task.at)
             interrupted = functools.partial(_interrupted, cases, file, started)
             with on_stop(interrupted):  # SIGINT or SIGTERM meanwhile: the case's record says so
                 ok, done = cases.attempt(file, predict_case, model, file, output_dir, timer, deadline)
@@ -317,6 +343,7 @@ def predict_case(model: Ensemble, file: Path, output_dir: Path, timer: StageTime
     target = output_path(output_dir, spec.output_socket, file)
     with timer.stage("write"):
         write_mask(mask, image, target)
+    model.final_stage.record(mask.size, timer.last["combine"] + timer.last["write"])
     volume = tumor_volume_ml(mask, image.spacing)
     log(f"wrote {target}: tumor {volume:.2f} mL ({int(mask.sum())} voxels) in {timer.last['write']:.1f}s")
     used = len(spec.members) - len(model.dropped)

@@ -3,6 +3,7 @@ that goes wrong (never a traceback, unless PANTHER_DEBUG asks for it)."""
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -35,6 +36,14 @@ class CaseFailure(PantherError):
     def of(cls, case: object, error: Exception) -> PantherError:
         """`error` as one line naming `case`; a PantherError already names its file and stays as it is."""
         return error if isinstance(error, PantherError) else cls(f"{case}: {failure_line(error)}")
+
+
+def finite_number(value: float, what: str, zero: bool = False) -> float:
+    """`value` where it is a finite number above 0 (or 0 itself, where `zero`); else one line naming `what` (a flag,
+    a spec's key): NaN and infinity are no number of seconds, millimetres or weight."""
+    if not (math.isfinite(value) and (value > 0 or zero and value == 0)):
+        raise PantherError(f"{what} must be a finite number{', 0 or more' if zero else ' above 0'}, got {value}")
+    return value
 
 
 @contextmanager

@@ -7,6 +7,7 @@ Data flows one way; file I/O stays in io/spec/members, the math in preprocess/pr
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ import torch
 from ..core.errors import PantherError
 from ..core.log import StageTimer, log, log_tile_progress, warn
 from .cuda_graph import GraphedForward, capture
-from .deadline import Deadline
+from .deadline import Deadline, FinalStage
 from .devices import HOST, out_of_memory, release_device_memory
 from .image import Image
 from .input_grid import MODES, ProbabilitySum
@@ -68,6 +69,8 @@ class Ensemble:
         pp = spec.postprocessing
         self.postprocessing = pp if pp is not None and pp.active else None
         self.postprocessing_note: str | None = None  # what it did to the last image
+        # the case's last stage (mask, post-processing, write), reserved by the deadline before the last member
+        self.final_stage = FinalStage(self.postprocessing.kind if self.postprocessing else "none")
         self._nnunet = load_nnunet_postprocessing(members[0].weights_root / pp.nnunet) \
             if self.postprocessing and pp.nnunet else None
 
@@ -218,7 +221,10 @@ class Ensemble:
                               self.device if self.placement.input_grid_on_device else HOST)
 
     def predict(self, image: Image, timer: StageTimer, deadline: Deadline | None = None) -> np.ndarray:
-        """The uint8 tumor mask on the image's grid. The image's voxels are released once preprocessed."""
+        """The uint8 tumor mask on the image's grid. The image's voxels are released once preprocessed. The deadline
+        keeps back what the last stage (the mask, post-processing, the caller's write) will take."""
+        if deadline is not None:
+            deadline.reserve_final(self.final_stage.reserve(math.prod(image.shape)))
         total = self.new_sum(image)
         added = 0
         for member, logits, properties in self.member_logits(image, timer, deadline, release_voxels=True):

@@ -54,6 +54,12 @@ class PostProcessing:
     def active(self) -> bool:
         return str(self) != "none"
 
+    @property
+    def kind(self) -> str:
+        """What it costs like (engine.deadline's final stage): nnunet (its function labels the whole image per step),
+        steps, or none."""
+        return "nnunet" if self.nnunet else "steps" if self.active else "none"
+
     def toml(self) -> list[str]:
         """The spec's table for it."""
         lines = ["[postprocessing]"]

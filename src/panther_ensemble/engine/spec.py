@@ -12,12 +12,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..core.errors import PantherError
+from ..core.errors import PantherError, finite_number
 from .postprocess import PostProcessing
 from .postprocess import check_labels as check_postprocessing
 from .postprocess import parse as parse_postprocessing
 
-TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "budget_seconds", "backend", "member", "postprocessing"}
+TOP_KEYS = {"input_socket", "output_socket", "tumor_label", "budget_seconds", "time_limit_seconds", "backend", "member",
+            "postprocessing"}
 MEMBER_KEYS = {"model", "fold", "checkpoint", "weight"}
 REQUIRED_TOP = ("input_socket", "output_socket", "tumor_label")
 REQUIRED_MEMBER = ("model", "fold", "checkpoint")
@@ -60,9 +61,10 @@ class EnsembleSpec:
     output_socket: str
     tumor_label: int
     members: tuple[MemberSpec, ...]
-    budget_seconds: float | None = None  # per case; None: the GC default
+    budget_seconds: float | None = None  # per task; None: the time limit less the safety margin
     backend: str | None = None  # None: the command line's choice, else torch
     postprocessing: PostProcessing | None = None  # the [postprocessing] table
+    time_limit_seconds: float | None = None  # the phase's time limit per task on GC; None: GC's default, 300 s
 
 
 def _unknown_key_error(path: Path, where: str, key: str, known: set[str]) -> PantherError:
@@ -75,6 +77,15 @@ def _expect(path: Path, where: str, key: str, value: object, kind: type | tuple[
     if isinstance(value, bool) or not isinstance(value, kind):  # TOML booleans are never a valid value here
         raise PantherError(f"{path}: '{key}' in {where} must be {what}, got {value!r}")
     return value
+
+
+def _seconds(path: Path, raw: dict, key: str) -> float | None:
+    """An optional positive, finite number of seconds at the top level."""
+    value = raw.get(key)
+    if value is None:
+        return None
+    _expect(path, "the top level", key, value, (int, float), "a number of seconds")
+    return float(finite_number(value, f"{path}: '{key}'"))
 
 
 def load_spec(path: Path) -> EnsembleSpec:
@@ -97,10 +108,10 @@ def load_spec(path: Path) -> EnsembleSpec:
         if not SLUG.fullmatch(slug):
             raise PantherError(f"{path}: '{key}' must be a socket slug (letters, digits, '-', '_'), got {slug!r}")
     tumor_label = _expect(path, "the top level", "tumor_label", raw["tumor_label"], int, "an integer label")
-    budget = raw.get("budget_seconds")
-    if budget is not None and (_expect(path, "the top level", "budget_seconds", budget, (int, float),
-                                       "a number of seconds") <= 0):
-        raise PantherError(f"{path}: 'budget_seconds' must be positive, got {budget}")
+    budget, time_limit = _seconds(path, raw, "budget_seconds"), _seconds(path, raw, "time_limit_seconds")
+    if budget is not None and time_limit is not None and budget > time_limit:
+        raise PantherError(f"{path}: 'budget_seconds' ({budget:g}) is past 'time_limit_seconds' ({time_limit:g}): GC "
+                           "would stop the job first")
     backend = raw.get("backend")
     if backend is not None and _expect(path, "the top level", "backend", backend, str, "a backend name") \
             not in BACKENDS:
@@ -128,14 +139,12 @@ def load_spec(path: Path) -> EnsembleSpec:
             raise PantherError(f"{path}: 'checkpoint' in {where} must be a file name in fold_{fold}/, got "
                                f"{checkpoint!r}")
         weight = _expect(path, where, "weight", entry.get("weight", 1.0), (int, float), "a positive number")
-        if not weight > 0:
-            raise PantherError(f"{path}: 'weight' in {where} must be positive, got {weight}")
+        finite_number(weight, f"{path}: 'weight' in {where}")
         if Path(model).is_absolute() or ".." in Path(model).parts:
             raise PantherError(f"{path}: 'model' in {where} must be a relative path under the weights root")
         members.append(MemberSpec(model, fold, checkpoint, float(weight)))
     return EnsembleSpec(path, raw["input_socket"], raw["output_socket"], tumor_label, tuple(members),
-                        None if budget is None else float(budget), backend,
-                        parse_postprocessing(path, raw.get("postprocessing"), tumor_label))
+                        budget, backend, parse_postprocessing(path, raw.get("postprocessing"), tumor_label), time_limit)
 
 
 def _load_json(path: Path) -> dict:

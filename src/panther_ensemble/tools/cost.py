@@ -4,7 +4,8 @@ given effective TFLOP/s.
 Per member: the tiles of its sliding window for that case (its preprocessing group's grid), the TFLOP of one tile
 forward (counted on the meta device), and its seconds: forwards at the target's effective TFLOP/s (`here`: its own
 measured seconds per tile) plus its export to the input grid. Per preprocessing group: its preprocessing. Once:
-start-up (imports, CUDA), the first network's load (the rest load while members predict) and writing the mask.
+start-up (imports, CUDA), the first network's load (the rest load while members predict) and the last stage (the
+mask, the spec's post-processing, its write: the deadline's projection, engine.deadline.projected_final_seconds).
 `here`'s rates are measured once per machine and kept (here_cache), so that select and cost price a spec alike.
 
 The T4 is a projection, not a measurement: its effective rate is the fraction of its fp16 peak that this product's
@@ -27,9 +28,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import PantherError
+from ..core.errors import PantherError, finite_number
 from ..core.log import log
 from ..core.stop import write_text_atomically
+from ..engine.deadline import projected_final_seconds
 from ..engine.image import Image
 from ..engine.input_grid import ProbabilitySum
 from ..engine.members import Member, load_network, network_from_plans
@@ -45,7 +47,6 @@ class Target:
     export_seconds_per_mvoxel: float  # per million input voxels, per member
     load_bytes_per_second: float  # the first network's checkpoint: read, hashed, copied to the device
     startup_seconds: float  # process start, imports, CUDA initialization
-    write_seconds: float
     source: str
     projection: bool = True
 
@@ -55,7 +56,7 @@ class Target:
 # 2026-11-27). Preprocessing and export: the H200 run's stage times (0.5 s and 0.4 s for 6 M voxels, host-bound
 # steps included) doubled for a T4's 4 vCPUs and 320 GB/s; load: disk and PCIe 3 x16 at 1 GB/s; start-up: the
 # 30 s GC's budget keeps for the container's start is not counted here, imports and CUDA's start are.
-T4 = Target("T4 (projection)", 65.0 * 0.082, 0.17, 0.15, 1.0e9, 8.0, 0.5,
+T4 = Target("T4 (projection)", 65.0 * 0.082, 0.17, 0.15, 1.0e9, 8.0,
             "65 TFLOP/s fp16 peak (NVIDIA T4 data sheet) x 8.2 % (this product's ResEncL forward on an H200, "
             "benchmarks/RESULTS.md)")
 TARGETS = ("t4", "here")
@@ -66,15 +67,14 @@ def target_named(name: str) -> Target:
     if name == "t4":
         return T4
     if name == "here":
-        return Target("here (measured)", None, 0.0, 0.0, 0.0, 0.0, 0.0, "measured on this machine", False)
+        return Target("here (measured)", None, 0.0, 0.0, 0.0, 0.0, "measured on this machine", False)
     try:
         tflops = float(name)
     except ValueError:
         raise PantherError(f"--target must be t4, here or an effective TFLOP/s, got '{name}'") from None
-    if not tflops > 0:
-        raise PantherError(f"--target TFLOP/s must be positive, got {name}")
+    finite_number(tflops, "--target (an effective TFLOP/s)")
     return Target(f"{tflops:g} TFLOP/s (given)", tflops, T4.preprocess_seconds_per_mvoxel,
-                  T4.export_seconds_per_mvoxel, T4.load_bytes_per_second, T4.startup_seconds, T4.write_seconds,
+                  T4.export_seconds_per_mvoxel, T4.load_bytes_per_second, T4.startup_seconds,
                   "--target, with the T4's other rates")
 
 
@@ -209,10 +209,15 @@ class PoolCost:
     group_of: list[str]  # per member: its preprocessing group
     groups: dict[str, dict]  # per group: {members, grid, seconds}
     load_seconds: list[float]  # per member: its network's load (the first member's is waited for)
+    postprocessing: str = "none"  # the spec's kind (PostProcessing.kind), priced in the last stage
+
+    def final_seconds(self) -> float:
+        """The case's last stage: the mask, its post-processing, the write (engine.deadline's projection)."""
+        return projected_final_seconds(math.prod(self.shape_zyx), self.postprocessing)
 
     def fixed_seconds(self, first: int) -> float:
         rates = self.measured or self.target
-        return rates.startup_seconds + self.load_seconds[first] + self.target.write_seconds
+        return rates.startup_seconds + self.load_seconds[first] + self.final_seconds()
 
     def total(self, chosen: list[int]) -> float:
         """Projected seconds of a spec of these members in this order (each counted once)."""
@@ -228,13 +233,14 @@ class PoolCost:
         return {"target": self.target.name, "source": self.target.source, "projection": self.target.projection,
                 "shape_zyx": list(self.shape_zyx), "spacing_zyx": list(self.spacing_zyx),
                 "total_seconds": self.total(chosen), "fixed_seconds": round(self.fixed_seconds(chosen[0]), 1),
+                "postprocessing": self.postprocessing, "final_seconds": round(self.final_seconds(), 2),
                 "groups": [{**self.groups[g], "members": sum(self.group_of[k] == g for k in chosen)} for g in groups],
                 "members": [self.rows[k] for k in chosen],
                 **({"measured": asdict(self.measured)} if self.measured else {})}
 
 
 def pool_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
-              measured: Measured | None = None) -> PoolCost:
+              measured: Measured | None = None, postprocessing: str = "none") -> PoolCost:
     """Every member's row and every group's preprocessing on one case of this geometry (TFLOP per tile counted on
     the meta device once per architecture; `here` takes the measured seconds per tile)."""
     if target.tflops is None and measured is None:
@@ -260,7 +266,8 @@ def pool_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tu
                      "tiles": tiles, "tflop": round(tflop, 4),
                      "seconds": round(tiles * per_tile + rates.export_seconds_per_mvoxel * mvoxels, 2)})
     load = [m.network_file.stat().st_size / rates.load_bytes_per_second for m in members]
-    return PoolCost(target, measured, tuple(shape_zyx), tuple(spacing_zyx), rows, group_of, groups, load)
+    return PoolCost(target, measured, tuple(shape_zyx), tuple(spacing_zyx), rows, group_of, groups, load,
+                    postprocessing)
 
 
 def spec_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
@@ -272,10 +279,10 @@ def spec_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tu
 
 
 def pool_cost_on(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
-                 device: torch.device, remeasure: bool = False) -> PoolCost:
+                 device: torch.device, remeasure: bool = False, postprocessing: str = "none") -> PoolCost:
     """pool_cost on the target; for `here`, this machine's rates (measured once per machine, then reused)."""
     measured = measured_here(members, device, remeasure) if target.tflops is None else None
-    return pool_cost(members, shape_zyx, spacing_zyx, target, measured)
+    return pool_cost(members, shape_zyx, spacing_zyx, target, measured, postprocessing)
 
 
 def format_cost(cost: dict) -> str:
@@ -283,7 +290,8 @@ def format_cost(cost: dict) -> str:
              f"at {' x '.join(f'{s:g}' for s in cost['spacing_zyx'])} mm (z, y, x)"
              + (" — a projection, not a measurement" if cost["projection"] else ""),
              f"  source: {cost['source']}",
-             f"  fixed (start-up, first load, write): {cost['fixed_seconds']:.1f} s; preprocessing: "
+             f"  fixed (start-up, first load, the last stage: mask, post-processing {cost['postprocessing']}, write "
+             f"{cost['final_seconds']:.1f} s): {cost['fixed_seconds']:.1f} s; preprocessing: "
              + ", ".join(f"{g['seconds']:.1f} s for {g['members']} member(s) on {g['grid']}" for g in cost["groups"]),
              "  | member | tiles | TFLOP/tile | seconds |", "  | --- | --- | --- | --- |"]
     lines += [f"  | {r['model']}/fold_{r['fold']}/{r['checkpoint']} | {r['tiles']} | {r['tflop']:.3f} | "

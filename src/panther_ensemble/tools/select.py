@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..core.errors import PantherError, naming_the_case
+from ..core.errors import PantherError, finite_number, naming_the_case
 from ..core.log import StageTimer, log, warn
 from ..core.stop import write_text_atomically
 from ..engine.host_limits import available_memory
@@ -385,13 +385,14 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
 
     if objective not in OBJECTIVES:
         raise PantherError(f"--objective must be one of {', '.join(OBJECTIVES)}, got '{objective}'")
-    if budget is not None and not budget > 0:
-        raise PantherError(f"--budget must be positive, got {budget:g}")
+    if budget is not None:
+        finite_number(budget, "--budget")
     cases = labelled_cases(images, labels)
     held = labelled_cases(*held_out) if held_out else None
     members = [describe_member(weights_root, m) for m in candidates.members]
     shape, spacing = geometry or largest_case(cases)
-    pool = pool_cost_on(members, shape, spacing, target, device, remeasure)
+    # priced with post-processing's steps while they may be chosen; the written path at what was chosen
+    pool = pool_cost_on(members, shape, spacing, target, device, remeasure, "steps" if postprocessing else "none")
     cheapest = min(pool.total([k]) for k in range(len(members)))
     if budget is not None and cheapest > budget:
         raise PantherError(f"--budget {budget:g} s: even the cheapest candidate needs {cheapest:.1f} s on "
@@ -407,6 +408,8 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
             if post.step < len(path) - 1:
                 log(f"with post-processing, step {post.step + 1} of the path ranks first: its members are written")
             path = path[:post.step + 1]
+            pool = replace(pool, postprocessing=post.chosen.kind)
+            path = [replace(step, seconds=pool.total(list(step.weights))) for step in path]
         final = path[-1] if post is None else replace(path[-1], aggregates=post.per_step[post.step][
             post.candidates.index(post.chosen)])
         check_tumor_predicted(scored, candidates.members, final, objective, candidates.tumor_label)
