@@ -2,8 +2,8 @@
 # Write the Grand Challenge upload artifacts (default folder: export/, which git ignores):
 #
 #   <tag>_<date>.tar.gz   the image (docker save | gzip)  -> the algorithm's Containers page: by default the invoke
-#                         image (TAG-invoke: GC starts it once and sends the case to its server; loading is
-#                         outside the case's time limit), with --api exec the exec one (TAG)
+#                         image (TAG-invoke: GC starts it once and sends each task to its server; a job of several
+#                         tasks loads once), with --api exec the exec one (TAG)
 #   model-<name>.tar.gz   for each spec (--ensemble FILE, repeatable; default: every ensemble/*.toml): the spec
 #                         and only the member folds it uses from the weights root (--weights DIR; default:
 #                         weights/), checkpoints stripped to what inference needs, and a weights.sha256
@@ -17,7 +17,9 @@
 #
 # Relative paths are from where you run it; a missing --ensemble file or --weights folder is refused.
 # Needs the built image (./build.sh): it also strips the checkpoints, with the image's own torch.
-# Prints each artifact's size and sha256.
+# Prints each artifact's size and sha256, and the image's unpacked size. GC refuses an image upload above 10 GiB
+# (its COMPONENTS_MAXIMUM_IMAGE_SIZE): an image tarball above it is refused in one line and not kept
+# (PANTHER_IMAGE_LIMIT_BYTES sets another limit, for a Grand Challenge instance of your own).
 set -euo pipefail
 
 tag="panther-ensemble:latest"
@@ -96,14 +98,21 @@ if [[ $do_models == 1 ]]; then
 fi
 if [[ $do_image == 1 ]]; then
     image_file="${tag//[:\/]/-}_$(date +%Y-%m-%d_%H-%M-%S).tar.gz"
+    limit="${PANTHER_IMAGE_LIMIT_BYTES:-$((10 * 1024 ** 3))}"
+    gib() { awk -v b="$1" 'BEGIN { printf "%.2f GiB", b / 1024 ^ 3 }'; }
     echo "== $image_file (docker save | gzip)"
     start=$SECONDS
     compress=(gzip -c)
     if command -v pigz >/dev/null; then compress=(pigz -c); fi
     partial="$out/.$image_file.partial"
     docker save "$tag" | "${compress[@]}" > "$partial"
+    size="$(stat -c %s "$partial")"
+    if (( size > limit )); then
+        echo "export.sh: $image_file would be $(gib "$size"), above GC's image upload limit of $(gib "$limit"); not written (a smaller base, fewer packages, or the weights as a model tarball instead of in the image)" >&2
+        exit 1
+    fi
     mv "$partial" "$out/$image_file"
-    echo "   written in $((SECONDS - start)) s"
+    echo "   written in $((SECONDS - start)) s: $(gib "$size") to upload (GC's limit $(gib "$limit")), $(gib "$(docker image inspect -f '{{.Size}}' "$tag")") unpacked"
     artifacts+=("$out/$image_file|Containers page (image $tag, API method $api)")
 fi
 

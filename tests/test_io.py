@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,7 @@ import SimpleITK as sitk
 from panther_ensemble.app.gc_io import find_inputs, output_path
 from panther_ensemble.core.errors import PantherError
 from panther_ensemble.demo import synthetic as syn
-from panther_ensemble.engine.image import check_image, image_stem, read_image, write_mask
+from panther_ensemble.engine.image import check_image, image_stem, itk_output_captured, read_image, write_mask
 
 T1 = "abdominal-t1-mri"
 
@@ -64,6 +65,10 @@ def test_without_inputs_json_the_images_folder_is_used(tmp_path):
     (lambda d: (d / "inputs.json").write_text('{"a": 1}'), "expected a JSON list of socket values"),
     (lambda d: (d / "inputs.json").write_text('[{"interface": {}}]'), "entry 0 has no socket.slug"),
     (lambda d: (d / "inputs.json").write_text(json.dumps([socket_entry(T1)])), "no input image found"),
+    (lambda d: (d / "inputs.json").write_text(json.dumps([socket_entry(T1, 5)])),
+     "entry 0's socket relative_path must be a string, got 5"),
+    (lambda d: (d / "inputs.json").write_text('[{"socket": {"slug": "x", "super_kind": ["Image"]}}]'),
+     "entry 0's socket super_kind must be a string"),
 ])
 def test_bad_input_folders(tmp_path, setup, expected):
     setup(tmp_path)
@@ -128,13 +133,28 @@ def test_bad_images_are_named(tmp_path, make, expected):
     assert one_line_error(lambda: check_image(path)) == message
 
 
-def test_truncated_image(tmp_path):
+def test_truncated_image(tmp_path, capfd):
+    """ITK's MetaIO prints its own complaint (on stdout, from C++); it is the error line's reason, never lines of
+    its own in GC's log."""
     path = tmp_path / "cut.mha"
     sitk.WriteImage(sitk.GetImageFromArray(np.ones((20, 30, 30), np.int16)), str(path))
     data = path.read_bytes()
     path.write_bytes(data[: len(data) - 4000])
     check_image(path)  # the header alone is fine
-    assert "image data cannot be read" in one_line_error(lambda: read_image(path))
+    capfd.readouterr()
+    assert one_line_error(lambda: read_image(path)) == f"{path}: image data cannot be read (MetaImage: " \
+        "M_ReadElementsData: data not read completely; ideal = 36000 : actual = 32000)"
+    assert capfd.readouterr() == ("", "")
+
+
+def test_output_while_an_image_is_read_stays(tmp_path, capfd):
+    """What another thread writes while ITK's output is caught goes out after the read, in its stream."""
+    path = syn.make_image(tmp_path / "x.mha", (5, 7, 9), (0.7, 0.8, 3.0), seed=1)
+    with itk_output_captured():
+        print("a line meanwhile", flush=True)
+        print("a warning meanwhile", file=sys.stderr, flush=True)
+        read_image(path)
+    assert capfd.readouterr() == ("a line meanwhile\n", "a warning meanwhile\n")
 
 
 def test_write_mask_on_input_geometry(tmp_path):

@@ -79,8 +79,9 @@ def test_select_for_a_budget_here_then_cost_of_its_spec_keeps_the_budget(workspa
 # --- export.sh and build.sh: the caller's paths
 
 DOCKER_STAND_IN = '''#!{python}
-"""docker as far as export.sh's model route uses it: `image inspect` answers for an invoke image; `run` runs the
-image's command on this host with each -v mount mapped back to its host path, and records the mounts."""
+"""docker as far as export.sh uses it: `image inspect` answers for an invoke image of 3 GiB; `save` writes a few kB;
+`run` runs the image's command on this host with each -v mount mapped back to its host path, and records the
+mounts."""
 import json
 import subprocess
 import sys
@@ -89,7 +90,10 @@ args = sys.argv[1:]
 with open({calls!r}, "a") as calls:
     calls.write(json.dumps(args) + "\\n")
 if args[:2] == ["image", "inspect"]:
-    print("invoke")
+    print(3 * 2 ** 30 if "{{{{.Size}}}}" in args else "invoke")  # the unpacked size, or the API label
+    sys.exit(0)
+if args[0] == "save":  # an image's layers: a few kB that gzip cannot shrink
+    sys.stdout.buffer.write(bytes(range(256)) * 64 + __import__("os").urandom(8192))
     sys.exit(0)
 assert args[0] == "run", args
 mounts, rest = {{}}, args[1:]
@@ -123,8 +127,9 @@ def docker(tmp_path) -> Path:
     return calls
 
 
-def script(name: str, arguments: list[str], cwd: Path, docker: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{docker.parent / 'bin'}{os.pathsep}{os.environ['PATH']}"}
+def script(name: str, arguments: list[str], cwd: Path, docker: Path, env: dict | None = None
+           ) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{docker.parent / 'bin'}{os.pathsep}{os.environ['PATH']}", **(env or {})}
     return subprocess.run(["bash", str(REPO / name), *arguments], cwd=cwd, env=env, capture_output=True, text=True,
                           timeout=300)
 
@@ -162,3 +167,18 @@ def test_a_missing_ensemble_or_weights_is_one_line(tmp_path, docker, name, argum
     result = script(name, arguments, tmp_path, docker)
     assert result.returncode == 1 and result.stderr.strip().splitlines() == [expected], result.stderr
     assert docker.read_text() == "" and not (tmp_path / "my_task1.toml").exists()
+
+
+def test_export_prints_the_image_sizes_and_refuses_one_above_gcs_limit(tmp_path, docker):
+    result = script("export.sh", ["--image-only", "--out", "out"], tmp_path, docker)
+    assert result.returncode == 0, result.stderr
+    assert re.search(r"written in \d+ s: 0\.00 GiB to upload \(GC's limit 10\.00 GiB\), 3\.00 GiB unpacked",
+                     result.stdout), result.stdout
+    assert len(list((tmp_path / "out").glob("panther-ensemble-latest-invoke_*.tar.gz"))) == 1
+    env = {"PANTHER_IMAGE_LIMIT_BYTES": "4096"}  # a limit the few kB are above
+    result = script("export.sh", ["--image-only", "--out", "over"], tmp_path, docker, env)
+    assert result.returncode == 1
+    line, = result.stderr.strip().splitlines()
+    assert re.fullmatch(r"export\.sh: panther-ensemble-latest-invoke_\S+\.tar\.gz would be 0\.00 GiB, above GC's "
+                        r"image upload limit of 0\.00 GiB; not written .*", line), line
+    assert list((tmp_path / "over").iterdir()) == []  # neither the tarball nor its partial

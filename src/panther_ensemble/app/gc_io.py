@@ -98,7 +98,11 @@ def _image_sockets_from_inputs_json(inputs_json: Path, input_dir: Path) -> dict[
         socket = _socket_of(entry)
         if socket is None:
             raise PantherError(f"{inputs_json}: entry {i} has no socket.slug (nor interface.slug)")
-        if socket.get("super_kind", "Image") != "Image":
+        for key in ("super_kind", "relative_path"):
+            if not isinstance(socket.get(key, ""), str | None):
+                raise PantherError(f"{inputs_json}: entry {i}'s socket {key} must be a string, got "
+                                   f"{socket[key]!r}")
+        if (socket.get("super_kind") or "Image") != "Image":
             continue
         relative = socket.get("relative_path") or f"images/{socket['slug']}"
         folders[socket["slug"]] = input_dir / relative

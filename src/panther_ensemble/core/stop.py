@@ -24,6 +24,7 @@ _partials: set[Path] = set()
 _on_stop: list[Callable[[str], None]] = []
 _quiet_when_idle = False
 _busy = 0
+_streams = (1, 2)  # stdout's and stderr's descriptors, as install() found them
 
 
 @contextmanager
@@ -91,8 +92,11 @@ def on_stop(callback: Callable[[str], None]) -> Iterator[None]:
 def install(quiet_when_idle: bool = False) -> None:
     """Block SIGINT and SIGTERM here (the main thread, before any other thread exists) and wait for them on a
     thread of their own."""
-    global _quiet_when_idle
+    global _quiet_when_idle, _streams
     _quiet_when_idle = quiet_when_idle
+    # the last line goes to the streams as they are now, even should the stop come while a reader's output is
+    # being caught (engine.image.itk_output_captured points the descriptors elsewhere for a moment)
+    _streams = os.dup(1), os.dup(2)
     signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
     threading.Thread(target=_wait, name="stop", daemon=True).start()
 
@@ -109,8 +113,8 @@ def _wait() -> None:
             callback(name)
     sys.stdout.flush()
     if _quiet_when_idle and not busy:
-        print(f"stopped ({name})", flush=True)
+        os.write(_streams[0], f"stopped ({name})\n".encode())
         os._exit(0)
-    print(f"error: interrupted ({name}){'; nothing half-written is left' if partials else ''}", file=sys.stderr,
-          flush=True)
+    line = f"error: interrupted ({name}){'; nothing half-written is left' if partials else ''}\n"
+    os.write(_streams[1], line.encode())
     os._exit(128 + number)

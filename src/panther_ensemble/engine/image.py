@@ -5,8 +5,14 @@ Arrays follow SimpleITK's order (z, y, x); spacing, origin and direction are Sim
 
 from __future__ import annotations
 
+import ctypes
 import math
 import os
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,16 +79,64 @@ def image_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.name.endswith(IMAGE_SUFFIXES))
 
 
+@contextmanager
+def itk_output_captured() -> Iterator[list[str]]:
+    """While it holds, what ITK prints itself (MetaIO's complaints go to stdout, ITK's warnings to stderr, both from
+    C++: `MetaImage: M_ReadElementsData: data not read completely` and its numbers on a truncated file) is caught,
+    so that a failure is the caller's one line with ITK's words in it. Where the block succeeds, anything caught
+    (another thread's lines, say) goes back out as it was."""
+    said: list[str] = []
+    with _output_lock, tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        caught = {1: out, 2: err}
+        saved = {fd: os.dup(fd) for fd in caught}
+        failed = True
+        try:
+            for fd, file in caught.items():
+                os.dup2(file.fileno(), fd)
+            yield said
+            failed = False
+        finally:
+            _flush_c_streams()
+            for fd, file in caught.items():
+                os.dup2(saved[fd], fd)
+                os.close(saved[fd])
+                file.seek(0)
+                text = file.read()
+                if failed:
+                    said += [line.strip() for line in text.decode(errors="replace").splitlines() if line.strip()]
+                elif text:
+                    os.write(fd, text)
+
+
+_output_lock = threading.RLock()  # one capture at a time (nested ones inside it): the descriptors are the process's
+
+
+def _flush_c_streams() -> None:
+    """C's (and, synchronised with them, C++'s) buffered output, out before the descriptors are put back."""
+    with suppress(OSError, AttributeError):  # no C library to ask (not Linux): nothing buffered there is ours to lose
+        ctypes.CDLL(None).fflush(None)
+
+
+def _reason(error: RuntimeError, said: list[str], otherwise: str) -> str:
+    """Why ITK could not read a file, in a few words: what it printed (its own lines), else its exception's last
+    line (SimpleITK's errno text is stale where MetaIO printed the reason)."""
+    if said:
+        return "; ".join(said[:2])[:300]
+    lines = str(error).strip().splitlines()
+    return lines[-1] if lines else otherwise
+
+
 def _validated_reader(path: Path) -> sitk.ImageFileReader:
     """A reader whose header says: a readable 3-D scalar image. Errors name the file."""
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
-        reader.ReadImageInformation()
+        with itk_output_captured() as said:
+            reader.ReadImageInformation()
     except RuntimeError as e:
-        lines = str(e).strip().splitlines()
-        raise PantherError(f"{path}: cannot be read as an image ({lines[-1] if lines else 'unreadable'})") \
-            from None
+        raise PantherError(f"{path}: cannot be read as an image ({_reason(e, said, 'unreadable')})") from None
     if reader.GetDimension() != 3:
         raise PantherError(f"{path}: expected a 3-D image, got {reader.GetDimension()}-D")
     if reader.GetNumberOfComponents() != 1:
@@ -125,13 +179,12 @@ def read_image(path: Path) -> Image:
     path = Path(path)
     reader = _validated_reader(path)
     try:
-        image = reader.Execute()
+        with itk_output_captured() as said:
+            image = reader.Execute()
     except RuntimeError as e:
         if is_allocation_failure(e):  # the process's memory limit (RLIMIT_DATA on GC), not a broken file
             raise
-        lines = str(e).strip().splitlines()
-        raise PantherError(f"{path}: image data cannot be read ({lines[-1] if lines else 'truncated?'})") \
-            from None
+        raise PantherError(f"{path}: image data cannot be read ({_reason(e, said, 'truncated?')})") from None
     geometry = image.GetSpacing(), image.GetOrigin(), image.GetDirection()
     non_finite = 0
     if image.GetPixelID() in _INTEGER_PIXELS:
