@@ -32,7 +32,8 @@ import SimpleITK as sitk
 
 from panther_ensemble.demo import synthetic as syn
 from panther_ensemble.demo.phantom import make_phantom
-from panther_ensemble.engine.spec import load_spec
+from panther_ensemble.engine.spec import EnsembleSpec, MemberSpec, load_spec
+from panther_ensemble.engine.spec_writer import write_spec
 from panther_ensemble.tools.evaluate import aggregate
 from panther_ensemble.tools.member_table import POSTPROCESSED
 from panther_ensemble.tools.select import mean_and_standard_error
@@ -77,15 +78,12 @@ def candidate_pool(work: Path, socket: str, dataset: str, other_task_fold: str) 
                                  plans=json.loads((plans_source / "plans.json").read_text()))
         syn.make_model_folder(weights, config)
         shutil.copy(plans_source / "dataset.json", weights / RANDOM / "dataset.json")
-    members = []
     pool = [*weights.glob(f"{dataset}/*/fold_*/checkpoint_*.pth"), *weights.glob(f"{other_task_fold}/*.pth")]
-    for checkpoint in sorted(pool):
-        model = checkpoint.parent.parent.relative_to(weights).as_posix()
-        members.append(f'[[member]]\nmodel = "{model}"\nfold = {checkpoint.parent.name.removeprefix("fold_")}\n'
-                       f'checkpoint = "{checkpoint.name}"\n')
+    members = tuple(MemberSpec(checkpoint.parent.parent.relative_to(weights).as_posix(),
+                               int(checkpoint.parent.name.removeprefix("fold_")), checkpoint.name)
+                    for checkpoint in sorted(pool))
     spec = work / f"candidates-{socket}.toml"
-    spec.write_text(f'input_socket = "{socket}"\noutput_socket = "pancreatic-tumor-segmentation"\ntumor_label = 1\n'
-                    + "".join(members))
+    write_spec(EnsembleSpec(spec, socket, "pancreatic-tumor-segmentation", 1, members), spec)
     return spec, weights
 
 

@@ -130,6 +130,36 @@ def test_tumor_label_2_in_the_ground_truth_and_1_in_the_masks(tmp_path):
     assert run.stdout.startswith("mean_volumetric_dice 1,") and "{" not in run.stdout  # a summary, no JSON
 
 
+def test_the_truths_tumor_label_by_its_name(tmp_path, capsys):
+    """Left at its default, --tumor-label is the label a dataset.json beside the truth names a tumor (nnU-Net's raw
+    layout: labelsTr/ beside dataset.json), said in one line; without names, a truth holding several labels is one
+    warning line, label 1 scored."""
+    from panther_ensemble.cli import main
+    from panther_ensemble.tools.preview import write_preview
+
+    tumor = sphere((20, 60, 60), (10, 30, 30), 8)
+    truth = np.where(tumor, 2, np.where(sphere((20, 60, 60), (10, 30, 30), 16), 1, 0)).astype(np.uint8)
+    write_label(tmp_path / "raw" / "labelsTr" / "case1.nii.gz", truth)
+    write_label(tmp_path / "pred" / "case1.mha", tumor.astype(np.uint8))
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "raw" / "labelsTr")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"warning: {tmp_path / 'raw' / 'labelsTr' / 'case1.nii.gz'}: the ground truth holds labels 1, 2 and names "
+        "none of them a tumor; label 1 is scored as the tumor (PANTHER's annotations: 2; --tumor-label chooses)"]
+    assert "mean_volumetric_dice 0," in captured.out  # the pancreas, scored as it was asked
+    (tmp_path / "raw" / "dataset.json").write_text(json.dumps({"labels": {"background": 0, "pancreas": 1,
+                                                                          "tumor": 2}}))
+    assert main(["evaluate", "--pred", str(tmp_path / "pred"), "--gt", str(tmp_path / "raw" / "labelsTr")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and "mean_volumetric_dice 1," in captured.out
+    assert f"ground truth: tumor label 2 ('tumor', from {tmp_path / 'raw' / 'dataset.json'})" in captured.out
+    image = tmp_path / "image.mha"
+    write_label(image, truth * 100)
+    write_preview(image, tmp_path / "pred" / "case1.mha", tmp_path / "preview.png",
+                  tmp_path / "raw" / "labelsTr" / "case1.nii.gz")
+    assert "ground truth: tumor label 2 ('tumor'" in capsys.readouterr().out  # preview reads it alike
+
+
 def test_two_predictions_for_one_case_are_one_error_line(tmp_path, capsys):
     """A leftover of an old run (case_0000.mha beside case.mha) would be scored or not by chance: refused, both
     named, nothing written."""

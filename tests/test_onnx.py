@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import dice, gc_input, read_mask
+from conftest import dice, extract_tarball, gc_input, labelled_cases, read_mask
 
 from panther_ensemble.app.manifest import MANIFEST_NAME, sha256
 from panther_ensemble.cli import main
@@ -21,6 +21,7 @@ from panther_ensemble.demo.sample_cases import SAMPLE_CASES
 from panther_ensemble.engine.members import load_member
 from panther_ensemble.engine.onnx_network import OnnxNetwork, providers
 from panther_ensemble.engine.spec import check_against_weights, load_spec, member_files
+from panther_ensemble.engine.spec_writer import SpecComments
 from panther_ensemble.tools import onnx_export
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,13 +126,34 @@ def test_synthetic_ensemble_predicts_the_same_mask_with_either_backend(synthetic
     assert dice(*masks) >= 0.999 and np.mean(masks[0] != masks[1]) <= 0.0005
 
 
-def test_spec_backend_is_set_where_it_was_or_added_before_the_first_table():
-    text = 'input_socket = "a"  # comment\n\n[[member]]\nmodel = "m"\n'
-    assert onnx_export.spec_text_with_backend(text, "onnxruntime") == \
-        'input_socket = "a"  # comment\n\nbackend = "onnxruntime"\n\n[[member]]\nmodel = "m"\n'
-    text = 'backend = "torch"\ninput_socket = "a"\n[[member]]\nbackend_note = 1\n'
-    assert onnx_export.spec_text_with_backend(text, "onnxruntime") == \
-        'backend = "onnxruntime"\ninput_socket = "a"\n[[member]]\nbackend_note = 1\n'
+def test_the_exported_spec_keeps_selects_comments(demo_onnx):
+    """export-onnx rewrites the spec with backend = "onnxruntime" through the one spec writer: select's header and
+    per-member provenance stay."""
+    original, exported = REPO / "ensemble" / "task1.toml", demo_onnx["task1"] / "task1.toml"
+    assert load_spec(exported).backend == "onnxruntime"
+    assert load_spec(exported).members == load_spec(original).members
+    assert SpecComments.of(exported, load_spec(exported)) == SpecComments.of(original, load_spec(original))
+
+
+def test_every_tool_honours_the_specs_onnxruntime_backend(demo_onnx, tmp_path, capsys):
+    """cost, evaluate --ensemble and export-model on an export-onnx root (ONNX models, no checkpoint): the spec's
+    backend, not a search for .pth files."""
+    root, spec = demo_onnx["task2"], demo_onnx["task2"] / "task2.toml"
+    assert not list(root.rglob("*.pth"))
+    assert main(["cost", "--ensemble", str(spec), "--weights", str(root), "--shape", "30,120,140", "--spacing",
+                 "3,1.2,1.2", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["members"]) == len(load_spec(spec).members)
+    cases = labelled_cases(tmp_path / "cases", [(8, 24, 28)], (1.2, 1.2, 3.0))
+    assert main(["evaluate", "--ensemble", str(spec), "--weights", str(root), "--images", str(cases / "images"),
+                 "--labels", str(cases / "labels"), "--device", "cpu", "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert [row["member"] for row in table.values() if "member" in row] == \
+        [m.name for m in load_spec(spec).members]
+    assert main(["export-model", "--ensemble", str(spec), "--weights", str(root), "--out",
+                 str(tmp_path / "model.tar.gz")]) == 0
+    names = extract_tarball(tmp_path / "model.tar.gz", tmp_path / "model")
+    assert all(str(m.onnx_path(Path("."))) in names for m in load_spec(spec).members)
+    assert "onnx_manifest.json" in names and not any(name.endswith(".pth") for name in names)
 
 
 # --- failure paths: one line on stderr, exit 1, nothing written

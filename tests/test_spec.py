@@ -208,3 +208,16 @@ def test_two_specs_for_one_socket_in_one_folder_are_an_error(tmp_path):
     assert "two ensemble specs for input socket 'abdominal-t1-mri': mytask1.toml and task1.toml" in message
     (model / "mine.toml").write_text(text)
     assert find_spec("abdominal-t1-mri", [model, tmp_path / "elsewhere"]).path.name == "mine.toml"
+
+
+def test_a_tumor_label_named_like_an_organ_is_refused_unless_meant(tmp_path, weights):
+    """The members' dataset.json names tumor 1 and pancreas 2: a spec asking for label 2 would write the pancreas as
+    the tumor; refused in one line with the label to use, unless tumor_label_name says the spec means it."""
+    wrong = load_spec(write(tmp_path, GOOD.replace("tumor_label = 1", "tumor_label = 2")))
+    message = error_of(lambda: check_against_weights(wrong, weights))
+    assert message.startswith(f"{wrong.path}: tumor_label 2 is 'pancreas' in ") and \
+        "not a tumor ('tumor' is 1: tumor_label = 1?)" in message and 'tumor_label_name = "pancreas"' in message
+    meant = write(tmp_path, GOOD.replace("tumor_label = 1", 'tumor_label = 2\ntumor_label_name = "pancreas"'))
+    check_against_weights(load_spec(meant), weights)
+    other = write(tmp_path, GOOD.replace("tumor_label = 1", 'tumor_label = 2\ntumor_label_name = "liver"'))
+    assert "tumor_label 2 is 'pancreas' in" in error_of(lambda: check_against_weights(load_spec(other), weights))

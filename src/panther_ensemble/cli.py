@@ -132,8 +132,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", type=Path, help="weights root (default as for predict)")
     evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                           help="with --ensemble: where the members run, as for predict (default: auto)")
-    evaluate.add_argument("--tumor-label", type=int, default=1,
-                          help="with --pred/--gt: the ground truth's tumor label (default: 1)")
+    evaluate.add_argument("--backend", choices=("torch", "onnxruntime"),
+                          help="with --ensemble: what runs the members, as for predict (default: the spec's "
+                               "backend, else torch)")
+    evaluate.add_argument("--tumor-label", type=int,
+                          help="with --pred/--gt: the ground truth's tumor label (default: the label a dataset.json "
+                               "beside the ground truth names a tumor, else 1, with a warning where the truth holds "
+                               "several labels)")
     evaluate.add_argument("--pred-label", type=int, default=1,
                           help="with --pred/--gt: the predictions' tumor label (default: 1, as predict writes them)")
     evaluate.add_argument("--out", type=Path, help="also write the JSON here")
@@ -145,8 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
     preview.add_argument("--image", type=Path, required=True, help="the MRI")
     preview.add_argument("--mask", type=Path, required=True, help="the predicted mask")
     preview.add_argument("--gt", type=Path, help="a ground-truth label map")
-    preview.add_argument("--tumor-label", type=int, default=1, help="the ground truth's tumor label (default: 1; "
-                         "PANTHER's annotations: 2)")
+    preview.add_argument("--tumor-label", type=int, help="the ground truth's tumor label (default: as evaluate "
+                         "finds it: a dataset.json's tumor beside the truth, else 1; PANTHER's annotations: 2)")
     preview.add_argument("--pred-label", type=int, default=1,
                          help="the mask's tumor label (default: 1, as predict writes them)")
     preview.add_argument("--out", type=Path, required=True, help="the PNG to write")
@@ -234,6 +239,8 @@ def _add_selection_commands(subcommands) -> None:
     select.add_argument("--report", type=Path, help="folder for selection.md, selection.png and selection.json")
     select.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where the candidates predict (default: auto)")
+    select.add_argument("--backend", choices=("torch", "onnxruntime"),
+                        help="what runs the candidates, as for predict (default: the spec's backend, else torch)")
     select.add_argument("--remeasure", action="store_true", help="with --target here: measure this machine again "
                         "(default: its rates measured once, kept and reused by select and cost alike)")
     select.add_argument("--no-postprocessing", action="store_true",
@@ -252,6 +259,9 @@ def _add_selection_commands(subcommands) -> None:
     cost.add_argument("--spacing", help="Z,Y,X mm, with --shape")
     cost.add_argument("--target", default="t4", help="t4, here or an effective TFLOP/s (default: t4)")
     cost.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="for --target here")
+    cost.add_argument("--backend", choices=("torch", "onnxruntime"),
+                      help="the members' network files to price, as for predict (default: the spec's backend, "
+                           "else torch)")
     cost.add_argument("--remeasure", action="store_true", help="with --target here: measure this machine again "
                       "(default: its rates measured once, kept and reused by select and cost alike)")
     cost.add_argument("--json", action="store_true", help="print the cost as JSON")

@@ -15,15 +15,19 @@ if TYPE_CHECKING:
     from .engine.spec import EnsembleSpec
 
 
-def _spec_and_weights(spec_file: Path, weights: Path | None) -> tuple[EnsembleSpec, Path]:
-    """The spec, its weights root (--weights or the app's lookup) and the check that the root holds its members."""
+def _spec_and_weights(spec_file: Path, weights: Path | None, backend: str | None = None
+                      ) -> tuple[EnsembleSpec, Path, str]:
+    """The spec, its weights root (--weights or the app's lookup), its backend (--backend, else the spec's, else
+    torch) and the check that the root holds its members' network files for that backend."""
     from .app.locations import resolve_weights_root
+    from .app.predict_run import choose_backend
     from .engine.spec import check_against_weights, load_spec
 
     spec = load_spec(spec_file)
+    backend = choose_backend(backend, spec, "fast")
     weights_root = resolve_weights_root(spec, weights)
-    check_against_weights(spec, weights_root)
-    return spec, weights_root
+    check_against_weights(spec, weights_root, backend)
+    return spec, weights_root, backend
 
 
 def run_predict(args: argparse.Namespace) -> None:
@@ -69,14 +73,14 @@ def _evaluation(args: argparse.Namespace) -> tuple[dict, str]:
         result = evaluate_folders(args.pred, args.gt, args.tumor_label, args.pred_label)
         summary = ", ".join(f"{k} {v:.4g}" for k, v in result["aggregates"].items())
     elif all(members) and not any(folders):
-        if args.pred_label != 1 or args.tumor_label != 1:
+        if args.pred_label != 1 or args.tumor_label is not None:
             raise PantherError("with --ensemble the spec's tumor_label is the label: --tumor-label and --pred-label "
                                "go with --pred and --gt")
         from .engine.devices import select_device
         from .tools.member_table import compare_members, format_table
 
-        spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
-        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device))
+        spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights, args.backend)
+        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device), backend)
         summary = "\n" + format_table(result)
     else:
         raise PantherError("evaluate takes either --pred and --gt, or --ensemble, --images and --labels")
@@ -117,25 +121,25 @@ def run_export_onnx(args: argparse.Namespace) -> None:
 
 
 def run_export_model(args: argparse.Namespace) -> None:
-    import hashlib
     import tempfile
 
+    from .app.manifest import sha256
     from .app.model_tarball import stage_models, write_tarball
 
     if not args.out.name.endswith(".tar.gz"):
         raise PantherError(f"--out {args.out}: a model tarball's name ends in .tar.gz")
-    spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
+    spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights)
     with tempfile.TemporaryDirectory(prefix="panther-export-model-") as scratch:
         stage = Path(scratch) / "model"
-        if args.onnx:
+        if args.onnx and backend == "torch":
             from .tools.onnx_export import export_ensemble
 
             export_ensemble(spec, weights_root, stage, args.opset)
-        else:
-            stage_models([spec.path], weights_root, stage)
+        else:  # the spec's own members: checkpoints, or the ONNX models export-onnx wrote (backend = "onnxruntime")
+            stage_models([spec.path], weights_root, stage, backend=backend)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_tarball(stage, args.out)
-    digest = hashlib.sha256(args.out.read_bytes()).hexdigest()
+    digest = sha256(args.out)  # streamed: a model tarball is gigabytes
     print(f"wrote {args.out}: {args.out.stat().st_size / 1e6:.1f} MB, sha256 {digest}, {len(spec.members)} member(s) "
           f"of {spec.path.name} for {spec.input_socket}; upload it on the algorithm's Models page (GC extracts it "
           "to /opt/ml/model)")
@@ -188,10 +192,11 @@ def run_select(args: argparse.Namespace) -> None:
     held_out = (args.held_out_images, args.held_out_labels)
     if any(held_out) and not all(held_out):
         raise PantherError("--held-out-images and --held-out-labels go together")
-    candidates, weights_root = _spec_and_weights(args.candidates, args.weights)
+    candidates, weights_root, backend = _spec_and_weights(args.candidates, args.weights, args.backend)
     selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
                               select_device(args.device), target, args.objective, args.budget, geometry,
-                              held_out if all(held_out) else None, args.remeasure, not args.no_postprocessing)
+                              held_out if all(held_out) else None, args.remeasure, not args.no_postprocessing,
+                              backend)
     print(path_table(selection))
     if selection.post is not None:
         print(postprocessing_table(selection))
@@ -217,8 +222,8 @@ def _cost(args: argparse.Namespace) -> dict:
     if geometry is None:
         header = check_image(args.image)
         geometry = header.shape_zyx, header.spacing_zyx
-    spec, weights_root = _spec_and_weights(args.ensemble, args.weights)
-    members = [describe_member(weights_root, m) for m in spec.members]
+    spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights, args.backend)
+    members = [describe_member(weights_root, m, backend) for m in spec.members]
     postprocessing = spec.postprocessing.kind if spec.postprocessing else "none"
     return pool_cost_on(members, *geometry, target, select_device(args.device), args.remeasure,
                         postprocessing).report()

@@ -20,7 +20,8 @@ import torch
 from ..core.errors import PantherError, print_failure
 from ..core.stop import written_atomically
 from ..engine.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint
-from ..engine.spec import check_against_weights, load_spec
+from ..engine.onnx_network import ONNX_MANIFEST
+from ..engine.spec import check_against_weights, load_spec, network_files
 from .manifest import write_manifest
 
 
@@ -40,15 +41,16 @@ def strip_checkpoint(source: Path, target: Path) -> bool:
     return True
 
 
-def stage_models(spec_files: list[Path], weights_root: Path, weights_stage: Path, spec_stage: Path | None = None
-                 ) -> Path:
+def stage_models(spec_files: list[Path], weights_root: Path, weights_stage: Path, spec_stage: Path | None = None,
+                 backend: str = "torch") -> Path:
     """Copy the specs (into spec_stage, default: beside the folds) and the folds they name from weights_root into
-    weights_stage (checkpoints stripped); write the manifest of weights_stage. Every spec is checked first; two
-    specs for one socket are refused (the image could not choose)."""
+    weights_stage (checkpoints stripped; for the onnxruntime backend the ONNX models export-onnx wrote, and its
+    onnx_manifest.json); write the manifest of weights_stage. Every spec is checked first; two specs for one socket
+    are refused (the image could not choose)."""
     specs = [load_spec(Path(f)) for f in spec_files]
     sockets: dict[str, Path] = {}
     for spec in specs:
-        check_against_weights(spec, weights_root)
+        check_against_weights(spec, weights_root, backend)
         if spec.input_socket in sockets:
             raise PantherError(f"{spec.path} and {sockets[spec.input_socket]}: two specs for input socket "
                                f"'{spec.input_socket}'; one model or image serves one spec per socket")
@@ -62,17 +64,23 @@ def stage_models(spec_files: list[Path], weights_root: Path, weights_stage: Path
             (weights_stage / spec.postprocessing.nnunet).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(weights_root / spec.postprocessing.nnunet, weights_stage / spec.postprocessing.nnunet)
         for member in spec.members:
-            source, target = member.checkpoint_path(weights_root), member.checkpoint_path(weights_stage)
+            source, target = member.network_file(weights_root, backend), member.network_file(weights_stage, backend)
             if target.exists():  # a fold two specs share
                 continue
             target.parent.mkdir(parents=True, exist_ok=True)
             for name in ("plans.json", "dataset.json"):
                 shutil.copy(weights_root / member.model / name, weights_stage / member.model / name)
-            if strip_checkpoint(source, target):
+            if backend == "onnxruntime":
+                for file in network_files(member, weights_root, backend):
+                    shutil.copy(file, target.parent / file.name)
+                print(f"   {member.name}: {target.stat().st_size / 1e6:.1f} MB (ONNX)")
+            elif strip_checkpoint(source, target):
                 print(f"   {member.name}: {source.stat().st_size / 1e6:.1f} MB, stripped to "
                       f"{target.stat().st_size / 1e6:.1f} MB")
             else:
                 print(f"   {member.name}: {target.stat().st_size / 1e6:.1f} MB")
+    if backend == "onnxruntime" and (weights_root / ONNX_MANIFEST).is_file():  # what export-onnx recorded
+        shutil.copy(weights_root / ONNX_MANIFEST, weights_stage / ONNX_MANIFEST)
     manifest = write_manifest(weights_stage)
     print(f"   {manifest.name}: sha256 of every file")
     return manifest

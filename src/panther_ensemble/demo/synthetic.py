@@ -17,6 +17,9 @@ import SimpleITK as sitk
 import torch
 from nnunetv2.utilities.get_network_from_plans import get_network_from_plans
 
+from ..engine import spec_writer
+from ..engine.spec import EnsembleSpec, MemberSpec
+
 LABELS = {"background": 0, "tumor": 1, "pancreas": 2}
 ARCHITECTURES = {
     "ResidualEncoderUNet": "dynamic_network_architectures.architectures.unet.ResidualEncoderUNet",
@@ -255,17 +258,12 @@ def write_gc_input(input_dir: Path, socket: str, images: dict[str, dict]) -> Pat
 
 def write_spec(path: Path, members: list[tuple[ModelConfig, int | str, str, float]],
                input_socket: str = "abdominal-t1-mri", tumor_label: int = 1) -> Path:
-    """An ensemble spec naming (model, fold, checkpoint, weight) members."""
-    lines = [f'input_socket = "{input_socket}"', 'output_socket = "pancreatic-tumor-segmentation"',
-             f"tumor_label = {tumor_label}", ""]
-    for config, fold, checkpoint, weight in members:
-        fold_value = f'"{fold}"' if isinstance(fold, str) else fold
-        lines += ["[[member]]", f'model = "{config.model}"', f"fold = {fold_value}",
-                  f'checkpoint = "{checkpoint}"', f"weight = {weight}", ""]
+    """An ensemble spec naming (model, fold, checkpoint, weight) members (engine.spec_writer writes it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
-    return path
+    specs = tuple(MemberSpec(config.model, fold, checkpoint, float(weight))
+                  for config, fold, checkpoint, weight in members)
+    return spec_writer.write_spec(EnsembleSpec(path, input_socket, "pancreatic-tumor-segmentation", tumor_label,
+                                               specs), path)
 
 
 def write_random_demo(root: Path) -> None:

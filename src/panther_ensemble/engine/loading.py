@@ -22,6 +22,7 @@ from concurrent.futures import CancelledError, Future
 import torch
 
 from .members import Member, Network, load_network
+from .spec import MemberId
 
 Verify = Callable[[Member], None]
 
@@ -30,9 +31,9 @@ class _Generation:
     """One image's loading: a future per member and what became of each slot it took."""
 
     def __init__(self, members: list[Member]) -> None:
-        self.futures: dict[int, Future] = {id(m): Future() for m in members}  # by id: members are unhashable
+        self.futures: dict[MemberId, Future] = {m.id: Future() for m in members}
         self.cancelled = False
-        self.holding: set[int] = set()  # members whose network holds a slot (loading, loaded or in use)
+        self.holding: set[MemberId] = set()  # members whose network holds a slot (loading, loaded or in use)
 
 
 class NetworkLoader:
@@ -51,7 +52,7 @@ class NetworkLoader:
 
     def _load_all(self, generation: _Generation) -> None:
         for member in self.members:
-            future = generation.futures[id(member)]
+            future = generation.futures[member.id]
             with self._lock:
                 self._lock.wait_for(lambda: generation.cancelled or self.limit is None or self._held < self.limit)
                 if generation.cancelled or not future.set_running_or_notify_cancel():
@@ -63,22 +64,21 @@ class NetworkLoader:
                 network = load_network(member, self.device)
             except BaseException as e:  # asked for, it raises there; its slot is free again
                 with self._lock:
-                    self._give_back(generation, member)
+                    self._give_back(generation, member.id)
                     future.set_exception(e)
                 continue
             with self._lock:
                 future.set_result(network)
                 if generation.cancelled:  # nobody will ask for it
-                    self._give_back(generation, member)
+                    self._give_back(generation, member.id)
             del network
 
     def _take(self, generation: _Generation, member: Member) -> None:
         if self.limit is not None:
             self._held += 1
-            generation.holding.add(id(member))
+            generation.holding.add(member.id)
 
-    def _give_back(self, generation: _Generation, member_id: Member | int) -> None:
-        key = member_id if isinstance(member_id, int) else id(member_id)
+    def _give_back(self, generation: _Generation, key: MemberId) -> None:
         if key in generation.holding:
             generation.holding.discard(key)
             self._held -= 1
@@ -92,7 +92,7 @@ class NetworkLoader:
     def network(self, member: Member, timeout: float | None = None) -> Network:
         """The member's network, waiting for its loading where it is not done yet (TimeoutError after `timeout`
         seconds; CancelledError once the loader was cancelled)."""
-        return self._generation.futures[id(member)].result(timeout)
+        return self._generation.futures[member.id].result(timeout)
 
     def done_with(self, member: Member) -> None:
         """With keep=False, the member's network is released and the next one may load."""
@@ -102,8 +102,8 @@ class NetworkLoader:
         with self._lock:
             released: Future = Future()
             released.set_exception(CancelledError("released after use"))
-            generation.futures[id(member)] = released
-            self._give_back(generation, member)
+            generation.futures[member.id] = released
+            self._give_back(generation, member.id)
 
     def next_image(self) -> None:
         """With keep=False, load every network again (they were released after the last image) in a new

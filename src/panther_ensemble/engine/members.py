@@ -26,7 +26,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from ..core.errors import PantherError
 from ..core.log import log
-from .spec import MemberSpec
+from .spec import MemberId, MemberSpec
 
 
 def _allowed_numpy_globals() -> list:
@@ -80,6 +80,10 @@ class Member:
     network_file: Path  # the checkpoint, or the exported ONNX model
     network: Network | None = None  # loaded by load_network
     arena_bytes: int | None = None  # ONNX Runtime on CUDA: the session's memory arena is capped at this (the plan)
+
+    @property
+    def id(self) -> MemberId:
+        return self.spec.id
 
     @property
     def weights_root(self) -> Path:

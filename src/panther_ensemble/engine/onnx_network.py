@@ -17,6 +17,7 @@ import torch
 from ..core.errors import PantherError
 
 INPUT_NAME, OUTPUT_NAME = "image", "logits"
+ONNX_MANIFEST = "onnx_manifest.json"  # export-onnx's record of its members, at the weights root
 TRT_CACHE_DEFAULT = "/tmp/panther-trt-cache"
 
 

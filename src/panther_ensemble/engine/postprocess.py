@@ -15,7 +15,6 @@ Components are 26-connected (nnU-Net's choice for its largest-component step), f
 
 from __future__ import annotations
 
-import json
 import math
 import pickle
 from dataclasses import dataclass
@@ -59,18 +58,6 @@ class PostProcessing:
         """What it costs like (engine.deadline's final stage): nnunet (its function labels the whole image per step),
         steps, or none."""
         return "nnunet" if self.nnunet else "steps" if self.active else "none"
-
-    def toml(self) -> list[str]:
-        """The spec's table for it."""
-        lines = ["[postprocessing]"]
-        for key in ("keep_largest", "min_volume_mm3", "organ_label", "near_organ_mm", "never_empty_floor", "nnunet"):
-            value = getattr(self, key)
-            if value is None or value is False:
-                continue
-            text = "true" if value is True else json.dumps(value) if isinstance(value, str) else \
-                str(int(value)) if key == "organ_label" else repr(float(value))
-            lines.append(f"{key} = {text}")
-        return lines
 
 
 def parse(path: Path, table: object, tumor_label: int) -> PostProcessing | None:

@@ -37,6 +37,7 @@ from ..engine.input_grid import ProbabilitySum
 from ..engine.members import Member, load_network, network_from_plans
 from ..engine.preprocess import preprocess, preprocessing_key, resampled_shape
 from ..engine.sliding_window import tile_count, tiles_per_forward
+from ..engine.spec import MemberId, member_labels
 
 
 @dataclass(frozen=True)
@@ -197,38 +198,39 @@ def measured_here(members: list[Member], device: torch.device, remeasure: bool =
 
 @dataclass
 class PoolCost:
-    """A pool of members priced on one case for a target: each member's row, the preprocessing of each group, the
-    fixed terms. `total` prices any of its members in a given order exactly as `cost` prices a spec of them, so
-    that select's path and cost's verdict on the spec it writes are one number."""
+    """A pool of members priced on one case for a target, each by its MemberId: its row, its preprocessing group,
+    its first load; per group its preprocessing; the fixed terms. `total` prices any of its members in a given order
+    exactly as `cost` prices a spec of them, so that select's path and cost's verdict on the spec it writes are one
+    number."""
 
     target: Target
     measured: Measured | None
     shape_zyx: tuple[int, ...]
     spacing_zyx: tuple[float, ...]
-    rows: list[dict]  # per member: {model, fold, checkpoint, tiles, tflop (per tile), seconds}
-    group_of: list[str]  # per member: its preprocessing group
+    rows: dict[MemberId, dict]  # {model, fold, checkpoint, label, tiles, tflop (per tile), seconds}
+    group_of: dict[MemberId, str]  # its preprocessing group
     groups: dict[str, dict]  # per group: {members, grid, seconds}
-    load_seconds: list[float]  # per member: its network's load (the first member's is waited for)
+    load_seconds: dict[MemberId, float]  # its network's load (the first member's is waited for)
     postprocessing: str = "none"  # the spec's kind (PostProcessing.kind), priced in the last stage
 
     def final_seconds(self) -> float:
         """The case's last stage: the mask, its post-processing, the write (engine.deadline's projection)."""
         return projected_final_seconds(math.prod(self.shape_zyx), self.postprocessing)
 
-    def fixed_seconds(self, first: int) -> float:
+    def fixed_seconds(self, first: MemberId) -> float:
         rates = self.measured or self.target
         return rates.startup_seconds + self.load_seconds[first] + self.final_seconds()
 
-    def total(self, chosen: list[int]) -> float:
+    def total(self, chosen: list[MemberId]) -> float:
         """Projected seconds of a spec of these members in this order (each counted once)."""
         chosen = list(dict.fromkeys(chosen))
         groups = dict.fromkeys(self.group_of[k] for k in chosen)
         return round(self.fixed_seconds(chosen[0]) + sum(self.groups[g]["seconds"] for g in groups)
                      + sum(self.rows[k]["seconds"] for k in chosen), 1)
 
-    def report(self, chosen: list[int] | None = None) -> dict:
+    def report(self, chosen: list[MemberId] | None = None) -> dict:
         """cost's report of a spec of these members (all of them by default)."""
-        chosen = list(dict.fromkeys(range(len(self.rows)) if chosen is None else chosen))
+        chosen = list(dict.fromkeys(self.rows if chosen is None else chosen))
         groups = list(dict.fromkeys(self.group_of[k] for k in chosen))
         return {"target": self.target.name, "source": self.target.source, "projection": self.target.projection,
                 "shape_zyx": list(self.shape_zyx), "spacing_zyx": list(self.spacing_zyx),
@@ -247,7 +249,8 @@ def pool_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tu
         raise ValueError("the 'here' target needs measured rates")
     rates = measured or target
     mvoxels = math.prod(shape_zyx) / 1e6
-    rows, group_of, groups = [], [], {}
+    labels = member_labels([m.id for m in members])
+    rows, group_of, groups = {}, {}, {}
     tflop_per_tile: dict[str, float] = {}
     for member in members:
         key = preprocessing_key(member)
@@ -255,27 +258,19 @@ def pool_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tu
         groups.setdefault(key, {"members": 0, "grid": list(grid),
                                 "seconds": round(rates.preprocess_seconds_per_mvoxel * mvoxels, 2)})
         groups[key]["members"] += 1
-        group_of.append(key)
+        group_of[member.id] = key
         tiles = tile_count(grid, member.configuration_manager.patch_size)
         architecture = _architecture(member)
         if architecture not in tflop_per_tile:  # counted once per architecture: folds of a model share it
             tflop_per_tile[architecture] = tile_tflop(member)
         tflop = tflop_per_tile[architecture]
         per_tile = measured.seconds_per_tile[architecture] if measured else tflop / target.tflops
-        rows.append({"model": member.spec.model, "fold": member.spec.fold, "checkpoint": member.spec.checkpoint,
-                     "tiles": tiles, "tflop": round(tflop, 4),
-                     "seconds": round(tiles * per_tile + rates.export_seconds_per_mvoxel * mvoxels, 2)})
-    load = [m.network_file.stat().st_size / rates.load_bytes_per_second for m in members]
+        rows[member.id] = {"model": member.spec.model, "fold": member.spec.fold, "checkpoint": member.spec.checkpoint,
+                           "label": labels[member.id], "tiles": tiles, "tflop": round(tflop, 4),
+                           "seconds": round(tiles * per_tile + rates.export_seconds_per_mvoxel * mvoxels, 2)}
+    load = {m.id: m.network_file.stat().st_size / rates.load_bytes_per_second for m in members}
     return PoolCost(target, measured, tuple(shape_zyx), tuple(spacing_zyx), rows, group_of, groups, load,
                     postprocessing)
-
-
-def spec_cost(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
-              measured: Measured | None = None) -> dict:
-    """The projected cost of these members on one case of this geometry: {"target", "source", "projection",
-    "total_seconds", "fixed_seconds", "groups": [...], "members": [{model, fold, checkpoint, tiles, tflop,
-    seconds}, ...]} (tflop: per tile)."""
-    return pool_cost(members, shape_zyx, spacing_zyx, target, measured).report()
 
 
 def pool_cost_on(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...], target: Target,
@@ -294,6 +289,5 @@ def format_cost(cost: dict) -> str:
              f"{cost['final_seconds']:.1f} s): {cost['fixed_seconds']:.1f} s; preprocessing: "
              + ", ".join(f"{g['seconds']:.1f} s for {g['members']} member(s) on {g['grid']}" for g in cost["groups"]),
              "  | member | tiles | TFLOP/tile | seconds |", "  | --- | --- | --- | --- |"]
-    lines += [f"  | {r['model']}/fold_{r['fold']}/{r['checkpoint']} | {r['tiles']} | {r['tflop']:.3f} | "
-              f"{r['seconds']:.1f} |" for r in cost["members"]]
+    lines += [f"  | {r['label']} | {r['tiles']} | {r['tflop']:.3f} | {r['seconds']:.1f} |" for r in cost["members"]]
     return "\n".join(lines)

@@ -7,6 +7,7 @@ An empty (or all-ones) prediction scores Dice 0, surface Dice 0 and HD95 = MASD 
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -15,7 +16,9 @@ import SimpleITK as sitk
 from surface_distance import metrics as sd
 
 from ..core.errors import PantherError
+from ..core.log import log, warn
 from ..engine.image import IMAGE_SUFFIXES, image_files, image_stem
+from ..engine.spec import is_tumor_name
 
 SURFACE_TOLERANCE_MM = 5.0
 TUMOR_LABEL = 1
@@ -101,10 +104,45 @@ def _by_case(folder: Path) -> dict[str, Path]:
     return cases
 
 
-def evaluate_folders(pred_dir: Path, gt_dir: Path, tumor_label: int = TUMOR_LABEL,
+def label_names(near: Path) -> tuple[dict[str, int], Path] | None:
+    """The label names of a dataset.json in the folder `near` or its parent (nnU-Net's raw layout: labelsTr/ beside
+    dataset.json), with the file; None where there is none (or it holds no labels)."""
+    for folder in (Path(near), Path(near).parent):
+        candidate = folder / "dataset.json"
+        try:
+            labels = json.loads(candidate.read_text()).get("labels")
+        except (OSError, ValueError, AttributeError):
+            continue
+        if isinstance(labels, dict) and all(isinstance(v, int) for v in labels.values()):
+            return labels, candidate
+    return None
+
+
+def truth_tumor_label(given: int | None, truth_file: Path) -> int:
+    """The ground truth's tumor label: `given` (--tumor-label) where it is; else the one named like a tumor in a
+    dataset.json beside the truth (said in one line); else 1, with one warning line where the label map holds
+    several foreground labels (PANTHER's annotations: the pancreas 1, the tumor 2)."""
+    if given is not None:
+        return given
+    named = label_names(Path(truth_file).parent)
+    if named is not None:
+        labels, source = named
+        tumors = [(name, value) for name, value in labels.items() if is_tumor_name(name)]
+        if len(tumors) == 1:
+            log(f"ground truth: tumor label {tumors[0][1]} ('{tumors[0][0]}', from {source})")
+            return tumors[0][1]
+    present = [int(v) for v in np.unique(sitk.GetArrayFromImage(_read(truth_file))) if v != 0]
+    if len(present) > 1:
+        warn(f"{truth_file}: the ground truth holds labels {', '.join(map(str, present))} and names none of them a "
+             f"tumor; label {TUMOR_LABEL} is scored as the tumor (PANTHER's annotations: 2; --tumor-label chooses)")
+    return TUMOR_LABEL
+
+
+def evaluate_folders(pred_dir: Path, gt_dir: Path, tumor_label: int | None = None,
                      pred_label: int = TUMOR_LABEL) -> dict:
-    """{'per_subject': {id: metrics}, 'aggregates': {...}} over every ground truth with a prediction; files pair by
-    case name (case.mha with case.nii.gz, case_seg.mha or nnU-Net's case_0000.nii.gz)."""
+    """{'per_subject': {id: metrics}, 'aggregates': {...}, 'tumor_label': ...} over every ground truth with a
+    prediction; files pair by case name (case.mha with case.nii.gz, case_seg.mha or nnU-Net's case_0000.nii.gz).
+    The truth's tumor label: `tumor_label`, else truth_tumor_label's."""
     predictions, truths = _by_case(pred_dir), _by_case(gt_dir)
     missing = sorted(set(truths) - set(predictions))
     if missing:
@@ -112,5 +150,6 @@ def evaluate_folders(pred_dir: Path, gt_dir: Path, tumor_label: int = TUMOR_LABE
                            f"{', '.join(missing[:5])}")
     if not truths:
         raise PantherError(f"{gt_dir}: no ground-truth masks ({', '.join(IMAGE_SUFFIXES)})")
+    tumor_label = truth_tumor_label(tumor_label, next(iter(truths.values())))
     per_subject = {case: evaluate_pair(predictions[case], truths[case], tumor_label, pred_label) for case in truths}
-    return {"per_subject": per_subject, "aggregates": aggregate(per_subject)}
+    return {"per_subject": per_subject, "aggregates": aggregate(per_subject), "tumor_label": tumor_label}

@@ -22,7 +22,7 @@ from ..engine.image import IMAGE_SUFFIXES, Image, check_image, image_files_by_id
 from ..engine.input_grid import ProbabilitySum
 from ..engine.members import Member
 from ..engine.memory import check_host_memory
-from ..engine.spec import EnsembleSpec, MemberSpec
+from ..engine.spec import EnsembleSpec, member_labels
 from .evaluate import aggregate, tumor_metrics
 
 ENSEMBLE = "ensemble"
@@ -30,10 +30,6 @@ POSTPROCESSED = "ensemble + post-processing"
 COLUMNS = [("mean_volumetric_dice", "Dice", max), ("mean_surface_dice", "Surface Dice 5 mm", max),
            ("mean_hausdorff95", "HD95 mm", min), ("mean_masd", "MASD mm", min),
            ("tumor_burden_rmse", "Burden RMSE mm³", min)]
-
-
-def member_label(member: MemberSpec) -> str:
-    return f"{member.trainer} fold {member.fold} ({Path(member.checkpoint).stem.removeprefix('checkpoint_')})"
 
 
 def labelled_cases(images_dir: Path, labels_dir: Path) -> list[tuple[str, Path, Path]]:
@@ -65,7 +61,7 @@ def each_member_alone(ensemble: Ensemble, image: Image, timer: StageTimer) -> It
 
 
 def load_for_cases(spec: EnsembleSpec, weights_root: Path, device: torch.device, timer: StageTimer,
-                   cases: list[tuple[str, Path, Path]]) -> Ensemble:
+                   cases: list[tuple[str, Path, Path]], backend: str = "torch") -> Ensemble:
     """The ensemble loaded under predict's memory plan (app.predict_run) for the largest of these cases: the device's
     placement, and every case's host memory checked before any network loads; one probability sum more than
     predict's (each member alone beside the ensemble's)."""
@@ -80,16 +76,19 @@ def load_for_cases(spec: EnsembleSpec, weights_root: Path, device: torch.device,
                               + math.prod(header.shape_zyx) * 4 * classes)
         return chosen
 
-    return Ensemble.load(spec, weights_root, device, timer, placement=placement)
+    return Ensemble.load(spec, weights_root, device, timer, backend=backend, placement=placement)
 
 
 def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, labels_dir: Path,
-                    device: torch.device) -> dict[str, dict]:
-    """{row name: {'per_subject': ..., 'aggregates': ...}} for each member (in spec order) and the ensemble."""
+                    device: torch.device, backend: str = "torch") -> dict[str, dict]:
+    """{row label: {'member': its path under the weights root, 'per_subject': ..., 'aggregates': ...}} for each
+    member in spec order (engine.spec.member_labels: one row per member, each label unique), then {'per_subject',
+    'aggregates'} for the ensemble (and with its post-processing)."""
     timer = StageTimer()
     cases = labelled_cases(images_dir, labels_dir)
-    ensemble = load_for_cases(spec, weights_root, device, timer, cases)
-    rows: dict[str, dict[str, dict]] = {member_label(m): {} for m in spec.members}
+    ensemble = load_for_cases(spec, weights_root, device, timer, cases, backend)
+    labels = member_labels([m.id for m in spec.members])
+    rows: dict[str, dict[str, dict]] = {labels[m.id]: {} for m in spec.members}
     rows[ENSEMBLE] = {}
     for case, image_file, label_file in cases:
         with naming_the_case(image_file):
@@ -97,7 +96,7 @@ def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, la
             spacing = tuple(reversed(image.spacing))
             total = ensemble.new_sum(image)
             for member, alone in each_member_alone(ensemble, image, timer):
-                rows[member_label(member.spec)][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
+                rows[labels[member.id]][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
                 total.add_sum(alone, member.spec.weight)
             rows[ENSEMBLE][case] = tumor_metrics(total.mask(spec.tumor_label), truth, spacing)
             if ensemble.postprocessing is not None:
@@ -105,8 +104,9 @@ def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, la
                     ensemble.postprocessed_mask(total, image) > 0, truth, spacing)
         log(f"{case}: ensemble Dice {rows[ENSEMBLE][case]['volumetric_dice']:.3f}")
     log(timer.summary())
-    return {name: {"per_subject": per_subject, "aggregates": aggregate(per_subject)}
-            for name, per_subject in rows.items()}
+    members = {labels[m.id]: str(m.id) for m in spec.members}
+    return {name: {**({"member": members[name]} if name in members else {}), "per_subject": per_subject,
+                   "aggregates": aggregate(per_subject)} for name, per_subject in rows.items()}
 
 
 def format_table(result: dict[str, dict]) -> str:

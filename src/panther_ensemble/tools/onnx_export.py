@@ -15,10 +15,10 @@ import datetime
 import io
 import json
 import os
-import re
 import shutil
 import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -28,12 +28,12 @@ from ..core.errors import PantherError
 from ..core.log import log
 from ..core.stop import written_atomically
 from ..engine.members import Member, load_member
-from ..engine.onnx_network import INPUT_NAME, OUTPUT_NAME, OnnxNetwork
-from ..engine.spec import EnsembleSpec, check_against_weights, load_spec
+from ..engine.onnx_network import INPUT_NAME, ONNX_MANIFEST, OUTPUT_NAME, OnnxNetwork
+from ..engine.spec import EnsembleSpec, check_against_weights
+from ..engine.spec_writer import SpecComments, write_spec
 
 DEFAULT_OPSET = 18
 EXTERNAL_DATA_BYTES = 100 * 2 ** 20  # larger networks keep their weights in <model>.onnx.data (ResEncL: 409 MB)
-ONNX_MANIFEST = "onnx_manifest.json"
 
 
 def export_network(network: torch.nn.Module, input_shape: list[int], target: Path, opset: int,
@@ -69,17 +69,6 @@ def max_difference(network: torch.nn.Module, exported: OnnxNetwork, input_shape:
     with torch.inference_mode():
         expected = network(tile)
     return float((exported(tile) - expected).abs().max()) / max(1.0, float(expected.abs().max()))
-
-
-def spec_text_with_backend(text: str, backend: str) -> str:
-    """The spec's text with its top-level `backend` set: replaced where it is, else added before the first
-    table."""
-    line = f'backend = "{backend}"'
-    first_table = re.search(r"^[ \t]*\[", text, flags=re.MULTILINE)
-    head, tail = (text[:first_table.start()], text[first_table.start():]) if first_table else (text, "")
-    if re.search(r"^backend\s*=.*$", head, flags=re.MULTILINE):
-        return re.sub(r"^backend\s*=.*$", line, head, count=1, flags=re.MULTILINE) + tail
-    return head + line + "\n\n" + tail
 
 
 def _export_member(member: Member, weights_root: Path, out: Path, opset: int, verify: bool) -> dict:
@@ -137,9 +126,8 @@ def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: in
         if spec.postprocessing is not None and spec.postprocessing.nnunet:  # nnU-Net's postprocessing.pkl goes too
             (staging / spec.postprocessing.nnunet).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(weights_root / spec.postprocessing.nnunet, staging / spec.postprocessing.nnunet)
-        written_spec = staging / spec.path.name
-        written_spec.write_text(spec_text_with_backend(spec.path.read_text(), "onnxruntime"))
-        load_spec(written_spec)  # still a valid spec
+        write_spec(replace(spec, backend="onnxruntime"), staging / spec.path.name,
+                   SpecComments.of(spec.path, spec))  # its comments (select's provenance) kept
         (staging / ONNX_MANIFEST).write_text(json.dumps({
             "spec": spec.path.name, "backend": "onnxruntime", "opset": opset, "torch": torch.__version__,
             "onnx": onnx.__version__, "created": datetime.datetime.now().isoformat(timespec="seconds"),

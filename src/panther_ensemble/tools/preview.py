@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from ..core.errors import PantherError
 from ..core.stop import written_atomically
+from .evaluate import truth_tumor_label
 
 PREDICTION_COLOUR, TRUTH_COLOUR = "#ff3b30", "#34c759"
 
@@ -46,9 +47,9 @@ def _read_array(path: Path, like: sitk.Image | None = None) -> tuple[np.ndarray,
 
 
 def write_preview(image_file: Path, mask_file: Path, out: Path, truth_file: Path | None = None,
-                  tumor_label: int = 1, pred_label: int = 1, max_slices: int = 12) -> Path:
-    """The montage: the mask's `pred_label` (this product's masks: 1) in red, the ground truth's `tumor_label` in
-    green."""
+                  tumor_label: int | None = None, pred_label: int = 1, max_slices: int = 12) -> Path:
+    """The montage: the mask's `pred_label` (this product's masks: 1) in red, the ground truth's tumor label in green
+    (`tumor_label`, else as evaluate finds it: tools.evaluate.truth_tumor_label)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -56,7 +57,10 @@ def write_preview(image_file: Path, mask_file: Path, out: Path, truth_file: Path
 
     image, reference = _read_array(image_file)
     prediction = _read_array(mask_file, reference)[0] == pred_label
-    truth = _read_array(truth_file, reference)[0] == tumor_label if truth_file is not None else None
+    if truth_file is not None:
+        truth = _read_array(truth_file, reference)[0] == truth_tumor_label(tumor_label, truth_file)
+    else:
+        truth = None
     slices = tumor_slices([m for m in (prediction, truth) if m is not None], max_slices)
     low, high = display_window(image)
     x_mm, y_mm = reference.GetSpacing()[:2]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import shlex
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -26,14 +27,15 @@ import torch
 
 from ..core.errors import PantherError, finite_number, naming_the_case
 from ..core.log import StageTimer, log, warn
-from ..core.stop import write_text_atomically
 from ..engine.host_limits import available_memory
 from ..engine.image import check_image
 from ..engine.postprocess import PostProcessing, postprocess
-from ..engine.spec import EnsembleSpec, MemberSpec
+from ..engine.spec import EnsembleSpec, MemberId, member_labels
+from ..engine.spec_writer import SpecComments
+from ..engine.spec_writer import write_spec as write_spec_file
 from .cost import T4, PoolCost, Target, pool_cost_on
 from .evaluate import aggregate, tumor_metrics
-from .member_table import each_member_alone, labelled_cases, load_for_cases, member_label, read_labelled_case
+from .member_table import each_member_alone, labelled_cases, load_for_cases, read_labelled_case
 
 # objective: (aggregate key, higher is better); the five PANTHER ranking metrics
 METRICS = {"dice": ("mean_volumetric_dice", True), "surface-dice": ("mean_surface_dice", True),
@@ -73,7 +75,7 @@ class Case:
     spacing_zyx: tuple[float, ...]
     truth: np.ndarray  # bool, the whole grid
     voxels: np.ndarray  # flat indices into the grid
-    probabilities: list[np.ndarray]  # per candidate: (classes, len(voxels)), float32 or a float16 memmap
+    probabilities: dict[MemberId, np.ndarray]  # per candidate: (classes, len(voxels)), float32 or a float16 memmap
     _metrics: dict = field(default_factory=dict, repr=False)  # by mask: many ensembles give this case one mask
     _last_labels: tuple = field(default=(None, None), repr=False)  # (weights, their label map)
 
@@ -85,14 +87,14 @@ class Case:
             self._metrics[key] = tumor_metrics(mask, self.truth, self.spacing_zyx)
         return self._metrics[key]
 
-    def _mean(self, weights: dict[int, float]) -> np.ndarray:
+    def _mean(self, weights: dict[MemberId, float]) -> np.ndarray:
         total = sum(w * self.probabilities[k].astype(np.float32) for k, w in weights.items())
         return total / sum(weights.values())
 
-    def labels(self, weights: dict[int, float]) -> np.ndarray:
+    def labels(self, weights: dict[MemberId, float]) -> np.ndarray:
         """The weighted ensemble's label map (uint8, the whole grid; the last one kept: every post-processing
         candidate asks for the same)."""
-        key = tuple(sorted(weights.items()))
+        key = tuple(weights.items())
         if self._last_labels[0] != key:
             labels = np.zeros(math.prod(self.shape), np.uint8)
             if self.voxels.size:
@@ -100,13 +102,13 @@ class Case:
             self._last_labels = (key, labels.reshape(self.shape))
         return self._last_labels[1]
 
-    def probability(self, weights: dict[int, float], label: int) -> np.ndarray:
+    def probability(self, weights: dict[MemberId, float], label: int) -> np.ndarray:
         probability = np.zeros(math.prod(self.shape), np.float32)
         if self.voxels.size:
             probability[self.voxels] = self._mean(weights)[label]
         return probability.reshape(self.shape)
 
-    def mask(self, weights: dict[int, float], tumor_label: int,
+    def mask(self, weights: dict[MemberId, float], tumor_label: int,
              postprocessing: PostProcessing | None = None) -> np.ndarray:
         """The weighted ensemble's tumor mask, post-processed where asked."""
         labels = self.labels(weights)
@@ -117,19 +119,18 @@ class Case:
 
 
 def predict_candidates(spec: EnsembleSpec, weights_root: Path, cases: list[tuple[str, Path, Path]],
-                       device: torch.device, work: Path) -> list[Case]:
+                       device: torch.device, work: Path, backend: str = "torch") -> list[Case]:
     """Every candidate's probabilities on every case, kept where tumor is possible (see the module's docstring)."""
     timer = StageTimer()
-    ensemble = load_for_cases(spec, weights_root, device, timer, cases)
-    index = {id(member): k for k, member in enumerate(ensemble.members)}
+    ensemble = load_for_cases(spec, weights_root, device, timer, cases, backend)
     budget = (available_memory() or (8 * 2 ** 30, ""))[0] * MEMORY_SHARE
     kept_bytes, result = 0, []
     try:
         for name, image_file, label_file in cases:
             with naming_the_case(image_file):
-                result.append(_predict_case(ensemble, name, image_file, label_file, spec.tumor_label, index, work,
-                                            timer, budget - kept_bytes))
-            kept_bytes += sum(p.nbytes for p in result[-1].probabilities if not isinstance(p, np.memmap))
+                result.append(_predict_case(ensemble, name, image_file, label_file, spec.tumor_label, work, timer,
+                                            budget - kept_bytes))
+            kept_bytes += sum(p.nbytes for p in result[-1].probabilities.values() if not isinstance(p, np.memmap))
             log(f"{name}: {len(ensemble.members)} candidates predicted; {result[-1].voxels.size} of "
                 f"{result[-1].truth.size} voxels can be foreground in some ensemble")
     finally:
@@ -137,35 +138,36 @@ def predict_candidates(spec: EnsembleSpec, weights_root: Path, cases: list[tuple
     return result
 
 
-def _predict_case(ensemble, name: str, image_file: Path, label_file: Path, tumor_label: int, index: dict,
-                  work: Path, timer: StageTimer, room: float) -> Case:
+def _predict_case(ensemble, name: str, image_file: Path, label_file: Path, tumor_label: int, work: Path,
+                  timer: StageTimer, room: float) -> Case:
     """One labelled case: every candidate's probabilities at the voxels some candidate calls foreground, in memory
     while they fit `room` bytes, beyond it float16 on disk."""
     classes = ensemble.classes
     image, truth = read_labelled_case(image_file, label_file, tumor_label)
     scratch = Path(tempfile.mkdtemp(dir=work))
     foreground_max = np.zeros(image.shape, np.float32)
+    files = {member.id: f"{k}.npy" for k, member in enumerate(ensemble.members)}  # names fit for a file system
     for member, alone in each_member_alone(ensemble, image, timer):
         probabilities = alone.probabilities().cpu().numpy()
         np.maximum(foreground_max, probabilities[1:].max(axis=0), out=foreground_max)
-        np.save(scratch / f"{index[id(member)]}.npy", probabilities)
+        np.save(scratch / files[member.id], probabilities)
     voxels = np.flatnonzero(foreground_max >= min(KEPT_BELOW, 1.0 / classes))
-    kept = []
-    for k in range(len(ensemble.members)):
-        full = np.load(scratch / f"{k}.npy", mmap_mode="r").reshape(classes, -1)
+    kept = {}
+    for member, file in files.items():
+        full = np.load(scratch / file, mmap_mode="r").reshape(classes, -1)
         values = np.ascontiguousarray(full[:, voxels])
         if values.nbytes <= room:
-            kept.append(values)
+            kept[member] = values
             room -= values.nbytes
         else:  # beyond the memory share: float16 on disk
-            stored = np.lib.format.open_memmap(work / f"{name}-{k}.npy", "w+", np.float16, values.shape)
+            stored = np.lib.format.open_memmap(work / f"{name}-{file}", "w+", np.float16, values.shape)
             stored[:] = values
-            kept.append(stored)
+            kept[member] = stored
     shutil.rmtree(scratch)
     return Case(name, image.shape, tuple(reversed(image.spacing)), truth, voxels, kept)
 
 
-def score(cases: list[Case], weights: dict[int, float], tumor_label: int,
+def score(cases: list[Case], weights: dict[MemberId, float], tumor_label: int,
           postprocessing: PostProcessing | None = None) -> tuple[dict, dict]:
     """(aggregates, per-case metrics) of the weighted ensemble, post-processed where asked."""
     per_case = {c.name: c.metrics(c.mask(weights, tumor_label, postprocessing)) for c in cases}
@@ -222,13 +224,13 @@ def best_option(options: list[dict], objective: str) -> int:
 
 @dataclass
 class Step:
-    candidate: int
-    weights: dict[int, float]
+    candidate: MemberId
+    weights: dict[MemberId, float]
     aggregates: dict
     seconds: float
 
 
-Price = Callable[[list[int]], float]  # projected seconds of a spec of these candidates, in this order (PoolCost)
+Price = Callable[[list[MemberId]], float]  # projected seconds of a spec of these candidates, in order (PoolCost)
 
 
 # Greedy selection with replacement need not end by itself: ranks among each step's options are not transitive, and
@@ -236,15 +238,16 @@ Price = Callable[[list[int]], float]  # projected seconds of a spec of these can
 STEPS_PER_CANDIDATE = 4
 
 
-def select(cases: list[Case], candidates: list[MemberSpec], price: Price, budget: float | None, objective: str,
-           tumor_label: int) -> tuple[list[Step], list[dict]]:
+def select(cases: list[Case], candidates: list[MemberId], price: Price, budget: float | None, objective: str,
+           tumor_label: int) -> tuple[list[Step], dict[MemberId, dict]]:
     """The greedy path (first step: the best single candidate that fits), and every candidate alone; at most
     STEPS_PER_CANDIDATE steps per candidate."""
-    alone = [score(cases, {k: 1.0}, tumor_label)[0] for k in range(len(candidates))]
-    fits = [k for k in range(len(candidates)) if budget is None or price([k]) <= budget]
+    alone = {k: score(cases, {k: 1.0}, tumor_label)[0] for k in candidates}
+    fits = [k for k in candidates if budget is None or price([k]) <= budget]
     if not fits:
         raise ValueError("no candidate fits the budget (run_selection checks this before predicting)")
     first = fits[best_option([alone[k] for k in fits], objective)]
+    labels = member_labels(candidates)
     path = [Step(first, {first: 1.0}, alone[first], price([first]))]
     while True:
         if len(path) >= STEPS_PER_CANDIDATE * len(candidates):
@@ -252,7 +255,7 @@ def select(cases: list[Case], candidates: list[MemberSpec], price: Price, budget
             return path, alone
         current = path[-1]
         options = [(None, current.weights, current.aggregates, current.seconds)]
-        for k in range(len(candidates)):
+        for k in candidates:
             seconds = price([*current.weights, k])  # a member chosen again costs nothing more
             if budget is not None and seconds > budget:
                 continue
@@ -263,7 +266,7 @@ def select(cases: list[Case], candidates: list[MemberSpec], price: Price, budget
             return path, alone
         k, weights, aggregates, seconds = options[chosen]
         path.append(Step(k, weights, aggregates, seconds))
-        log(f"step {len(path)}: + {member_label(candidates[k])} -> Dice {aggregates['mean_volumetric_dice']:.4f}, "
+        log(f"step {len(path)}: + {labels[k]} -> Dice {aggregates['mean_volumetric_dice']:.4f}, "
             f"{seconds:.1f} s projected")
 
 
@@ -272,11 +275,11 @@ def empty_aggregates(cases: list[Case]) -> dict:
     return aggregate({c.name: tumor_metrics(np.zeros(c.shape, bool), c.truth, c.spacing_zyx) for c in cases})
 
 
-def check_tumor_predicted(cases: list[Case], candidates: list[MemberSpec], final: Step, objective: str,
+def check_tumor_predicted(cases: list[Case], candidates: list[MemberId], final: Step, objective: str,
                           tumor_label: int) -> None:
     """A warning line where no candidate predicts a tumor voxel on any case; an error (nothing written) where the
     chosen ensemble does not beat an empty mask on the objective."""
-    if not any(c.mask({k: 1.0}, tumor_label).any() for c in cases for k in range(len(candidates))):
+    if not any(c.mask({k: 1.0}, tumor_label).any() for c in cases for k in candidates):
         warn(f"no candidate predicts a single voxel of tumor_label {tumor_label} on the {len(cases)} selection "
              "case(s): is tumor_label right, and are these the right folds?")
     if best_option([empty_aggregates(cases), final.aggregates], objective) == 0:
@@ -285,43 +288,45 @@ def check_tumor_predicted(cases: list[Case], candidates: list[MemberSpec], final
 
 
 def write_spec(path: Path, candidates: EnsembleSpec, path_steps: list[Step], pool: PoolCost, objective: str,
-               budget: float | None, post: PostChoice | None = None) -> Path:
+               budget: float | None, weights_root: Path, post: PostChoice | None = None) -> Path:
     """One [[member]] per distinct member, in the order first chosen (most valuable first: the deadline drops the
     last), each with its weight (times chosen) and a comment: the gain of the step that first chose it and its
-    projected cost. The header says how `cost` prices the spec as select did."""
+    projected cost. The header gives the `cost` command that prices the spec as select did (engine.spec_writer
+    writes it)."""
     shape, spacing = (",".join(repr(float(v)).removesuffix(".0") for v in values)  # exact: the grid cost prices
                       for values in (pool.shape_zyx, pool.spacing_zyx))
     target = "here" if pool.target.tflops is None else "t4" if pool.target is T4 else f"{pool.target.tflops:g}"
-    lines = [f"# chosen by `panther-ensemble select` from {candidates.path.name}: objective {objective}, target "
-             f"{pool.target.name}{f', budget {budget:g} s' if budget else ''};",
-             f"# projected {path_steps[-1].seconds:.1f} s per case of {shape.replace(',', ' x ')} voxels at "
-             f"{spacing.replace(',', ' x ')} mm (z, y, x): panther-ensemble cost --ensemble {path.name} "
-             f"--shape {shape} --spacing {spacing} --target {target}",
-             f'input_socket  = "{candidates.input_socket}"', f'output_socket = "{candidates.output_socket}"',
-             f"tumor_label   = {candidates.tumor_label}"]
+    cost = shlex.join(["panther-ensemble", "cost", "--ensemble", path.name, "--weights", str(weights_root),
+                       "--shape", shape, "--spacing", spacing, "--target", target])
+    header = (f"chosen by `panther-ensemble select` from {candidates.path.name}: objective {objective}, target "
+              f"{pool.target.name}{f', budget {budget:g} s' if budget else ''};",
+              f"projected {path_steps[-1].seconds:.1f} s per case of {shape.replace(',', ' x ')} voxels at "
+              f"{spacing.replace(',', ' x ')} mm (z, y, x): {cost}")
+    by_id = {member.id: member for member in candidates.members}
     final = path_steps[-1].weights
-    written: set[int] = set()
+    members, comments = [], {}
     previous: dict | None = None
     for number, step in enumerate(path_steps, start=1):
-        if step.candidate not in written:
-            written.add(step.candidate)
-            member = candidates.members[step.candidate]
+        if step.candidate not in comments:
             gain = "the best single candidate" if previous is None else \
                 f"Dice {step.aggregates['mean_volumetric_dice'] - previous['mean_volumetric_dice']:+.4f}"
-            lines += ["", f"# step {number}: {gain}; {pool.rows[step.candidate]['seconds']:.1f} s projected on "
-                      f"{pool.target.name}", "[[member]]", f'model      = "{member.model}"',
-                      f"fold       = {member.fold if isinstance(member.fold, int) else repr(member.fold)}",
-                      f'checkpoint = "{member.checkpoint}"', f"weight     = {final[step.candidate]:g}"]
+            comments[step.candidate] = (f"step {number}: {gain}; {pool.rows[step.candidate]['seconds']:.1f} s "
+                                        f"projected on {pool.target.name}",)
+            members.append(replace(by_id[step.candidate], weight=final[step.candidate]))
         previous = step.aggregates
+    chosen, post_comment = None, ()
     if post is not None and post.chosen.active:
+        chosen = post.chosen
         before, after = post.per_step[post.step][0], post.per_step[post.step][post.candidates.index(post.chosen)]
-        lines += ["", f"# post-processing chosen with the members ({objective}; {len(post.candidates)} candidates): "
-                  f"HD95 {before['mean_hausdorff95']:.1f} -> {after['mean_hausdorff95']:.1f} mm, Dice "
-                  f"{before['mean_volumetric_dice']:.4f} -> {after['mean_volumetric_dice']:.4f} on the selection "
-                  "cases", *post.chosen.toml()]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(path, "\n".join(lines).replace("'", '"') + "\n")
-    return path
+        post_comment = (f"post-processing chosen with the members ({objective}; {len(post.candidates)} candidates): "
+                        f"HD95 {before['mean_hausdorff95']:.1f} -> {after['mean_hausdorff95']:.1f} mm, Dice "
+                        f"{before['mean_volumetric_dice']:.4f} -> {after['mean_volumetric_dice']:.4f} on the "
+                        "selection cases",)
+    spec = EnsembleSpec(path, candidates.input_socket, candidates.output_socket, candidates.tumor_label,
+                        tuple(members), backend=candidates.backend, postprocessing=chosen,
+                        time_limit_seconds=candidates.time_limit_seconds,
+                        tumor_label_name=candidates.tumor_label_name)
+    return write_spec_file(spec, path, SpecComments(header, comments, post_comment))
 
 
 def organ_label(members, tumor_label: int) -> int | None:
@@ -341,7 +346,7 @@ def mean_and_standard_error(values: list[float]) -> tuple[float, float]:
     return float(np.mean(values)), float(np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
-def held_out_comparison(cases: list[Case], ensemble: dict[int, float], single: int, tumor_label: int,
+def held_out_comparison(cases: list[Case], ensemble: dict[MemberId, float], single: MemberId, tumor_label: int,
                         postprocessing: PostProcessing | None = None) -> dict:
     """The chosen ensemble (with its post-processing) and the best single candidate on held-out cases: means and the
     paired difference ± its standard error per metric (RMSE: values only); the ensemble without its
@@ -366,8 +371,8 @@ def held_out_comparison(cases: list[Case], ensemble: dict[int, float], single: i
 class Selection:
     spec: Path
     path: list[Step]
-    alone: list[dict]
-    candidates: list[MemberSpec]
+    alone: dict[MemberId, dict]  # every candidate alone, in the candidates' order
+    candidates: list[MemberId]
     pool: PoolCost  # prices any of the candidates as `cost` prices a spec
     held_out: dict | None
     post: PostChoice | None = None  # post-processing chosen with the members
@@ -378,7 +383,7 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
                   device: torch.device, target: Target, objective: str = "rank", budget: float | None = None,
                   geometry: tuple[tuple[int, ...], tuple[float, ...]] | None = None,
                   held_out: tuple[Path, Path] | None = None, remeasure: bool = False,
-                  postprocessing: bool = True) -> Selection:
+                  postprocessing: bool = True, backend: str = "torch") -> Selection:
     """Everything is checked (labels, budget against the cheapest candidate) before any candidate predicts; the
     spec is written last, whole, or not at all."""
     from ..engine.members import describe_member
@@ -389,17 +394,18 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
         finite_number(budget, "--budget")
     cases = labelled_cases(images, labels)
     held = labelled_cases(*held_out) if held_out else None
-    members = [describe_member(weights_root, m) for m in candidates.members]
+    members = [describe_member(weights_root, m, backend) for m in candidates.members]
+    ids = [m.id for m in members]
     shape, spacing = geometry or largest_case(cases)
     # priced with post-processing's steps while they may be chosen; the written path at what was chosen
     pool = pool_cost_on(members, shape, spacing, target, device, remeasure, "steps" if postprocessing else "none")
-    cheapest = min(pool.total([k]) for k in range(len(members)))
+    cheapest = min(pool.total([k]) for k in ids)
     if budget is not None and cheapest > budget:
         raise PantherError(f"--budget {budget:g} s: even the cheapest candidate needs {cheapest:.1f} s on "
                            f"{target.name} for a {' x '.join(map(str, shape))} case")
     with tempfile.TemporaryDirectory(prefix="panther-select-") as work:
-        scored = predict_candidates(candidates, weights_root, cases, device, Path(work))
-        path, alone = select(scored, candidates.members, pool.total, budget, objective, candidates.tumor_label)
+        scored = predict_candidates(candidates, weights_root, cases, device, Path(work), backend)
+        path, alone = select(scored, ids, pool.total, budget, objective, candidates.tumor_label)
         post = None
         if postprocessing:
             post = choose_postprocessing(scored, path, postprocessing_candidates(organ_label(members,
@@ -412,15 +418,15 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
             path = [replace(step, seconds=pool.total(list(step.weights))) for step in path]
         final = path[-1] if post is None else replace(path[-1], aggregates=post.per_step[post.step][
             post.candidates.index(post.chosen)])
-        check_tumor_predicted(scored, candidates.members, final, objective, candidates.tumor_label)
+        check_tumor_predicted(scored, ids, final, objective, candidates.tumor_label)
         comparison = None
         if held:  # only the chosen members and the best single candidate predict these
-            needed = sorted({*path[-1].weights, path[0].candidate})
+            needed = {*path[-1].weights, path[0].candidate}
             log(f"held-out: {len(held)} case(s), {len(needed)} member(s)")
-            subset = replace(candidates, members=tuple(candidates.members[k] for k in needed))
-            comparison = held_out_comparison(predict_candidates(subset, weights_root, held, device, Path(work)),
-                                             {needed.index(k): w for k, w in path[-1].weights.items()},
-                                             needed.index(path[0].candidate), candidates.tumor_label,
+            subset = replace(candidates, members=tuple(m for m in candidates.members if m.id in needed))
+            comparison = held_out_comparison(predict_candidates(subset, weights_root, held, device, Path(work),
+                                                                backend),
+                                             path[-1].weights, path[0].candidate, candidates.tumor_label,
                                              post.chosen if post else None)
-    written = write_spec(out, candidates, path, pool, objective, budget, post)
-    return Selection(written, path, alone, list(candidates.members), pool, comparison, post, objective)
+    written = write_spec(out, candidates, path, pool, objective, budget, weights_root, post)
+    return Selection(written, path, alone, ids, pool, comparison, post, objective)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from ..core.stop import write_text_atomically, written_atomically
-from .member_table import member_label
+from ..engine.spec import member_labels
 from .select import METRICS, Selection
 
 COLUMNS = {"mean_volumetric_dice": "Dice", "mean_surface_dice": "Surface Dice", "mean_hausdorff95": "HD95 mm",
@@ -15,12 +15,13 @@ COLUMNS = {"mean_volumetric_dice": "Dice", "mean_surface_dice": "Surface Dice", 
 
 
 def path_table(selection: Selection) -> str:
+    labels = member_labels(selection.candidates)
     rows = ["| step | member | weight | " + " | ".join(COLUMNS.values()) + " | projected s |",
             "| --- | --- | --- | " + " | ".join("---" for _ in COLUMNS) + " | --- |"]
     for number, step in enumerate(selection.path, start=1):
         values = " | ".join(f"{step.aggregates[key]:.4g}" for key in COLUMNS)
-        rows.append(f"| {number} | {member_label(selection.candidates[step.candidate])} | "
-                    f"{step.weights[step.candidate]:g} | {values} | {step.seconds:.1f} |")
+        rows.append(f"| {number} | {labels[step.candidate]} | {step.weights[step.candidate]:g} | {values} | "
+                    f"{step.seconds:.1f} |")
     return "\n".join(rows)
 
 
@@ -78,9 +79,10 @@ def plot(selection: Selection, target: str, png: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(1, len(METRICS), figsize=(4 * len(METRICS), 3.6), constrained_layout=True)
-    single = [selection.pool.total([k]) for k in range(len(selection.candidates))]
+    single = [selection.pool.total([k]) for k in selection.candidates]
     for axis, (key, higher) in zip(axes, METRICS.values()):
-        axis.scatter(single, [a[key] for a in selection.alone], color="0.6", label="each candidate alone")
+        axis.scatter(single, [selection.alone[k][key] for k in selection.candidates], color="0.6",
+                     label="each candidate alone")
         axis.plot([s.seconds for s in selection.path], [s.aggregates[key] for s in selection.path], "o-",
                   color="tab:red", label="the chosen path")
         axis.set_title(f"{COLUMNS[key]} ({'higher' if higher else 'lower'} is better)")
@@ -102,18 +104,19 @@ def write_report(selection: Selection, target: str, folder: Path) -> list[Path]:
     report, png, data = folder / "selection.md", folder / "selection.png", folder / "selection.json"
     write_text_atomically(report, "\n".join(text) + "\n")
     plot(selection, target, png)
+    labels = member_labels(selection.candidates)
     write_text_atomically(data, json.dumps({
         "spec": str(selection.spec), "target": target,
-        "path": [{"member": selection.candidates[s.candidate].name, "weights": {
-            selection.candidates[k].name: w for k, w in s.weights.items()}, "aggregates": s.aggregates,
-            "projected_seconds": s.seconds} for s in selection.path],
-        "alone": {c.name: {"aggregates": a, "projected_seconds": selection.pool.total([k])}
-                  for k, (c, a) in enumerate(zip(selection.candidates, selection.alone))},
+        "candidates": {str(k): {**k.as_dict(), "label": labels[k]} for k in selection.candidates},
+        "path": [{"member": str(s.candidate), "weights": {str(k): w for k, w in s.weights.items()},
+                  "aggregates": s.aggregates, "projected_seconds": s.seconds} for s in selection.path],
+        "alone": {str(k): {"aggregates": selection.alone[k], "projected_seconds": selection.pool.total([k])}
+                  for k in selection.candidates},
         "postprocessing": None if selection.post is None else {
             "chosen": str(selection.post.chosen), "step": selection.post.step + 1,
             "candidates": {str(c): a for c, a in zip(selection.post.candidates,
                                                      selection.post.per_step[selection.post.step])},
-            "per_step": [{"members": {selection.candidates[k].name: w for k, w in step.weights.items()},
+            "per_step": [{"members": {str(k): w for k, w in step.weights.items()},
                           "best": str(selection.post.candidates[j]), "with": row[j], "without": row[0]}
                          for step, row, j in zip(selection.post.path, selection.post.per_step,
                                                  selection.post.winners)]},
