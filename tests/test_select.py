@@ -16,7 +16,8 @@ from panther_ensemble.core.errors import PantherError
 from panther_ensemble.demo import synthetic as syn
 from panther_ensemble.demo.phantom import make_phantom
 from panther_ensemble.engine.members import describe_member
-from panther_ensemble.engine.spec import MemberSpec, load_spec
+from panther_ensemble.engine.spec import EnsembleSpec, MemberId, MemberSpec, load_spec
+from panther_ensemble.engine.spec_writer import write_spec as write_spec_file
 from panther_ensemble.tools import cost as cost_module
 from panther_ensemble.tools.cost import T4, Measured, pool_cost
 from panther_ensemble.tools.select import Case, Step, best_option, check_tumor_predicted, select, write_spec
@@ -29,19 +30,25 @@ OTHER_TASK = "Dataset902_PantherT2/nnUNetTrainerDA5__nnUNetResEncUNetDemoPlans__
 RANDOM = f"{T1}/nnUNetTrainerRandomWeights__nnUNetResEncUNetDemoPlans__3d_fullres"
 
 
+def ids(count: int) -> list[MemberId]:
+    """Candidates m0, m1, ... (their identity is all select needs)."""
+    return [MemberId.of(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(count)]
+
+
 def hand_made_case(rng, truth, good_noise):
     """Three classes on a 1-D 'image' reshaped to 3-D: candidates whose tumor probability follows the truth with
     the given noise (a large noise: a bad candidate)."""
-    probabilities = []
-    for noise in good_noise:
+    probabilities = {}
+    for member, noise in zip(ids(len(good_noise)), good_noise):
         tumor = np.clip(truth.ravel() * 0.8 + rng.normal(0, noise, truth.size), 0, 1)
-        probabilities.append(np.stack([1 - tumor, tumor * 0, tumor]).astype(np.float32))
+        probabilities[member] = np.stack([1 - tumor, tumor * 0, tumor]).astype(np.float32)
     return Case("c", truth.shape, (1.0, 1.0, 1.0), truth, np.arange(truth.size), probabilities)
 
 
 def price(costs: list[float], fixed: float):
     """A stand-in for PoolCost.total: the fixed seconds and each distinct member's."""
-    return lambda chosen: fixed + sum(costs[k] for k in set(chosen))
+    by_id = dict(zip(ids(len(costs)), costs))
+    return lambda chosen: fixed + sum(by_id[k] for k in set(chosen))
 
 
 def test_greedy_path_picks_good_candidates_stops_and_respects_the_budget():
@@ -49,13 +56,13 @@ def test_greedy_path_picks_good_candidates_stops_and_respects_the_budget():
     truth = np.zeros((4, 16, 16), bool)
     truth[1:3, 4:12, 5:11] = True
     cases = [hand_made_case(rng, truth, (0.25, 0.3, 2.0, 3.0)) for _ in range(3)]
-    names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(4)]
+    names = ids(4)
     for objective in ("rank", "dice", "hd95"):
         path, alone = select(cases, names, price([1.0] * 4, 2.0), None, objective, 2)
         chosen = {k for step in path for k in step.weights}
-        assert chosen <= {0, 1}, (objective, chosen)  # never a noisy candidate
-        assert path[0].candidate == int(np.argmax([a["mean_volumetric_dice"] for a in alone[:2]])) or \
-            objective != "dice"
+        assert chosen <= set(names[:2]), (objective, chosen)  # never a noisy candidate
+        assert path[0].candidate == names[int(np.argmax([alone[k]["mean_volumetric_dice"] for k in names[:2]]))] \
+            or objective != "dice"
         assert sum(path[-1].weights.values()) == len(path)  # each step added one pick (repeats raise a weight)
     # a budget that fits the first member only: no second member, and the path's cost stays within it
     path, _ = select(cases, names, price([1.0, 1.5, 0.5, 0.5], 2.0), 3.2, "rank", 2)
@@ -181,9 +188,13 @@ def test_cost_json_and_its_errors(capsys):
     assert cost["target"] == "T4 (projection)" and cost["projection"] and "data sheet" in cost["source"]
     members = load_spec(spec).members
     assert [(m["model"], m["fold"]) for m in cost["members"]] == [(m.model, m.fold) for m in members]
-    assert all(set(m) == {"model", "fold", "checkpoint", "tiles", "tflop", "seconds"} for m in cost["members"])
+    assert all(set(m) == {"model", "fold", "checkpoint", "label", "tiles", "tflop", "seconds"}
+               for m in cost["members"])
     assert cost["total_seconds"] == pytest.approx(cost["fixed_seconds"] + sum(g["seconds"] for g in cost["groups"])
                                                   + sum(m["seconds"] for m in cost["members"]), abs=0.3)
+    # the last stage priced as the deadline keeps it back: the spec's post-processing, on this grid
+    assert cost["postprocessing"] == load_spec(spec).postprocessing.kind == "steps"
+    assert cost["final_seconds"] == pytest.approx(0.033 * 40 * 300 * 300 / 1e6, abs=0.01)
     assert main(["cost", "--ensemble", str(spec), "--shape", "40,300"]) == 1
     assert main(["cost", "--ensemble", str(spec), "--shape", "40,300,300", "--spacing", "3,1,1", "--target", "x"]) == 1
     errors = capsys.readouterr().err.strip().splitlines()
@@ -193,14 +204,14 @@ def test_cost_json_and_its_errors(capsys):
 
 # --- the spec select writes: one block per distinct member, priced by cost as select priced it
 
-def random_case(rng, candidates: int, name: str) -> Case:
+def random_case(rng, candidates: list[MemberId], name: str) -> Case:
     """A small case whose candidates' tumor probabilities are the truth plus noise of random strength."""
     truth = np.zeros((4, 12, 12), bool)
     truth[1:3, rng.integers(2, 5):rng.integers(7, 11), rng.integers(2, 5):rng.integers(7, 11)] = True
-    probabilities = []
-    for _ in range(candidates):
+    probabilities = {}
+    for member in candidates:
         tumor = np.clip(truth.ravel() * rng.uniform(0.4, 0.9) + rng.normal(0, rng.uniform(0.1, 0.6), truth.size), 0, 1)
-        probabilities.append(np.stack([1 - tumor, tumor]).astype(np.float32))
+        probabilities[member] = np.stack([1 - tumor, tumor]).astype(np.float32)
     return Case(name, truth.shape, (2.0, 1.0, 1.0), truth, np.arange(truth.size), probabilities)
 
 
@@ -237,20 +248,19 @@ def test_the_written_spec_is_the_scored_ensemble_and_costs_what_the_path_said(wo
     measured = None if seed % 2 else Measured({repr_key: float(rng.uniform(0.01, 0.2)) for repr_key in {
         cost_module._architecture(m) for m in pool_members}}, 0.3, 0.2, 1e8, 2.0, "2026-12-02T00:00:00")
     pool = pool_cost(pool_members, shape, spacing, target, measured)
-    cases = [random_case(rng, len(pool_specs), f"c{i}") for i in range(3)]
-    budget = None if seed % 3 == 0 else float(max(pool.total([k]) for k in range(len(pool_specs))) * rng.uniform(1, 3))
+    pool_ids = [m.id for m in pool_specs]
+    cases = [random_case(rng, pool_ids, f"c{i}") for i in range(3)]
+    budget = None if seed % 3 == 0 else float(max(pool.total([k]) for k in pool_ids) * rng.uniform(1, 3))
     objective = ["rank", "dice", "hd95", "masd"][seed % 4]
-    path, _ = select(cases, pool_specs, pool.total, budget, objective, 1)
+    path, _ = select(cases, pool_ids, pool.total, budget, objective, 1)
     candidates = syn_spec(tmp_path / "candidates.toml", pool_specs)
-    written = write_spec(tmp_path / "chosen.toml", candidates, path, pool, objective, budget)
+    written = write_spec(tmp_path / "chosen.toml", candidates, path, pool, objective, budget, workspace.weights)
     spec, written_members = read_back(written, workspace, candidates)
     counts = {}
     for step in path:
         counts[step.candidate] = counts.get(step.candidate, 0) + 1
     assert len(spec.members) == len(counts) == len(path[-1].weights)  # each distinct member once
-    assert [(m.model, m.fold, m.checkpoint) for m in spec.members] == [
-        (pool_specs[k].model, pool_specs[k].fold, pool_specs[k].checkpoint) for k in dict.fromkeys(
-            step.candidate for step in path)]
+    assert [m.id for m in spec.members] == list(dict.fromkeys(step.candidate for step in path))
     assert [m.weight for m in spec.members] == [float(counts[k]) for k in dict.fromkeys(s.candidate for s in path)]
     priced = pool_cost(written_members, shape, spacing, target, measured).report()
     assert priced["total_seconds"] == path[-1].seconds
@@ -258,10 +268,7 @@ def test_the_written_spec_is_the_scored_ensemble_and_costs_what_the_path_said(wo
 
 
 def syn_spec(path, members: list[MemberSpec]):
-    text = 'input_socket = "abdominal-t1-mri"\noutput_socket = "pancreatic-tumor-segmentation"\ntumor_label = 1\n'
-    text += "".join(f'[[member]]\nmodel = "{m.model}"\nfold = {m.fold if isinstance(m.fold, int) else repr(m.fold)}'
-                    f'\ncheckpoint = "{m.checkpoint}"\n' for m in members)
-    path.write_text(text.replace("'", '"'))
+    write_spec_file(EnsembleSpec(path, "abdominal-t1-mri", "pancreatic-tumor-segmentation", 1, tuple(members)), path)
     return load_spec(path)
 
 
@@ -270,16 +277,18 @@ def test_a_member_chosen_again_is_one_block_with_a_higher_weight(workspace, cand
     specs, members = candidate_pool
     pool = pool_cost(members[:2], (40, 160, 180), (2.0, 0.9, 0.9), T4)
     aggregates = dict(mean_volumetric_dice=0.5)
-    path = [Step(0, {0: 1.0}, aggregates, pool.total([0])), Step(1, {0: 1.0, 1: 1.0}, aggregates, pool.total([0, 1]))]
-    path += [Step(0, {0: 2.0, 1: 1.0}, aggregates, pool.total([0, 1])),
-             Step(0, {0: 3.0, 1: 1.0}, aggregates, pool.total([0, 1])),
-             Step(1, {0: 3.0, 1: 2.0}, aggregates, pool.total([0, 1]))]
+    a, b = specs[0].id, specs[1].id
+    path = [Step(a, {a: 1.0}, aggregates, pool.total([a])), Step(b, {a: 1.0, b: 1.0}, aggregates, pool.total([a, b]))]
+    path += [Step(a, {a: 2.0, b: 1.0}, aggregates, pool.total([a, b])),
+             Step(a, {a: 3.0, b: 1.0}, aggregates, pool.total([a, b])),
+             Step(b, {a: 3.0, b: 2.0}, aggregates, pool.total([a, b]))]
     spec = load_spec(write_spec(tmp_path / "chosen.toml", syn_spec(tmp_path / "c.toml", specs[:2]), path, pool,
-                                "rank", None))
+                                "rank", None, workspace.weights))
     assert [(m.model, m.fold, m.checkpoint, m.weight) for m in spec.members] == [
         (specs[0].model, specs[0].fold, specs[0].checkpoint, 3.0), (specs[1].model, specs[1].fold, specs[1].checkpoint,
                                                                     2.0)]
-    assert "--shape 40,160,180 --spacing 2,0.9,0.9 --target t4" in (tmp_path / "chosen.toml").read_text()
+    assert f"--weights {workspace.weights} --shape 40,160,180 --spacing 2,0.9,0.9 --target t4" in \
+        (tmp_path / "chosen.toml").read_text()
 
 
 def test_here_is_measured_once_and_reused_by_cost(workspace, candidate_pool, tmp_path, monkeypatch):
@@ -321,8 +330,8 @@ def test_no_candidate_predicting_tumor_is_a_warning_and_no_spec(capsys):
     truth = np.zeros((4, 16, 16), bool)
     truth[1:3, 4:12, 5:11] = True
     background = np.stack([np.full(truth.size, 0.9), np.full(truth.size, 0.1)]).astype(np.float32)
-    cases = [Case("c", truth.shape, (1.0, 1.0, 1.0), truth, np.arange(truth.size), [background, background])]
-    names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(2)]
+    names = ids(2)
+    cases = [Case("c", truth.shape, (1.0, 1.0, 1.0), truth, np.arange(truth.size), dict.fromkeys(names, background))]
     path, _ = select(cases, names, price([1.0, 1.0], 1.0), None, "rank", 1)
     with pytest.raises(PantherError, match="does not beat an empty mask"):
         check_tumor_predicted(cases, names, path[-1], "rank", 1)
@@ -351,7 +360,7 @@ def test_the_path_is_bounded_where_the_objective_always_improves(monkeypatch):
 
     monkeypatch.setattr(selection, "score", score)
     monkeypatch.setattr(selection, "log", log)
-    names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(3)]
+    names = ids(3)
     path, _ = select([], names, price([1.0] * 3, 1.0), None, "rank", 1)
     assert len(path) == selection.STEPS_PER_CANDIDATE * len(names)
 
@@ -364,8 +373,8 @@ def island_case(name: str, rng) -> Case:
     truth = ((z - 4) ** 2 + (y - 12) ** 2 + (x - 12) ** 2) <= 9
     pancreas = ((z - 4) ** 2 + (y - 12) ** 2 + (x - 14) ** 2) <= 36
     island = ((z - 4) ** 2 + (y - 32) ** 2 + (x - 32) ** 2) <= 4
-    probabilities = []
-    for _ in range(2):
+    probabilities = {}
+    for member in ids(2):
         p = np.full((3, *shape), 0.02, np.float32)
         p[0] = 0.9
         p[0][pancreas | island] = 0.1
@@ -373,7 +382,7 @@ def island_case(name: str, rng) -> Case:
         p[1][truth | island] = 0.8
         p[1] += rng.uniform(0, 0.02, shape)
         p /= p.sum(0, keepdims=True)
-        probabilities.append(p.reshape(3, -1))
+        probabilities[member] = p.reshape(3, -1)
     return Case(name, shape, (3.0, 1.0, 1.0), truth, np.arange(truth.size), probabilities)
 
 
@@ -382,16 +391,17 @@ def test_postprocessing_is_chosen_with_the_members_and_written(tmp_path, capsys)
 
     rng = np.random.default_rng(0)
     cases = [island_case(f"c{i}", rng) for i in range(3)]
-    names = [MemberSpec(f"D/m{k}__p__3d_fullres", 0, "checkpoint_final.pth") for k in range(2)]
+    names = ids(2)
     path, _ = select(cases, names, price([1.0, 1.0], 1.0), None, "rank", 1)
     post = choose_postprocessing(cases, path, postprocessing_candidates(2), "rank", 1)
     plain, chosen = post.per_step[post.step][0], post.per_step[post.step][post.candidates.index(post.chosen)]
     assert post.chosen.active and (post.chosen.keep_largest or post.chosen.near_organ_mm is not None)
     assert chosen["mean_hausdorff95"] < plain["mean_hausdorff95"]  # the far island gone
     pool = type("Pool", (), {"shape_zyx": (8, 40, 40), "spacing_zyx": (3.0, 1.0, 1.0), "target": T4,
-                             "rows": [{"seconds": 1.0}] * 2})()
-    spec = write_spec(tmp_path / "chosen.toml", syn_spec(tmp_path / "c.toml", names), path[:post.step + 1], pool,
-                      "rank", None, post)
+                             "rows": dict.fromkeys(names, {"seconds": 1.0})})()
+    members = [MemberSpec(k.model, k.fold, k.checkpoint) for k in names]
+    spec = write_spec(tmp_path / "chosen.toml", syn_spec(tmp_path / "c.toml", members), path[:post.step + 1], pool,
+                      "rank", None, tmp_path / "weights", post)
     written = load_spec(spec)
     assert written.postprocessing == post.chosen
     assert "# post-processing chosen with the members" in spec.read_text()
