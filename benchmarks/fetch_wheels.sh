@@ -3,6 +3,7 @@
 # einops, httpx, rich, ...; not nnU-Net or SimpleITK) into .whl/ (git-ignored), for benchmarks/gpu.sh.
 # The device tool carries at most 64 MiB with the working tree: SimpleITK's 53 MB wheel travels as its
 # unpacked files in a 29 MB tar.xz instead.
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 grep -qx '/.whl/' .git/info/exclude 2>/dev/null || echo '/.whl/' >> .git/info/exclude

@@ -8,9 +8,9 @@ Usage, from the repo root: python benchmarks/forward_formats.py OUT.json [gpu|cp
 
 from __future__ import annotations
 
+import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -68,4 +68,9 @@ def main(out: Path, preset: str = "gpu", repeats: int = 10) -> dict:
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]), *sys.argv[2:3], *map(int, sys.argv[3:4]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("out", type=Path, help="the JSON to write")
+    parser.add_argument("preset", nargs="?", default="gpu", choices=("gpu", "cpu", "smoke"), help="(default: gpu)")
+    parser.add_argument("repeats", nargs="?", type=int, default=10, help="timed forwards per format (default: 10)")
+    args = parser.parse_args()
+    main(args.out, args.preset, args.repeats)

@@ -6,6 +6,7 @@
 # and OUT_DIR/benchmark-<preset>.log (the JSON after each case), after OUT_DIR/forward-formats-<preset>.json
 # (benchmarks/forward_formats.py, at most 100 s). Sized to finish in <= 8 minutes on an H100/H200:
 # --max-minutes 5 starts no new repeat or case after 5 minutes.
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/gpu.sh OUT_DIR [gpu|cpu|smoke [BENCHMARK OPTIONS]]}

@@ -4,6 +4,7 @@
 # capture and warm-up times, per-tile time, verify time, the device estimate and the T4's placement, parity with the
 # per-member reference. Usage, from the repo root:  bash benchmarks/t4_check.sh OUT_DIR [gpu|smoke]
 # (smoke exercises it on a CPU). Writes OUT_DIR/t4_check.json and OUT_DIR/t4_check.log.
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${1:?usage: benchmarks/t4_check.sh OUT_DIR [gpu|smoke]}

@@ -6,6 +6,7 @@
 # Each shard sees one GPU (CUDA_VISIBLE_DEVICES) and predicts every GPUS-th case; records go to OUTPUT/../records.jsonl
 # unless RECORDS says otherwise. Rerun the same line to resume: finished masks are skipped.
 # DEVICE=cpu runs the shards on the CPU (how the test suite tries this script).
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 input="${1:?usage: deploy/multi-gpu.sh INPUT OUTPUT [predict options...]}"
 output="${2:?usage: deploy/multi-gpu.sh INPUT OUTPUT [predict options...]}"

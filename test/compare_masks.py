@@ -6,6 +6,7 @@ geometry, Dice >= 0.999. Used by test/container_test.sh (in the image) and test/
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -38,4 +39,9 @@ def compare_masks(expected_dir: Path, output_dir: Path, socket: str) -> bool:
 
 
 if __name__ == "__main__":
-    sys.exit(0 if compare_masks(Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3]) else 1)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0].replace("\n", " "))
+    parser.add_argument("expected", type=Path, help="folder with images/<SOCKET>/*.mha, the expected masks")
+    parser.add_argument("output", type=Path, help="folder with images/<SOCKET>/*.mha, the written masks")
+    parser.add_argument("socket", help="the output socket, e.g. pancreatic-tumor-segmentation")
+    args = parser.parse_args()
+    sys.exit(0 if compare_masks(args.expected, args.output, args.socket) else 1)

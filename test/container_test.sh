@@ -29,6 +29,7 @@
 # that the image does not know, --shm-size 64m, 16 GB of memory, at most 4 CPUs; --gpus all when a GPU is here.
 # Without a GPU the runs get --budget 0, so that the product's deadline drops no member on a slow CPU and
 # the masks still compare; the wall times are then shown for information (GC's budget is for its T4).
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"

@@ -555,7 +555,7 @@ def invoke_one_at_a_time(runtime: Runtime, images: dict[str, str], cases: dict[s
         sender = threading.Thread(target=lambda: outcome.update(invocation(task)))
         sender.start()
         deadline = time.monotonic() + 120
-        while not any("tile" in line for line in container.ours("serve-killed")):
+        while not any("preprocessed" in line for line in container.ours("serve-killed")):
             check(time.monotonic() < deadline, f"serve-killed never started predicting:\n{container.tail()}")
             time.sleep(0.1)
         kill_algorithm(container)

@@ -12,6 +12,7 @@
 # an empty input, a bad case followed by a good one in one server, the server killed mid-task, GC's memory for a
 # 16 GB T4 and limits too small for a 512 x 512 x 200 case (exec) and for the networks (invoke), and the first
 # invoke task's mask within a tight budget counted from the container's start (the shim's health polls included).
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

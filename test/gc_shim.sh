@@ -8,6 +8,7 @@
 #   test/gc_shim.sh [TAG]    (default TAG: panther-ensemble-gc-shim:0.8.3; reused once built)
 #
 # Needs root (debootstrap, chroot), a Docker engine, the Debian and PyPI registries. About two minutes.
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

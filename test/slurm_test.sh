@@ -14,6 +14,7 @@
 #    submitted again (the recipe always passes --skip-existing): only the cases missing after the cancel run (the
 #    records say which), and all masks equal the reference.
 # Where Slurm cannot be started it says why and fails.
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 cd "$(dirname "$0")/.."
 repo="$PWD"

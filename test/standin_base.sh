@@ -19,6 +19,7 @@
 # imported it. pip runs inside the chroot and reaches PyPI with this host's resolv.conf. The stand-in trusts
 # the CA certificates this host adds in /usr/local/share/ca-certificates (a TLS-inspecting proxy's, say), so
 # that pip inside `docker build` reaches PyPI the way this host does.
+case "${1:-}" in -h|--help) awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0"; exit 0 ;; esac
 set -euo pipefail
 
 TAG="${1:-panther-ensemble-standin-base:bookworm-py3.11-torch2.7.1-cu126}"

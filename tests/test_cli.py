@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -100,7 +101,7 @@ def test_unreadable_checkpoint_of_a_later_member_fails_cleanly(app_dir, tmp_path
     output = tmp_path / "output"
     result = run(["inference.py", "--input", str(input_dir), "--output", str(output)], app)
     assert_fails_cleanly(result, f"{last.checkpoint}: not a readable PyTorch checkpoint", output)
-    assert "forward in" in result.stdout  # the first members ran before the broken one was reached
+    assert re.search(r"member 1/\d+ .*: \d+ tiles in", result.stdout)  # the first ran before the broken one
 
 
 def test_unwritable_output_fails_before_predicting(app_dir, tmp_path):
@@ -182,3 +183,24 @@ def test_every_python_m_entry_point_has_help():
     for module in modules:
         result = run(["-m", module, "--help"])
         assert result.returncode == 0 and "usage:" in result.stdout, (module, result.stderr)
+
+
+def test_predict_takes_nnunets_flat_imagests_folder(workspace, tmp_path, capsys):
+    from panther_ensemble.cli import main
+    from panther_ensemble.demo import synthetic as syn
+
+    flat = tmp_path / "imagesTs"
+    for k in range(2):
+        syn.make_image(flat / f"case{k}_0000.nii.gz", (10, 30, 34), (1, 1, 3), seed=k)
+    assert main(["predict", "--input", str(flat), "--output", str(tmp_path / "out"), "--ensemble",
+                 str(workspace.t1_spec), "--weights", str(workspace.weights), "--device", "cpu", "--budget", "0"]) == 0
+    assert sorted(p.name for p in (tmp_path / "out" / OUTPUT_FOLDER).iterdir()) == ["case0.mha", "case1.mha"]
+    capsys.readouterr()
+    two = tmp_path / "app"
+    (two / "ensemble").mkdir(parents=True)
+    for name, socket in (("task1.toml", "abdominal-t1-mri"), ("task2.toml", "abdominal-t2-mri")):
+        (two / "ensemble" / name).write_text(workspace.t1_spec.read_text().replace("abdominal-t1-mri", socket))
+    done = run(["inference.py", "--input", str(flat), "--output", str(tmp_path / "out2")], two)
+    assert done.returncode == 1 and done.stderr.strip().splitlines() == [
+        "error: a flat folder of images (nnU-Net's imagesTs) names no input socket, and there is not one spec to "
+        "take (found: task1.toml (abdominal-t1-mri), task2.toml (abdominal-t2-mri)): pass --ensemble"]

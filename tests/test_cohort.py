@@ -170,10 +170,10 @@ def test_with_records_a_bad_case_is_recorded_and_the_others_go_on(workspace, tmp
         in captured.out
     written = sorted(p.name for p in (tmp_path / "out").rglob("*.mha"))
     assert written == ["case_0.mha", "case_2.mha"]
-    summary = summarize([records])
-    assert summary.startswith("3 case(s) in 3 record(s) from 1 file(s): 2 done, 1 failed; 2 predicted, "
-                              "0 skip(s) of a finished mask")
-    assert "failed: case_1.mha (shard None): " in summary and "slowest: " in summary
+    summary, complete = summarize([records])
+    assert summary.startswith("3 case(s) in 3 record(s) from 1 file(s): 2 done, 1 failed, 0 interrupted; "
+                              "2 predicted, 0 skip(s) of a finished mask")
+    assert "error: case_1.mha (shard None): " in summary and "slowest: " in summary and not complete
 
 
 def test_a_shard_without_cases_exits_0_and_says_so(workspace, tmp_path, capsys):
@@ -195,6 +195,31 @@ def test_summarize_counts_reruns_once_and_survives_a_cut_line(tmp_path, capsys):
         f.write('{"case": "c.mha", "sta')  # a line cut short
     assert main(["summarize", str(path)]) == 0
     out = capsys.readouterr().out
-    assert out.startswith("2 case(s) in 3 record(s) from 1 file(s): 2 done, 0 failed; 1 predicted, 1 skip(s) of "
-                          "a finished mask; 1 unreadable line(s)")
-    assert "members dropped by the deadline in 1 case(s): a.mha" in out and "failed:" not in out
+    assert out.startswith("2 case(s) in 3 record(s) from 1 file(s): 2 done, 0 failed, 0 interrupted; 1 predicted, "
+                          "1 skip(s) of a finished mask; 1 unreadable line(s)")
+    assert "members dropped by the deadline in 1 case(s): a.mha" in out and "error:" not in out
+    assert out.strip().endswith("complete: all 2 case(s) done")
+
+
+def test_summarize_done_means_ok_or_skipped_and_says_what_to_resubmit(tmp_path, capsys):
+    """Interrupted and failed cases are not done: exit 1 and the cases to resubmit, with their shards; a case's
+    latest record decides (an interrupted case that a rerun finished is done)."""
+    first, second = Records(tmp_path / "a.jsonl", Shard(0, 2, "test")), Records(tmp_path / "b.jsonl", Shard(1, 2,
+                                                                                                         "test"))
+    first.append(Path("/in/ok.mha"), "ok", 10.0)
+    first.append(Path("/in/redone.mha"), "interrupted", 3.0, error="interrupted (SIGTERM)")
+    second.append(Path("/in/skip.mha"), "skipped", 0.0)
+    second.append(Path("/in/bad.mha"), "error", 1.0, error="bad.mha: cannot be read as an image")
+    second.append(Path("/in/cut.mha"), "interrupted", 0.0, error="interrupted (SIGTERM) before it ran")
+    first.append(Path("/in/redone.mha"), "ok", 9.0)  # the resubmission
+    assert main(["summarize", str(tmp_path / "a.jsonl"), str(tmp_path / "b.jsonl")]) == 1
+    captured = capsys.readouterr()
+    assert captured.err == ""  # the summary says it all
+    lines = captured.out.strip().splitlines()
+    assert lines[0] == ("5 case(s) in 6 record(s) from 2 file(s): 3 done, 1 failed, 1 interrupted; 2 predicted, "
+                        "1 skip(s) of a finished mask")
+    assert "error: bad.mha (shard 1/2): bad.mha: cannot be read as an image" in lines
+    assert "interrupted: cut.mha (shard 1/2): interrupted (SIGTERM) before it ran" in lines
+    assert lines[-1] == ("incomplete: resubmit 2 case(s) (shards 1/2) with the same command and --skip-existing "
+                         "(finished masks are kept): /in/bad.mha, /in/cut.mha")
+    assert main(["summarize", str(tmp_path / "a.jsonl")]) == 0  # shard 0 alone is complete

@@ -135,6 +135,43 @@ def test_written_atomically_leaves_nothing_when_stopped(tmp_path):
     assert target.read_text() == "whole" and list(tmp_path.iterdir()) == [target]
 
 
+REPLACE_FOLDER = """import os, sys, time
+from pathlib import Path
+from panther_ensemble.core import stop
+stop.install()
+target, moment = Path(sys.argv[1]), sys.argv[2]
+replace = os.replace
+def slow_replace(source, destination):
+    if moment == "swapping" and Path(destination).name == ".out.old":
+        print("swapping", flush=True)
+        time.sleep(2)  # the stop comes now: it waits for the swap
+    replace(source, destination)
+stop.os.replace = slow_replace
+with stop.written_atomically(target) as partial:
+    partial.mkdir()
+    (partial / "new").write_text("whole")
+    if moment == "writing":
+        print("writing", flush=True)
+        time.sleep(60)
+time.sleep(60)
+"""
+
+
+@pytest.mark.parametrize("moment, kept", [("writing", "old"), ("swapping", "new")])
+def test_a_folder_replaced_under_a_stop_is_the_old_or_the_new_never_neither(tmp_path, moment, kept):
+    """A stop while the new folder is written leaves the old one in place (the partial removed); a stop while the
+    two are swapped waits for the swap: the new one, the old one removed. Never neither, never both."""
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "old").write_text("whole")
+    process, lines = start(["-c", REPLACE_FOLDER, str(target), moment])
+    wait_for_line(lines, moment, process)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(30) == 143
+    assert [p.name for p in target.iterdir()] == [kept] and (target / kept).read_text() == "whole"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no partial, no old copy left
+
+
 def test_evaluate_with_an_ensemble_names_the_case_that_fails(workspace, tmp_path, capsys, monkeypatch):
     """The member table needs every labelled case: the first that fails is one line naming it, no table."""
     from panther_ensemble.demo import synthetic as syn

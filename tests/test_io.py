@@ -202,3 +202,14 @@ def test_two_inputs_for_one_mask_are_refused(tmp_path, names):
 def test_a_file_given_as_the_input_folder(tmp_path):
     image = syn.make_image(tmp_path / "case.mha", (4, 8, 8), (1, 1, 2), seed=0)
     assert "is a file; the input is the folder that holds inputs.json" in one_line_error(lambda: find_inputs(image))
+
+
+def test_a_flat_folder_of_images_is_nnunets_imagests(tmp_path):
+    """case_0000.nii.gz and more in the input folder itself: the cases, no socket named (the spec names it); a
+    second channel is refused in one line."""
+    for name in ("a_0000.nii.gz", "b_0000.nii.gz"):
+        syn.make_image(tmp_path / name, (4, 8, 8), (1, 1, 2), seed=0)
+    inputs = find_inputs(tmp_path)
+    assert inputs.socket is None and [f.name for f in inputs.files] == ["a_0000.nii.gz", "b_0000.nii.gz"]
+    syn.make_image(tmp_path / "a_0001.nii.gz", (4, 8, 8), (1, 1, 2), seed=0)
+    assert "a second channel of an nnU-Net case" in one_line_error(lambda: find_inputs(tmp_path))

@@ -58,15 +58,16 @@ def test_greedy_path_picks_good_candidates_stops_and_respects_the_budget():
     cases = [hand_made_case(rng, truth, (0.25, 0.3, 2.0, 3.0)) for _ in range(3)]
     names = ids(4)
     for objective in ("rank", "dice", "hd95"):
-        path, alone = select(cases, names, price([1.0] * 4, 2.0), None, objective, 2)
+        path, alone, _ = select(cases, names, price([1.0] * 4, 2.0), None, objective, 2)
         chosen = {k for step in path for k in step.weights}
         assert chosen <= set(names[:2]), (objective, chosen)  # never a noisy candidate
         assert path[0].candidate == names[int(np.argmax([alone[k]["mean_volumetric_dice"] for k in names[:2]]))] \
             or objective != "dice"
         assert sum(path[-1].weights.values()) == len(path)  # each step added one pick (repeats raise a weight)
     # a budget that fits the first member only: no second member, and the path's cost stays within it
-    path, _ = select(cases, names, price([1.0, 1.5, 0.5, 0.5], 2.0), 3.2, "rank", 2)
+    path, _, stopped = select(cases, names, price([1.0, 1.5, 0.5, 0.5], 2.0), 3.2, "rank", 2)
     assert set(path[-1].weights) == {path[0].candidate} and path[-1].seconds <= 3.2
+    assert "would not fit the 3.2 s budget" in stopped  # select says why it stopped
 
 
 def test_rank_objective_ranks_as_the_challenge_does():
@@ -130,6 +131,8 @@ def test_select_on_the_demo_folds_never_picks_a_bad_candidate(pool, tmp_path, ca
     assert report["held_out"]["postprocessing"] == report["postprocessing"]["chosen"]
     assert (tmp_path / "report" / "selection.png").stat().st_size > 10_000
     assert "| step | member | weight |" in (tmp_path / "report" / "selection.md").read_text()
+    assert report["best_single"] == report["path"][0]["member"] and report["stopped"]
+    assert f"stopped: {report['stopped']}" in printed and "The best single candidate (step 1" in printed
     held = report["held_out"]
     assert held["cases"] == 2 and set(held["difference"]) == {"volumetric_dice", "surface_dice", "hausdorff95",
                                                               "masd"}
@@ -252,7 +255,7 @@ def test_the_written_spec_is_the_scored_ensemble_and_costs_what_the_path_said(wo
     cases = [random_case(rng, pool_ids, f"c{i}") for i in range(3)]
     budget = None if seed % 3 == 0 else float(max(pool.total([k]) for k in pool_ids) * rng.uniform(1, 3))
     objective = ["rank", "dice", "hd95", "masd"][seed % 4]
-    path, _ = select(cases, pool_ids, pool.total, budget, objective, 1)
+    path, _, _ = select(cases, pool_ids, pool.total, budget, objective, 1)
     candidates = syn_spec(tmp_path / "candidates.toml", pool_specs)
     written = write_spec(tmp_path / "chosen.toml", candidates, path, pool, objective, budget, workspace.weights)
     spec, written_members = read_back(written, workspace, candidates)
@@ -332,12 +335,12 @@ def test_no_candidate_predicting_tumor_is_a_warning_and_no_spec(capsys):
     background = np.stack([np.full(truth.size, 0.9), np.full(truth.size, 0.1)]).astype(np.float32)
     names = ids(2)
     cases = [Case("c", truth.shape, (1.0, 1.0, 1.0), truth, np.arange(truth.size), dict.fromkeys(names, background))]
-    path, _ = select(cases, names, price([1.0, 1.0], 1.0), None, "rank", 1)
+    path, _, _ = select(cases, names, price([1.0, 1.0], 1.0), None, "rank", 1)
     with pytest.raises(PantherError, match="does not beat an empty mask"):
         check_tumor_predicted(cases, names, path[-1], "rank", 1)
     assert capsys.readouterr().err.startswith("warning: no candidate predicts a single voxel of tumor_label 1")
     good = hand_made_case(rng, truth, (0.2, 0.3))
-    path, _ = select([good], names, price([1.0, 1.0], 1.0), None, "rank", 2)
+    path, _, _ = select([good], names, price([1.0, 1.0], 1.0), None, "rank", 2)
     check_tumor_predicted([good], names, path[-1], "rank", 2)  # a real ensemble passes, silently
     assert capsys.readouterr().err == ""
 
@@ -361,8 +364,8 @@ def test_the_path_is_bounded_where_the_objective_always_improves(monkeypatch):
     monkeypatch.setattr(selection, "score", score)
     monkeypatch.setattr(selection, "log", log)
     names = ids(3)
-    path, _ = select([], names, price([1.0] * 3, 1.0), None, "rank", 1)
-    assert len(path) == selection.STEPS_PER_CANDIDATE * len(names)
+    path, _, stopped = select([], names, price([1.0] * 3, 1.0), None, "rank", 1)
+    assert len(path) == selection.STEPS_PER_CANDIDATE * len(names) and stopped.startswith("the bound of 12 steps")
 
 
 def island_case(name: str, rng) -> Case:
@@ -392,7 +395,7 @@ def test_postprocessing_is_chosen_with_the_members_and_written(tmp_path, capsys)
     rng = np.random.default_rng(0)
     cases = [island_case(f"c{i}", rng) for i in range(3)]
     names = ids(2)
-    path, _ = select(cases, names, price([1.0, 1.0], 1.0), None, "rank", 1)
+    path, _, _ = select(cases, names, price([1.0, 1.0], 1.0), None, "rank", 1)
     post = choose_postprocessing(cases, path, postprocessing_candidates(2), "rank", 1)
     plain, chosen = post.per_step[post.step][0], post.per_step[post.step][post.candidates.index(post.chosen)]
     assert post.chosen.active and (post.chosen.keep_largest or post.chosen.near_organ_mm is not None)

@@ -434,6 +434,11 @@ def test_the_server_predicts_task_after_task(workspace, tmp_path):
         (folders / "input" / "images" / T1 / "case.mha").write_bytes(b"not an image")
         assert request(port, "POST", "/invoke")[0] == 422
         assert not any((folders / "output").rglob("*.mha"))
+        # a bad image beside a good one: as in predict, the bad one's line, the good one's mask, the task 422
+        fresh_task(folders, T1, {"bad.mha": CASE["case.mha"], **CASE})
+        (folders / "input" / "images" / T1 / "bad.mha").write_bytes(b"not an image")
+        assert request(port, "POST", "/invoke")[0] == 422
+        assert [p.name for p in (folders / "output").rglob("*.mha")] == ["case.mha"]
         fresh_task(folders, T1, {})
         assert request(port, "POST", "/invoke")[0] == 422
         fresh_task(folders, "abdominal-t2-mri", CASE)
@@ -441,10 +446,11 @@ def test_the_server_predicts_task_after_task(workspace, tmp_path):
         assert (folders / "output" / OUTPUT_FOLDER / "case.mha").is_file()
     finally:
         out, err = stop(server)
-    lines = err.splitlines()  # GC shows stderr as warnings: only the two failures, one line each
-    assert len(lines) == 2, err
+    lines = err.splitlines()  # GC shows stderr as warnings: only the three failures, one line each
+    assert len(lines) == 3, err
     assert lines[0].startswith(f"error: {folders / 'input' / 'images' / T1 / 'case.mha'}: cannot be read as an image")
-    assert lines[1].startswith(f"error: {folders / 'input'}: no input image found")
+    assert lines[1].startswith(f"error: {folders / 'input' / 'images' / T1 / 'bad.mha'}: cannot be read as an image")
+    assert lines[2].startswith(f"error: {folders / 'input'}: no input image found")
     assert out.count("loading 6 members") == 2 and "healthy " in out  # each ensemble loaded once
 
 

@@ -202,10 +202,29 @@ def build_parser() -> argparse.ArgumentParser:
     benchmark.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     benchmark.add_argument("--out", type=Path, default=Path("benchmark.json"), help="JSON report")
     _add_selection_commands(subcommands)
+    phantoms = subcommands.add_parser(
+        "phantoms", help="write labelled phantom cases in nnU-Net's raw layout, to try select and evaluate on",
+        description="Abdominal-MRI-like phantoms (the demo's generator: body, liver, pancreas, a tumor in it; T1- or "
+                    "T2-like contrast and geometry drawn from each seed) as an nnU-Net raw dataset: OUT/imagesTr/"
+                    "<flavour>_<seed>_0000.nii.gz, OUT/labelsTr/<flavour>_<seed>.nii.gz and OUT/dataset.json with "
+                    "the label map you choose. Then: select --images OUT/imagesTr --labels OUT/labelsTr, or evaluate "
+                    "(the truth's tumor label is read from OUT/dataset.json). Phantoms are not patients: they show "
+                    "that the commands run and what they print, not how your folds score.")
+    phantoms.add_argument("--out", type=Path, required=True, help="a new (or empty) folder")
+    phantoms.add_argument("--count", type=int, default=4, help="how many cases (default: 4)")
+    phantoms.add_argument("--flavour", choices=("t1", "t2"), default="t1", help="Task 1 (diagnostic T1W) or Task 2 "
+                          "(MR-Linac T2W) contrast and geometry (default: t1)")
+    phantoms.add_argument("--labels", choices=("panther", "demo"), default="panther",
+                          help="panther: 1 pancreas, 2 tumor, as PANTHER's annotations; demo: 1 tumor, 2 pancreas, as "
+                               "the demo's folds (default: panther)")
+    phantoms.add_argument("--seed", type=int, default=1, help="the first case's seed; the others follow it "
+                          "(default: 1)")
     summarize = subcommands.add_parser("summarize", help="a cohort's totals from predict's --records files",
-                                    description="Cases predicted, skipped and failed (a case's latest record counts), "
-                                                "seconds, members dropped, the slowest cases and every failure, from "
-                                                "the JSON lines predict --records appended (any number of files).")
+                                    description="Cases done (predicted, or skipped as finished), failed and "
+                                                "interrupted (a case's latest record counts), seconds, members "
+                                                "dropped, the slowest cases, every case not done and how to resubmit "
+                                                "it, from the JSON lines predict --records appended (any number of "
+                                                "files). Exit 0 when every case is done, 1 otherwise.")
     summarize.add_argument("records", type=Path, nargs="+", help="records files")
     summarize.add_argument("--slowest", type=int, default=5, help="how many slowest cases to list (default: 5)")
     return parser
@@ -309,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                "preview": commands.run_preview,
                "benchmark": commands.run_benchmark, "export-onnx": commands.run_export_onnx,
                "export-model": commands.run_export_model,
-               "select": commands.run_select, "cost": commands.run_cost, "summarize": commands.run_summarize}
+               "select": commands.run_select, "cost": commands.run_cost, "summarize": commands.run_summarize,
+               "phantoms": commands.run_phantoms}
     return _run(actions[args.command], args)
 
 

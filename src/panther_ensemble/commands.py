@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .core.errors import PantherError, finite_number
-from .core.stop import write_text_atomically
+from .core.stop import write_text_atomically, written_atomically
 
 if TYPE_CHECKING:
     from .engine.spec import EnsembleSpec
@@ -60,8 +60,12 @@ def run_serve(args: argparse.Namespace) -> None:
 
 def run_summarize(args: argparse.Namespace) -> None:
     from .app.cohort import summarize
+    from .core.errors import AlreadyReported
 
-    print(summarize(args.records, args.slowest))
+    text, complete = summarize(args.records, args.slowest)
+    print(text)
+    if not complete:  # exit 1: a scheduler's loop resubmits until it is 0
+        raise AlreadyReported("the cohort is incomplete")
 
 
 def _evaluation(args: argparse.Namespace) -> tuple[dict, str]:
@@ -99,8 +103,10 @@ def run_evaluate(args: argparse.Namespace) -> None:
         write_text_atomically(args.out, json.dumps(result, indent=2) + "\n")
     if args.json:  # stdout is the JSON alone, for jq and scripts
         print(json.dumps(result, indent=2))
-    else:
-        print((f"wrote {args.out}: " if args.out else "") + summary.strip())
+        return
+    print(summary.strip())
+    if args.out is not None:
+        print(f"wrote {args.out}")
 
 
 def run_preview(args: argparse.Namespace) -> None:
@@ -238,3 +244,25 @@ def run_cost(args: argparse.Namespace) -> None:
     with progress_on_stderr(args.json):  # --json: stdout is the JSON alone ('here' logs its rates' origin)
         cost = _cost(args)
     print(json.dumps(cost, indent=2) if args.json else format_cost(cost))
+
+
+def run_phantoms(args: argparse.Namespace) -> None:
+    try:
+        from .demo.phantom import panther_label_map
+        from .demo.sample_cases import write_raw_dataset
+    except ModuleNotFoundError as e:  # the image leaves the demo package out
+        raise PantherError(f"phantoms needs {e.name}, which this installation lacks (run it from a checkout: "
+                           "pip install -e .)") from None
+    if args.count < 1:
+        raise PantherError(f"--count must be at least 1, got {args.count}")
+    if args.out.exists() and (not args.out.is_dir() or any(args.out.iterdir())):
+        raise PantherError(f"--out {args.out}: exists and is not an empty folder")
+    labels = {"background": 0, "pancreas": 1, "tumor": 2} if args.labels == "panther" else \
+        {"background": 0, "tumor": 1, "pancreas": 2}
+    seeds = range(args.seed, args.seed + args.count)
+    with written_atomically(args.out) as partial:
+        write_raw_dataset(partial, args.flavour, seeds, labels,
+                          label_map=panther_label_map if args.labels == "panther" else None, flavour=args.flavour)
+    print(f"wrote {args.count} {args.flavour.upper()} phantom case(s) to {args.out} (imagesTr/, labelsTr/, "
+          f"dataset.json: {labels}); try: panther-ensemble select --candidates YOUR_SPEC --images "
+          f"{args.out / 'imagesTr'} --labels {args.out / 'labelsTr'} --out chosen.toml")

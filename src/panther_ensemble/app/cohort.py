@@ -29,6 +29,9 @@ from ..core.errors import PantherError
 from ..engine.image import Header
 
 SHARD_COUNT_VARIABLE = "PANTHER_SHARD_COUNT"
+# A case's record says how it ended (app.cases decides it): done means ok or skipped (its mask is there)
+OK, SKIPPED, ERROR, INTERRUPTED = "ok", "skipped", "error", "interrupted"
+DONE = (OK, SKIPPED)
 
 
 @dataclass(frozen=True)
@@ -154,21 +157,23 @@ def read_records(files: list[Path]) -> tuple[list[dict], int]:
     return entries, broken
 
 
-def summarize(files: list[Path], slowest: int = 5) -> str:
-    """A cohort's totals from its records: cases done (predicted, or skipped as finished) and failed (the latest
-    record of a case decides), failures, seconds and the slowest cases, members dropped, cases per shard."""
+def summarize(files: list[Path], slowest: int = 5) -> tuple[str, bool]:
+    """A cohort's totals from its records, and whether it is complete: a case's latest record decides, and a case is
+    done when it is ok or skipped (its mask is there); failed and interrupted cases are not, and are listed to
+    resubmit (with their shards). Also the seconds and the slowest cases, members dropped, cases per shard."""
     entries, broken = read_records(files)
     if not entries:
         raise PantherError(f"{', '.join(map(str, files))}: no records")
     latest = {e["input"]: e for e in entries}  # in file order: a rerun's record replaces the earlier one
-    predicted = {e["input"]: e for e in entries if e["status"] == "ok"}  # each case's latest prediction
-    twice = [case for case, n in Counter(e["input"] for e in entries if e["status"] == "ok").items() if n > 1]
-    failed = sorted((e for e in latest.values() if e["status"] == "error"), key=lambda e: e["case"])
-    skips = sum(e["status"] == "skipped" for e in entries)
+    predicted = {e["input"]: e for e in entries if e["status"] == OK}  # each case's latest prediction
+    twice = [case for case, n in Counter(e["input"] for e in entries if e["status"] == OK).items() if n > 1]
+    undone = sorted((e for e in latest.values() if e["status"] not in DONE), key=lambda e: e["case"])
+    failed = [e for e in undone if e["status"] == ERROR]
+    skips = sum(e["status"] == SKIPPED for e in entries)
     lines = [f"{len(latest)} case(s) in {len(entries)} record(s) from {len(files)} file(s): "
-             f"{len(latest) - len(failed)} done, {len(failed)} failed; {len(predicted)} predicted"
-             + (f" ({len(twice)} more than once)" if twice else "") + f", {skips} skip(s) of a finished mask"
-             + (f"; {broken} unreadable line(s)" if broken else "")]
+             f"{len(latest) - len(undone)} done, {len(failed)} failed, {len(undone) - len(failed)} interrupted; "
+             f"{len(predicted)} predicted" + (f" ({len(twice)} more than once)" if twice else "")
+             + f", {skips} skip(s) of a finished mask" + (f"; {broken} unreadable line(s)" if broken else "")]
     if predicted:
         done = list(predicted.values())
         seconds = [e["seconds"] for e in done]
@@ -182,5 +187,12 @@ def summarize(files: list[Path], slowest: int = 5) -> str:
     shards = Counter(e.get("shard") for e in latest.values())
     if any(shards):
         lines.append("cases per shard: " + ", ".join(f"{s}: {n}" for s, n in sorted(shards.items(), key=str)))
-    lines += [f"failed: {e['case']} (shard {e.get('shard')}): {e.get('error')}" for e in failed]
-    return "\n".join(lines)
+    if not undone:
+        lines.append(f"complete: all {len(latest)} case(s) done")
+        return "\n".join(lines), True
+    lines += [f"{e['status']}: {e['case']} (shard {e.get('shard')}): {e.get('error')}" for e in undone]
+    redo = sorted({str(e.get("shard")) for e in undone if e.get("shard")})
+    lines.append(f"incomplete: resubmit {len(undone)} case(s)" + (f" (shards {', '.join(redo)})" if redo else "")
+                 + " with the same command and --skip-existing (finished masks are kept): "
+                 + ", ".join(e["input"] for e in undone))
+    return "\n".join(lines), False

@@ -4,6 +4,7 @@ images/<socket>/), where the mask goes, and whether it can be written there."""
 from __future__ import annotations
 
 import json
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,9 +15,9 @@ from ..engine.image import IMAGE_SUFFIXES, Header, check_image, image_files, ima
 
 @dataclass
 class CaseInputs:
-    """The image files of one input socket."""
+    """The image files of one input socket (None: a flat folder of images, nnU-Net's imagesTs, names none)."""
 
-    socket: str
+    socket: str | None
     files: list[Path]
     root: Path  # the input folder, symlinks resolved: each file must lead inside it (input_header)
 
@@ -30,12 +31,14 @@ def find_inputs(input_dir: Path) -> CaseInputs:
     if not input_dir.is_dir():
         raise PantherError(f"{input_dir}: input folder does not exist")
     inputs_json = input_dir / "inputs.json"
+    root = input_dir.resolve()  # on GC, /input is itself a symlink to the task's download folder
     if inputs_json.exists():
         folders = _image_sockets_from_inputs_json(inputs_json, input_dir)
     else:
         images = input_dir / "images"
         folders = {p.name: p for p in sorted(images.iterdir()) if p.is_dir()} if images.is_dir() else {}
-    root = input_dir.resolve()  # on GC, /input is itself a symlink to the task's download folder
+        if not folders and image_files(input_dir):  # nnU-Net's flat imagesTs: case_0000.nii.gz, ...
+            return _flat_folder(input_dir, root)
     with_files = {slug: image_files(folder) for slug, folder in folders.items()
                   if inside(root, folder, input_dir) and folder.is_dir()}
     with_files = {slug: files for slug, files in with_files.items() if files}
@@ -50,6 +53,17 @@ def find_inputs(input_dir: Path) -> CaseInputs:
     (socket, files), = with_files.items()
     check_distinct_outputs(files)
     return CaseInputs(socket, files, root)
+
+
+def _flat_folder(input_dir: Path, root: Path) -> CaseInputs:
+    """A folder of images as nnU-Net lays out imagesTs: one channel per case (_0000); the spec names the socket."""
+    files = [f for f in image_files(input_dir) if inside(root, f, input_dir)]
+    channels = [f for f in files if re.search(r"_(?!0000)\d{4}$", image_stem(f))]
+    if channels:
+        raise PantherError(f"{channels[0]}: a second channel of an nnU-Net case (_0001 and up); the ensemble's "
+                           "members take one image (_0000) per case")
+    check_distinct_outputs(files)
+    return CaseInputs(None, files, root)
 
 
 def inside(root: Path, path: Path, named: Path) -> bool:

@@ -32,7 +32,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-from ..core.errors import CaseFailure, PantherError, print_failure
+from ..core.errors import AlreadyReported, CaseFailure, PantherError, print_failure
 from ..core.log import log
 from ..core.stop import on_stop
 
@@ -90,15 +90,26 @@ class InvokeServer(ThreadingHTTPServer):
                 return None, "the caller went away"
             with on_stop(lambda signal_name: None):  # stopped meanwhile: an error line, not a quiet end
                 written = self.predict(started)
-        except Exception as e:  # one line, and the server goes on to the next task
-            print_failure(e)
-            bad_input = isinstance(e, PantherError) and not isinstance(e, CaseFailure)
+        except Exception as e:  # one line (each failed image had its own already), and the server goes on
+            if not isinstance(e, AlreadyReported):
+                print_failure(e)
+            bad_input = e.bad_input if isinstance(e, TaskFailed) else \
+                isinstance(e, PantherError) and not isinstance(e, CaseFailure)
             return (HTTPStatus.UNPROCESSABLE_ENTITY if bad_input else HTTPStatus.INTERNAL_SERVER_ERROR), \
                 "failed: see the log"
         finally:
             self.busy.release()
         log(f"invoke: {len(written)} mask(s) written in {time.perf_counter() - started:.1f}s (201)")
         return HTTPStatus.CREATED, f"{len(written)} mask(s) written"
+
+
+class TaskFailed(AlreadyReported):
+    """Some image of a task failed, each with its line already: the task's answer says whether only the input was
+    at fault (422) or something else (500)."""
+
+    def __init__(self, message: str, bad_input: bool) -> None:
+        super().__init__(message)
+        self.bad_input = bad_input
 
 
 def _refuse_at_once(request: socket.socket) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..core.clock import Origin, now
-from ..core.errors import CaseFailure, PantherError
+from ..core.errors import PantherError
 from ..core.log import StageTimer, log
 from ..engine.deadline import Deadline
 from ..engine.devices import select_device
@@ -23,7 +23,9 @@ from ..engine.ensemble import Ensemble, Placement
 from ..engine.members import Member
 from ..engine.memory import check_host_memory, check_networks_fit
 from ..engine.spec import EnsembleSpec, load_spec
+from .cases import CaseBook
 from .gc_io import check_writable, find_inputs, input_header, output_path
+from .invoke_server import TaskFailed
 from .locations import spec_dirs, spec_origin, specs_by_socket
 from .predict_run import device_placement, host_needs, log_deadline, log_host_memory, predict_case, prepare, task_clock
 
@@ -111,6 +113,9 @@ class LoadedEnsembles:
         options, timer = self.options, StageTimer()
         self.tasks += 1
         inputs = find_inputs(options.input_dir)
+        if inputs.socket is None:
+            raise PantherError(f"{options.input_dir}: images without inputs.json or images/<socket>/: a task names "
+                               "its input socket")
         model = self.loaded.get(inputs.socket)
         if model is None:
             spec = specs_by_socket(spec_dirs()).get(inputs.socket) if options.ensemble is None else None
@@ -121,24 +126,30 @@ class LoadedEnsembles:
                 "task's budget")
             model = self.loaded[inputs.socket] = self._load(spec, timer)
         spec = model.spec
-        headers = {file: input_header(file, inputs.root) for file in inputs.files}
         check_writable(output_path(options.output_dir, spec.output_socket, inputs.files[0]).parent)
-        for file, header in headers.items():
-            check_host_memory(file, host_needs(model.members, header, options.mode, self.device, model.placement,
-                                               networks_loaded=True))
         clock = task_clock(self.job, spec, options.budget, options.time_limit)
-        written = []
-        try:
-            for index, file in enumerate(headers):
-                if index == 0:
-                    deadline = clock.next_task(started, self.tasks)
-                    log_deadline(clock, deadline, started, self.ready)
-                else:
-                    deadline = Deadline(clock.budget)
-                try:
-                    written.append(predict_case(model, file, options.output_dir, timer, deadline)[0])
-                except Exception as e:  # one line naming the case
-                    raise CaseFailure.of(file, e) from e
-        finally:
-            log(timer.summary())
+        book, written = CaseBook(inputs.files, what="task"), []
+        with book.open():  # each image stands alone, as in predict: its one line, the others predicted
+            headers = {}
+            for file in inputs.files:
+                ok, header = book.check(file, input_header, file, inputs.root)
+                if ok and book.check(file, check_host_memory, file, host_needs(
+                        model.members, header, options.mode, self.device, model.placement, networks_loaded=True))[0]:
+                    headers[file] = header
+            try:
+                for index, file in enumerate(headers):
+                    if index == 0:
+                        deadline = clock.next_task(started, self.tasks)
+                        log_deadline(clock, deadline, started, self.ready)
+                    else:
+                        deadline = Deadline(clock.budget)
+                    ok, done = book.attempt(file, predict_case, model, file, options.output_dir, timer, deadline)
+                    if ok:
+                        book.ok(file)
+                        written.append(done[0])
+            finally:
+                log(timer.summary())
+        if book.failed:
+            raise TaskFailed(f"{book.failed} of {len(inputs.files)} image(s) failed", book.bad_input_only())
         return written
+

@@ -56,9 +56,18 @@ def spec_origin(spec: EnsembleSpec) -> str:
     return "--ensemble"
 
 
-def find_spec(socket: str, dirs: list[Path]) -> EnsembleSpec:
-    """The spec whose input_socket is `socket`."""
+def find_spec(socket: str | None, dirs: list[Path]) -> EnsembleSpec:
+    """The spec whose input_socket is `socket`; for a flat folder of images (None: no socket named), the only spec
+    there is."""
     specs = specs_by_socket(dirs)
+    if socket is None:
+        if len(specs) == 1:
+            spec, = specs.values()
+            log(f"spec {spec.path} ({spec_origin(spec)}; a flat folder of images names no socket: the only spec)")
+            return spec
+        seen = ", ".join(f"{spec.path.name} ({spec.input_socket})" for spec in specs.values()) or "none"
+        raise PantherError(f"a flat folder of images (nnU-Net's imagesTs) names no input socket, and there is not "
+                           f"one spec to take (found: {seen}): pass --ensemble")
     if socket in specs:
         log(f"spec {specs[socket].path} ({spec_origin(specs[socket])})")
         return specs[socket]

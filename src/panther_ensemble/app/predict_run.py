@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 import resource
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -14,9 +12,8 @@ import numpy as np
 import torch
 
 from ..core.clock import Origin, TaskOrigin, this_call
-from ..core.errors import AlreadyReported, CaseFailure, PantherError, failure_line, finite_number, print_failure
+from ..core.errors import PantherError, finite_number
 from ..core.log import StageTimer, log, warn
-from ..core.stop import on_stop
 from ..engine.deadline import GC_TIME_LIMIT_SECONDS, Deadline, TaskClock, resolve_budget
 from ..engine.devices import HOST, select_device
 from ..engine.ensemble import Ensemble, Placement
@@ -26,6 +23,7 @@ from ..engine.loading import Verify
 from ..engine.members import Member
 from ..engine.memory import check_host_memory, device_free_bytes, estimate_device, host_bytes, plan_device
 from ..engine.spec import BACKENDS, EnsembleSpec, check_against_weights, load_spec, member_files, network_files
+from .cases import CaseBook
 from .cohort import Records, existing_mask_problem, resolve_shard
 from .gc_io import check_writable, find_inputs, input_header, output_path
 from .locations import find_spec, resolve_weights_root, spec_dirs
@@ -102,8 +100,9 @@ def choose_backend(cli_backend: str | None, spec: EnsembleSpec, mode: str) -> st
     return backend
 
 
-def check_socket(spec: EnsembleSpec, socket: str) -> None:
-    if spec.input_socket != socket:
+def check_socket(spec: EnsembleSpec, socket: str | None) -> None:
+    """The spec is for the input's socket (a flat folder of images names none: any spec)."""
+    if socket is not None and spec.input_socket != socket:
         raise PantherError(f"{spec.path}: is for input socket '{spec.input_socket}', but the input is '{socket}'")
 
 
@@ -185,19 +184,20 @@ def predict_folder(input_dir: Path, output_dir: Path, ensemble: Path | None = No
     if not files:
         log(f"nothing to do: shard {shard} has no cases ({len(inputs.files)} in all)")
         return []
-    cases = _Cases(Records(cohort.records, shard) if cohort.records else None, files)
-    try:
-        return _predict_cases(inputs.socket, files, inputs.root, output_dir, ensemble, weights, device,
-                              (budget, time_limit, origin), mode, backend, timer, cohort, cases)
-    except Exception as e:  # a failure of the whole run (spec, weights, device): every case still gets its record
-        cases.record_the_rest(e)
-        raise
+    book = CaseBook(files, Records(cohort.records, shard) if cohort.records else None)
+    with book.open():  # a stop from here on records every case not yet ended
+        try:
+            return _predict_cases(inputs.socket, files, inputs.root, output_dir, ensemble, weights, device,
+                                  (budget, time_limit, origin), mode, backend, timer, cohort, book)
+        except Exception as e:  # a failure of the whole run (spec, weights, device): every open case its record
+            book.fail_the_rest(e)
+            raise
 
 
-def _predict_cases(socket: str, files: list[Path], root: Path, output_dir: Path, ensemble: Path | None,
+def _predict_cases(socket: str | None, files: list[Path], root: Path, output_dir: Path, ensemble: Path | None,
                    weights: Path | None,
                    device: str, timing: tuple[float | None, float | None, TaskOrigin], mode: str,
-                   backend: str | None, timer: StageTimer, cohort: CohortOptions, cases: _Cases) -> list[Path]:
+                   backend: str | None, timer: StageTimer, cohort: CohortOptions, book: CaseBook) -> list[Path]:
     spec = load_spec(ensemble) if ensemble is not None else find_spec(socket, spec_dirs())
     check_socket(spec, socket)
     budget, time_limit, origin = timing
@@ -205,19 +205,19 @@ def _predict_cases(socket: str, files: list[Path], root: Path, output_dir: Path,
     prepared = prepare(spec, weights, backend, mode, timer)
     headers = {}
     for file in files:
-        ok, header = cases.attempt(file, input_header, file, root)
+        ok, header = book.check(file, input_header, file, root)
         if ok:
             headers[file] = header
     if cohort.skip_existing:
         headers = {file: header for file, header in headers.items() if not _finished(file, header, output_dir, spec,
-                                                                                    cases)}
+                                                                                    book)}
     if not headers:
-        log("nothing to predict: every case's mask is there" if cases.failed == 0 else "nothing left to predict")
-        cases.raise_failures()
+        log("nothing to predict: every case's mask is there" if book.failed == 0 else "nothing left to predict")
+        book.raise_failures()
         return []
     check_writable(output_path(output_dir, spec.output_socket, next(iter(headers))).parent)
     torch_device = select_device(device)
-    log(f"ensemble {spec.path} ({len(spec.members)} members) for {socket}: {len(headers)} image(s)")
+    log(f"ensemble {spec.path} ({len(spec.members)} members) for {spec.input_socket}: {len(headers)} image(s)")
     log_host_memory()
 
     def placement(members: list[Member]) -> Placement:
@@ -225,8 +225,7 @@ def _predict_cases(socket: str, files: list[Path], root: Path, output_dir: Path,
         largest = max(headers.values(), key=lambda h: math.prod(h.shape_zyx))
         chosen = device_placement(members, torch_device, largest.shape_zyx, largest.spacing_zyx)
         for file, header in list(headers.items()):
-            ok, _ = cases.attempt(file, check_host_memory, file, host_needs(members, header, mode, torch_device,
-                                                                             chosen))
+            ok, _ = book.check(file, check_host_memory, file, host_needs(members, header, mode, torch_device, chosen))
             if not ok:
                 del headers[file]
         return chosen
@@ -236,83 +235,30 @@ def _predict_cases(socket: str, files: list[Path], root: Path, output_dir: Path,
     written = []
     try:
         for index, file in enumerate(headers):
-            started = time.perf_counter()
             # one budget per case; the first one's counts from the task's start on GC's clock (loading included)
             deadline = clock.next_task(origin.task.at, origin.number) if index == 0 else Deadline(clock.budget)
             if index == 0:
                 log_deadline(clock, deadline, origin.task.at)
-            interrupted = functools.partial(_interrupted, cases, file, started)
-            with on_stop(interrupted):  # SIGINT or SIGTERM meanwhile: the case's record says so
-                ok, done = cases.attempt(file, predict_case, model, file, output_dir, timer, deadline)
+            ok, done = book.attempt(file, predict_case, model, file, output_dir, timer, deadline)
             if ok:
                 target, volume = done
                 written.append(target)
-                cases.record(file, "ok", time.perf_counter() - started, output=str(target),
-                             members_used=len(spec.members) - len(model.dropped),
-                             members_dropped=[m.spec.name for m in model.dropped], tumor_ml=round(volume, 3))
+                book.ok(file, output=str(target), members_used=len(spec.members) - len(model.dropped),
+                        members_dropped=[m.spec.name for m in model.dropped], tumor_ml=round(volume, 3))
     finally:
         model.close()
         log(timer.summary())
-    cases.raise_failures()
+    book.raise_failures()
     return written
 
 
-class _Cases:
-    """Each case stands alone: what goes wrong in one is one line on stderr naming it (and its record), and the
-    others go on; the run then ends with exit 1. GC's single case: one error line, nothing written."""
-
-    def __init__(self, records: Records | None, files: list[Path]) -> None:
-        self.records, self.files, self.failed = records, files, 0
-        self.recorded: set[Path] = set()
-
-    def attempt(self, file: Path, action, *arguments) -> tuple[bool, object]:
-        """(True, action(*arguments)), or (False, None) where it failed: its line printed, its record written."""
-        started = time.perf_counter()
-        try:
-            return True, action(*arguments)
-        except Exception as e:  # one line naming the case, whatever went wrong (core.errors)
-            error = CaseFailure.of(file, e)
-            if error is not e:
-                error.__cause__ = e  # PANTHER_DEBUG's traceback shows where
-            self.failed += 1
-            print_failure(error)
-            self.record(file, "error", time.perf_counter() - started, error=str(error))
-            return False, None
-
-    def record(self, file: Path, status: str, seconds: float, **fields) -> None:
-        self.recorded.add(file)
-        if self.records is not None:
-            self.records.append(file, status, seconds, **fields)
-
-    def record_the_rest(self, error: BaseException) -> None:
-        """After a failure of the whole run: an error record for every case without one."""
-        if self.records is not None:
-            for file in self.files:
-                if file not in self.recorded:
-                    self.record(file, "error", 0.0, error=failure_line(error))
-
-    def raise_failures(self) -> None:
-        if self.failed:
-            where = f"; each has its record in {self.records.path}" if self.records else ""
-            log(f"{self.failed} of {len(self.files)} case(s) failed: each has its error line on stderr{where}")
-            raise AlreadyReported(f"{self.failed} case(s) failed")
-
-
-def _interrupted(cases: _Cases, file: Path, started: float, signal_name: str) -> None:
-    """The case being predicted and every case not yet recorded: interrupted (a cohort's resume redoes them)."""
-    cases.record(file, "interrupted", time.perf_counter() - started, error=f"interrupted ({signal_name})")
-    for other in cases.files:
-        if other not in cases.recorded:
-            cases.record(other, "interrupted", 0.0, error=f"interrupted ({signal_name}) before it ran")
-
-
-def _finished(file: Path, header: Header, output_dir: Path, spec: EnsembleSpec, cases: _Cases) -> bool:
+def _finished(file: Path, header: Header, output_dir: Path, spec: EnsembleSpec, book: CaseBook) -> bool:
     """--skip-existing: whether the case's mask is there and valid (then it is skipped, and recorded so)."""
     target = output_path(output_dir, spec.output_socket, file)
     problem = existing_mask_problem(target, header)
     if problem is None:
         log(f"skipping {file.name}: {target} is a finished mask")
-        cases.record(file, "skipped", 0.0, output=str(target))
+        book.skipped(file, output=str(target))
         return True
     if problem != "missing":
         log(f"{target}: {problem}: predicting it again")
@@ -356,6 +302,6 @@ def predict_case(model: Ensemble, file: Path, output_dir: Path, timer: StageTime
     if model.postprocessing_note:
         empty = f"; post-processing: {model.postprocessing_note}{empty}"
     log(f"summary {file.name}: {used}/{len(spec.members)} members used, {len(model.dropped)} dropped"
-        f"{' (' + ', '.join(m.spec.name for m in model.dropped) + ')' if model.dropped else ''}; "
+        f"{' (' + ', '.join(model.labels[m.id] for m in model.dropped) + ')' if model.dropped else ''}; "
         f"{budget_note}; peak memory {peak_memory()}{empty}")
     return target, volume

@@ -10,10 +10,20 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 _progress_on_stderr = False  # process-wide, not per thread: networks load and log in threads of their own
+_writer = None  # while a progress bar is shown (core.progress): writes a line above it
 
 
 def log(message: str) -> None:
-    print(message, file=sys.stderr if _progress_on_stderr else sys.stdout, flush=True)
+    if _writer is not None and not _progress_on_stderr:
+        _writer(message)
+    else:
+        print(message, file=sys.stderr if _progress_on_stderr else sys.stdout, flush=True)
+
+
+def write_above(writer) -> None:
+    """While a progress bar is shown, log lines go through `writer` (the bar's), so the bar stays below them."""
+    global _writer
+    _writer = writer
 
 
 @contextmanager
@@ -60,10 +70,3 @@ class StageTimer:
     def summary(self) -> str:
         stages = " | ".join(f"{name} {seconds:.2f}s" for name, seconds in self.seconds.items())
         return f"timing: {stages} | total {self.elapsed():.2f}s"
-
-
-def log_tile_progress(label: str, done: int, total: int, step: int = 1) -> None:
-    """A plain progress line at every tenth of the tiles, `done` having grown by `step` (no carriage returns:
-    GC logs are files)."""
-    if done == total or (done * 10) // total != ((done - step) * 10) // total:
-        log(f"  {label}: tile {done}/{total}")

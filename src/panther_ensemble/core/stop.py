@@ -50,12 +50,28 @@ def written_atomically(path: Path) -> Iterator[Path]:
     with partial_file(partial):
         try:
             yield partial
-            if path.is_dir() and partial.is_dir():
-                shutil.rmtree(path)  # a folder replaced: the old one goes only once the new one is whole
-            os.replace(partial, path)
+            _put_in_place(partial, path)
         except BaseException:
             _remove(partial)
             raise
+
+
+def _put_in_place(partial: Path, path: Path) -> None:
+    """`partial` becomes `path`. A folder replaced is swapped under the stop lock (the old one aside, the new one
+    in): a stop sees the old one in place with the partial beside it (removed), or the new one in place, never
+    neither; the old one goes last."""
+    if not (path.is_dir() and partial.is_dir() and not path.is_symlink()):
+        os.replace(partial, path)
+        return
+    old = path.with_name(f".{path.name}.old")
+    _remove(old)  # a leftover of a run killed outright
+    with partial_file(old):  # a stop once the new one is in place removes the old one
+        with _lock:  # the stop thread removes partials under it too
+            if not partial.exists():
+                raise InterruptedError(f"{partial}: removed by a stop")
+            os.replace(path, old)
+            os.replace(partial, path)
+        _remove(old)
 
 
 def write_text_atomically(path: Path, text: str) -> Path:
@@ -104,10 +120,10 @@ def install(quiet_when_idle: bool = False) -> None:
 def _wait() -> None:
     number = signal.sigwait(SIGNALS)
     name = signal.Signals(number).name
-    with _lock:
+    with _lock:  # under the lock: never while a folder is being swapped into place (_put_in_place)
         busy, callbacks, partials = _busy, list(_on_stop), list(_partials)
-    for path in partials:
-        _remove(path)
+        for path in partials:
+            _remove(path)
     for callback in callbacks:
         with suppress(Exception):  # a record that cannot be written must not keep the process alive
             callback(name)

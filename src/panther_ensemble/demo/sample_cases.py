@@ -55,9 +55,9 @@ def write_held_out(flavour: str, folder: Path) -> Path:
     return Path(folder)
 
 
-def write_raw_dataset(folder: Path, prefix: str, seeds, labels: dict[str, int], label_map=None, resample=None
-                      ) -> None:
-    """T1 phantoms as an nnU-Net raw dataset (imagesTr/<prefix>_<seed>_0000.nii.gz, labelsTr/<prefix>_<seed>.nii.gz,
+def write_raw_dataset(folder: Path, prefix: str, seeds, labels: dict[str, int], label_map=None, resample=None,
+                      flavour: str = "t1") -> None:
+    """Phantoms as an nnU-Net raw dataset (imagesTr/<prefix>_<seed>_0000.nii.gz, labelsTr/<prefix>_<seed>.nii.gz,
     dataset.json); `label_map` turns a phantom's labels into the dataset's, `resample(image, interpolator)` changes
     its grid. Nothing is written where dataset.json exists."""
     if (folder / "dataset.json").exists():
@@ -65,12 +65,12 @@ def write_raw_dataset(folder: Path, prefix: str, seeds, labels: dict[str, int], 
     for sub in ("imagesTr", "labelsTr"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
     for seed in seeds:
-        phantom = make_phantom(seed, "t1")
+        phantom = make_phantom(seed, flavour)
         image, label = phantom.image, label_map(phantom.label) if label_map else phantom.label
         if resample is not None:
             image, label = resample(image, sitk.sitkLinear), resample(label, sitk.sitkNearestNeighbor)
         sitk.WriteImage(image, str(folder / "imagesTr" / f"{prefix}_{seed}_0000.nii.gz"))
         sitk.WriteImage(label, str(folder / "labelsTr" / f"{prefix}_{seed}.nii.gz"))
-    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "T1"}, "labels": labels,
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": flavour.upper()}, "labels": labels,
                                                      "numTraining": len(seeds), "file_ending": ".nii.gz"}, indent=2))
 

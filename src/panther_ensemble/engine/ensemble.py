@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..core.errors import PantherError
-from ..core.log import StageTimer, log, log_tile_progress, warn
+from ..core.log import StageTimer, log, warn
 from .cuda_graph import GraphedForward, capture
 from .deadline import Deadline, FinalStage
 from .devices import HOST, out_of_memory, release_device_memory
@@ -28,7 +28,7 @@ from .members import Member, Network, describe_member, import_case_code, load_ne
 from .postprocess import load_nnunet_postprocessing, nnunet_needs_the_whole_grid, postprocess
 from .preprocess import preprocess, preprocessing_key
 from .sliding_window import NonFiniteLogits, sliding_window_logits, tile_count, tiles_per_forward
-from .spec import EnsembleSpec
+from .spec import EnsembleSpec, member_labels
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class Ensemble:
         self.mode = mode
         self.placement = placement or Placement()
         self.groups = group_members(members)
+        self.labels = member_labels([m.id for m in members])  # short and unique among them, for the log
         self.loader = NetworkLoader([m for group in self.groups for m in group], device, verify,
                                     keep=self.placement.keep_networks)
         self._graphs: dict[str, GraphedForward | None] = {}  # per architecture and tile shape
@@ -157,8 +158,6 @@ class Ensemble:
                     warn(f"out of device memory loading {member.spec.name}: this member runs on the host")
                     release_device_memory()
                     device, network = HOST, load_network(member, HOST)
-                if completed == 0:
-                    log(f"  {member.spec.name}: network ready {timer.elapsed():.1f}s after start")
                 try:
                     with timer.stage("forward"):
                         logits = self._member_logits(member, network, prepared.data, deadline, completed, device)
@@ -170,15 +169,17 @@ class Ensemble:
                     continue
                 del network
                 self.loader.done_with(member)
-                log(f"  {member.spec.name}: forward in {timer.last['forward']:.2f}s")
                 if logits is None:
                     self._drop(group[m:], "projected to finish past the budget")
                     break
-                started = time.perf_counter()
+                forward, started = timer.last["forward"], time.perf_counter()
                 yield member, logits, prepared.properties
                 del logits
                 deadline.record_finish(time.perf_counter() - started)
                 completed += 1
+                # one line per member: its forwards, and what the caller did with its logits (the export)
+                log(f"  member {self.members.index(member) + 1}/{len(self.members)} {self.labels[member.id]}: "
+                    f"{tiles} tiles in {forward:.2f}s, to the input grid in {time.perf_counter() - started:.2f}s")
             del prepared
 
     def _member_logits(self, member: Member, network: Network, data: torch.Tensor, deadline: Deadline,
@@ -186,14 +187,12 @@ class Ensemble:
         """The member's sliding window on `device`, the deadline asked after every forward; None where it stopped
         it; NonFiniteLogits where its output holds NaN or Inf."""
         patch = member.configuration_manager.patch_size
-        label = f"{member.spec.name}, patch {patch}"
         if device.type == "cuda" and self.mode == "fast" and self.placement.capture_graphs \
                 and isinstance(network, torch.nn.Module):
             network = self._graphed(member, network)
 
         def on_forward(tiles: range, total: int, seconds: float) -> bool:
             deadline.record_forward(seconds, warm_up=tiles.start == 0, tiles=len(tiles))
-            log_tile_progress(label, tiles.stop, total, len(tiles))
             return deadline.member_fits(total - tiles.stop, completed)
 
         return sliding_window_logits(data, network, patch, member.label_manager.num_segmentation_heads, device,
@@ -213,7 +212,7 @@ class Ensemble:
     def _drop(self, members: list[Member], why: str) -> None:
         if members:
             self.dropped += members
-            log(f"budget: dropped {len(members)} member(s) ({why}): {', '.join(m.spec.name for m in members)}")
+            log(f"budget: dropped {len(members)} member(s) ({why}): {', '.join(self.labels[m.id] for m in members)}")
 
     def new_sum(self, image: Image) -> ProbabilitySum:
         """An empty probability sum on the image's grid, where the placement puts the input-grid stage."""
@@ -232,7 +231,6 @@ class Ensemble:
                 total.add(logits, member, properties, member.spec.weight, self.mode)
             del logits
             added += 1
-            log(f"  {member.spec.name}: to the input grid in {timer.last['resample']:.1f}s")
         if added == 0:
             raise PantherError(f"{image.path}: every member's output held NaN or Inf; no mask")
         with timer.stage("combine"):

@@ -17,6 +17,7 @@ import torch
 from ..app.predict_run import device_placement, host_needs
 from ..core.errors import PantherError, naming_the_case
 from ..core.log import StageTimer, log
+from ..core.progress import Progress
 from ..engine.ensemble import Ensemble, Placement
 from ..engine.image import IMAGE_SUFFIXES, Image, check_image, image_files_by_id, read_image
 from ..engine.input_grid import ProbabilitySum
@@ -90,23 +91,31 @@ def compare_members(spec: EnsembleSpec, weights_root: Path, images_dir: Path, la
     labels = member_labels([m.id for m in spec.members])
     rows: dict[str, dict[str, dict]] = {labels[m.id]: {} for m in spec.members}
     rows[ENSEMBLE] = {}
-    for case, image_file, label_file in cases:
-        with naming_the_case(image_file):
-            image, truth = read_labelled_case(image_file, label_file, spec.tumor_label)
-            spacing = tuple(reversed(image.spacing))
-            total = ensemble.new_sum(image)
-            for member, alone in each_member_alone(ensemble, image, timer):
-                rows[labels[member.id]][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
-                total.add_sum(alone, member.spec.weight)
-            rows[ENSEMBLE][case] = tumor_metrics(total.mask(spec.tumor_label), truth, spacing)
-            if ensemble.postprocessing is not None:
-                rows.setdefault(POSTPROCESSED, {})[case] = tumor_metrics(
-                    ensemble.postprocessed_mask(total, image) > 0, truth, spacing)
-        log(f"{case}: ensemble Dice {rows[ENSEMBLE][case]['volumetric_dice']:.3f}")
+    with Progress(len(cases), "evaluate") as progress:
+        for case, image_file, label_file in cases:
+            _compare_case(ensemble, spec, labels, rows, case, image_file, label_file, timer)
+            progress.advance()
     log(timer.summary())
     members = {labels[m.id]: str(m.id) for m in spec.members}
     return {name: {**({"member": members[name]} if name in members else {}), "per_subject": per_subject,
                    "aggregates": aggregate(per_subject)} for name, per_subject in rows.items()}
+
+
+def _compare_case(ensemble: Ensemble, spec: EnsembleSpec, labels: dict, rows: dict, case: str, image_file: Path,
+                  label_file: Path, timer: StageTimer) -> None:
+    """One labelled case's row in the member table: each member alone, the ensemble (and post-processed)."""
+    with naming_the_case(image_file):
+        image, truth = read_labelled_case(image_file, label_file, spec.tumor_label)
+        spacing = tuple(reversed(image.spacing))
+        total = ensemble.new_sum(image)
+        for member, alone in each_member_alone(ensemble, image, timer):
+            rows[labels[member.id]][case] = tumor_metrics(alone.mask(spec.tumor_label), truth, spacing)
+            total.add_sum(alone, member.spec.weight)
+        rows[ENSEMBLE][case] = tumor_metrics(total.mask(spec.tumor_label), truth, spacing)
+        if ensemble.postprocessing is not None:
+            rows.setdefault(POSTPROCESSED, {})[case] = tumor_metrics(
+                ensemble.postprocessed_mask(total, image) > 0, truth, spacing)
+    log(f"{case}: ensemble Dice {rows[ENSEMBLE][case]['volumetric_dice']:.3f}")
 
 
 def format_table(result: dict[str, dict]) -> str:

@@ -27,6 +27,7 @@ import torch
 
 from ..core.errors import PantherError, finite_number, naming_the_case
 from ..core.log import StageTimer, log, warn
+from ..core.progress import Progress
 from ..engine.host_limits import available_memory
 from ..engine.image import check_image
 from ..engine.postprocess import PostProcessing, postprocess
@@ -126,13 +127,16 @@ def predict_candidates(spec: EnsembleSpec, weights_root: Path, cases: list[tuple
     budget = (available_memory() or (8 * 2 ** 30, ""))[0] * MEMORY_SHARE
     kept_bytes, result = 0, []
     try:
-        for name, image_file, label_file in cases:
-            with naming_the_case(image_file):
-                result.append(_predict_case(ensemble, name, image_file, label_file, spec.tumor_label, work, timer,
-                                            budget - kept_bytes))
-            kept_bytes += sum(p.nbytes for p in result[-1].probabilities.values() if not isinstance(p, np.memmap))
-            log(f"{name}: {len(ensemble.members)} candidates predicted; {result[-1].voxels.size} of "
-                f"{result[-1].truth.size} voxels can be foreground in some ensemble")
+        with Progress(len(cases), "select: every candidate on each case") as progress:
+            for name, image_file, label_file in cases:
+                with naming_the_case(image_file):
+                    result.append(_predict_case(ensemble, name, image_file, label_file, spec.tumor_label, work,
+                                                timer, budget - kept_bytes))
+                kept_bytes += sum(p.nbytes for p in result[-1].probabilities.values()
+                                  if not isinstance(p, np.memmap))
+                log(f"{name}: {len(ensemble.members)} candidates predicted; {result[-1].voxels.size} of "
+                    f"{result[-1].truth.size} voxels can be foreground in some ensemble")
+                progress.advance()
     finally:
         ensemble.close()
     return result
@@ -239,35 +243,43 @@ STEPS_PER_CANDIDATE = 4
 
 
 def select(cases: list[Case], candidates: list[MemberId], price: Price, budget: float | None, objective: str,
-           tumor_label: int) -> tuple[list[Step], dict[MemberId, dict]]:
-    """The greedy path (first step: the best single candidate that fits), and every candidate alone; at most
-    STEPS_PER_CANDIDATE steps per candidate."""
+           tumor_label: int) -> tuple[list[Step], dict[MemberId, dict], str]:
+    """The greedy path (first step: the best single candidate that fits), every candidate alone, and why the path
+    stopped (said in the log too); at most STEPS_PER_CANDIDATE steps per candidate."""
     alone = {k: score(cases, {k: 1.0}, tumor_label)[0] for k in candidates}
     fits = [k for k in candidates if budget is None or price([k]) <= budget]
     if not fits:
         raise ValueError("no candidate fits the budget (run_selection checks this before predicting)")
     first = fits[best_option([alone[k] for k in fits], objective)]
     labels = member_labels(candidates)
+    log(f"step 1: the best single candidate{' that fits the budget' if len(fits) < len(candidates) else ''}: "
+        f"{labels[first]} -> Dice {alone[first]['mean_volumetric_dice']:.4f}, {price([first]):.1f} s projected")
     path = [Step(first, {first: 1.0}, alone[first], price([first]))]
     while True:
         if len(path) >= STEPS_PER_CANDIDATE * len(candidates):
-            log(f"stopped at the bound of {len(path)} steps ({STEPS_PER_CANDIDATE} per candidate)")
-            return path, alone
+            stopped = f"the bound of {len(path)} steps ({STEPS_PER_CANDIDATE} per candidate)"
+            break
         current = path[-1]
-        options = [(None, current.weights, current.aggregates, current.seconds)]
+        options, too_dear = [(None, current.weights, current.aggregates, current.seconds)], []
         for k in candidates:
             seconds = price([*current.weights, k])  # a member chosen again costs nothing more
             if budget is not None and seconds > budget:
+                too_dear.append(labels[k])
                 continue
             weights = {**current.weights, k: current.weights.get(k, 0.0) + 1.0}
             options.append((k, weights, score(cases, weights, tumor_label)[0], seconds))
         chosen = best_option([o[2] for o in options], objective)
-        if chosen == 0:  # nothing improves the current ensemble, or nothing more fits
-            return path, alone
+        if chosen == 0:
+            stopped = f"no candidate that fits improves the ensemble of step {len(path)} on {objective}"
+            if too_dear:
+                stopped += f"; {len(too_dear)} would not fit the {budget:g} s budget ({', '.join(too_dear)})"
+            break
         k, weights, aggregates, seconds = options[chosen]
         path.append(Step(k, weights, aggregates, seconds))
         log(f"step {len(path)}: + {labels[k]} -> Dice {aggregates['mean_volumetric_dice']:.4f}, "
             f"{seconds:.1f} s projected")
+    log(f"stopped: {stopped}")
+    return path, alone, stopped
 
 
 def empty_aggregates(cases: list[Case]) -> dict:
@@ -377,6 +389,7 @@ class Selection:
     held_out: dict | None
     post: PostChoice | None = None  # post-processing chosen with the members
     objective: str = "rank"
+    stopped: str = ""  # why the greedy path ended
 
 
 def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, labels: Path, out: Path,
@@ -405,7 +418,7 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
                            f"{target.name} for a {' x '.join(map(str, shape))} case")
     with tempfile.TemporaryDirectory(prefix="panther-select-") as work:
         scored = predict_candidates(candidates, weights_root, cases, device, Path(work), backend)
-        path, alone = select(scored, ids, pool.total, budget, objective, candidates.tumor_label)
+        path, alone, stopped = select(scored, ids, pool.total, budget, objective, candidates.tumor_label)
         post = None
         if postprocessing:
             post = choose_postprocessing(scored, path, postprocessing_candidates(organ_label(members,
@@ -429,4 +442,4 @@ def run_selection(candidates: EnsembleSpec, weights_root: Path, images: Path, la
                                              path[-1].weights, path[0].candidate, candidates.tumor_label,
                                              post.chosen if post else None)
     written = write_spec(out, candidates, path, pool, objective, budget, weights_root, post)
-    return Selection(written, path, alone, ids, pool, comparison, post, objective)
+    return Selection(written, path, alone, ids, pool, comparison, post, objective, stopped)

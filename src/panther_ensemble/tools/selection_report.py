@@ -15,8 +15,12 @@ COLUMNS = {"mean_volumetric_dice": "Dice", "mean_surface_dice": "Surface Dice", 
 
 
 def path_table(selection: Selection) -> str:
+    """The path, the best single candidate it starts from and why it stopped."""
     labels = member_labels(selection.candidates)
-    rows = ["| step | member | weight | " + " | ".join(COLUMNS.values()) + " | projected s |",
+    first = selection.path[0].candidate
+    rows = [f"The best single candidate (step 1, the one the ensemble is compared with): {labels[first]}; "
+            f"stopped: {selection.stopped}.", "",
+            "| step | member | weight | " + " | ".join(COLUMNS.values()) + " | projected s |",
             "| --- | --- | --- | " + " | ".join("---" for _ in COLUMNS) + " | --- |"]
     for number, step in enumerate(selection.path, start=1):
         values = " | ".join(f"{step.aggregates[key]:.4g}" for key in COLUMNS)
@@ -106,7 +110,8 @@ def write_report(selection: Selection, target: str, folder: Path) -> list[Path]:
     plot(selection, target, png)
     labels = member_labels(selection.candidates)
     write_text_atomically(data, json.dumps({
-        "spec": str(selection.spec), "target": target,
+        "spec": str(selection.spec), "target": target, "stopped": selection.stopped,
+        "best_single": str(selection.path[0].candidate),
         "candidates": {str(k): {**k.as_dict(), "label": labels[k]} for k in selection.candidates},
         "path": [{"member": str(s.candidate), "weights": {str(k): w for k, w in s.weights.items()},
                   "aggregates": s.aggregates, "projected_seconds": s.seconds} for s in selection.path],
