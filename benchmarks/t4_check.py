@@ -57,8 +57,8 @@ def number(pattern: str, text: str, default: float | None = None) -> float | Non
 
 def read_log(log: str) -> dict:
     """The figures of one run, from its log."""
-    forwards = [float(x) for x in re.findall(r": forward in ([\d.]+)s", log)]
-    tiles = [int(t) for t in re.findall(r"tile (\d+)/\1\b", log)]
+    members = re.findall(r"member \d+/\d+ .*: (\d+) tiles in ([\d.]+)s", log)  # one line per member
+    tiles, forwards = [int(t) for t, _ in members], [float(f) for _, f in members]
     per_tile = [f / t for f, t in zip(forwards, tiles) if t]
     return {
         "estimate_gib": number(r"estimate ([\d.]+) GiB", log),

@@ -41,7 +41,8 @@ def test_member_table_rows_and_ensemble_consistency(workspace, labelled, tmp_pat
     table = format_table(result).splitlines()
     assert len(table) == 2 + len(result) and table[-1].startswith("| **ensemble** |")
     assert sum(line.count("**") for line in table[2:]) >= 2 * 5  # a bold best in every column
-    assert "nnUNetTrainer_DA5Segord0_150epochs fold 0 (best)" in "\n".join(table)
+    assert "| nnUNetTrainer_DA5Segord0_150epochs nnUNetPlans fold 0 best |" in "\n".join(table)  # plans differ here
+    assert [row["member"] for row in result.values() if "member" in row] == [m.name for m in spec.members]
 
 
 def test_cli_member_table(workspace, labelled, tmp_path):

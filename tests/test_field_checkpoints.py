@@ -80,7 +80,8 @@ def test_field_folds_predict_as_stock_nnunet_does(era, tmp_path):
     """Old-format plans (nnU-Net 2.1: no "architecture" entry) and numpy-1 checkpoints, against nnunetv2's predictor.
     The folds are barely trained: the masks compare probabilities' argmax, tumor or not."""
     input_dir = field_case(tmp_path)
-    spec_path = field_spec(tmp_path / "field.toml", [NUMPY1, "checkpoint_best.pth"], tumor_label=2)
+    # the pancreas (label 2), meant: the barely trained folds find it, not the tumor
+    spec_path = field_spec(tmp_path / "field.toml", [NUMPY1, "checkpoint_best.pth"], tumor_label=2, name="pancreas")
     image = next((input_dir / "images" / SOCKET).iterdir())
     reference = stock_ensemble_mask(image, FIELD / era, load_spec(spec_path))
     assert reference.any(), "the comparison needs voxels of the label"
@@ -131,8 +132,9 @@ def field_case(tmp_path: Path) -> Path:
     return FIELD / "input"
 
 
-def field_spec(path: Path, checkpoints: list[str], tumor_label: int = 1) -> Path:
+def field_spec(path: Path, checkpoints: list[str], tumor_label: int = 1, name: str | None = None) -> Path:
     members = "".join(f'[[member]]\nmodel = "{MODEL}"\nfold = 0\ncheckpoint = "{c}"\n' for c in checkpoints)
+    named = f'tumor_label_name = "{name}"\n' if name else ""
     path.write_text(f'input_socket = "{SOCKET}"\noutput_socket = "pancreatic-tumor-segmentation"\n'
-                    f"tumor_label = {tumor_label}\n{members}")
+                    f"tumor_label = {tumor_label}\n{named}{members}")
     return path

@@ -128,6 +128,7 @@ def test_manifest_failure_of_a_later_member_writes_nothing(workspace, tmp_path, 
 class _FakeMember:
     def __init__(self, index: int) -> None:
         self.index = index
+        self.id = ("member", index)  # the loader keys its futures by a member's identity
 
 
 def test_moving_through_many_images_with_members_dropped_is_race_free(monkeypatch):

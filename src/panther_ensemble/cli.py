@@ -322,8 +322,11 @@ def exit_now(code: int) -> None:
     os._exit(code)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, process_clock: bool = False) -> int:
+    """The command line in this process. `process_clock`: this process was started for the command (the console
+    scripts), so a task's budget counts from its start (core.clock); else from the call."""
     args = build_parser().parse_args(argv)
+    args.process_clock = process_clock
     actions = {"predict": commands.run_predict, "serve": commands.run_serve, "evaluate": commands.run_evaluate,
                "preview": commands.run_preview,
                "benchmark": commands.run_benchmark, "export-onnx": commands.run_export_onnx,
@@ -333,9 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     return _run(actions[args.command], args)
 
 
-def inference_main(argv: list[str] | None = None) -> int:
+def inference_main(argv: list[str] | None = None, process_clock: bool = False) -> int:
     parser = inference_parser()
     args = parser.parse_args(argv)
+    args.process_clock = process_clock
     if args.api == "invoke":
         given = [o for o, v in (("--shard", args.shard), ("--shard-count", args.shard_count),
                                 ("--skip-existing", args.skip_existing), ("--records", args.records)) if v]
@@ -348,13 +352,13 @@ def inference_main(argv: list[str] | None = None) -> int:
 def console_main() -> None:
     """The panther-ensemble console script (SIGINT and SIGTERM: one line, core.stop)."""
     stop.install(quiet_when_idle=sys.argv[1:2] == ["serve"])
-    exit_now(main())
+    exit_now(main(process_clock=True))
 
 
 def inference_console_main() -> None:
     """`python inference.py`, the image's entrypoint."""
     stop.install(quiet_when_idle=inference_parser().parse_known_args()[0].api == "invoke")
-    exit_now(inference_main())
+    exit_now(inference_main(process_clock=True))
 
 
 if __name__ == "__main__":

@@ -37,14 +37,14 @@ def run_predict(args: argparse.Namespace) -> None:
     predict_folder(args.input, args.output, ensemble=args.ensemble, weights=args.weights, device=args.device,
                    budget=args.budget, mode=args.mode, backend=args.backend,
                    cohort=CohortOptions(args.shard, args.shard_count, args.skip_existing, args.records),
-                   time_limit=args.time_limit, origin=exec_task())
+                   time_limit=args.time_limit, origin=exec_task() if args.process_clock else None)
 
 
 def run_serve(args: argparse.Namespace) -> None:
     from .app.invoke_server import serve  # the port is bound before torch is imported
-    from .core.clock import job_start
+    from .core.clock import job_start, now
 
-    job = job_start()
+    job = job_start() if args.process_clock else now("the server's start")
 
     def load():
         from .app.loaded_ensembles import LoadedEnsembles, ServeOptions

@@ -158,6 +158,8 @@ class Ensemble:
                     warn(f"out of device memory loading {member.spec.name}: this member runs on the host")
                     release_device_memory()
                     device, network = HOST, load_network(member, HOST)
+                if completed == 0 and m == 0 and g == 1:  # what start-up and the first load took (benchmarks read it)
+                    log(f"  first network ready {timer.elapsed():.1f}s after start")
                 try:
                     with timer.stage("forward"):
                         logits = self._member_logits(member, network, prepared.data, deadline, completed, device)
