@@ -261,7 +261,7 @@ tarball_runs() {
         gc_run "$name" "$TAG_NO_WEIGHTS" "$repo/test/input/$task" --volume "$model:/opt/ml/model:ro"
         grep -q "/opt/ml/model/$task.toml" "$work/$name/stdout" \
             || { show_logs "$name"; fail "$name: the spec was not taken from /opt/ml/model"; }
-        grep -q "members ($backend) from /opt/ml/model" "$work/$name/stdout" \
+        grep -q "members ($backend) of Dataset90[12]_PantherT[12] from /opt/ml/model" "$work/$name/stdout" \
             || { show_logs "$name"; fail "$name: the members were not loaded by $backend from /opt/ml/model"; }
         check_case "$name" "$task"
     done
@@ -297,7 +297,7 @@ gc_run "${tasks[0]}-mine-tarball" "$TAG_NO_WEIGHTS" "$repo/test/input/${tasks[0]
     --volume "$work/model-mine:/opt/ml/model:ro"
 grep -q "/opt/ml/model/my_task1.toml" "$work/${tasks[0]}-mine-tarball/stdout" \
     || { show_logs "${tasks[0]}-mine-tarball"; fail "the participant's spec was not taken from the model tarball"; }
-grep -q "Dataset777_MyFolds/" "$work/${tasks[0]}-mine-tarball/stdout" \
+grep -q "members (torch) of Dataset777_MyFolds from /opt/ml/model" "$work/${tasks[0]}-mine-tarball/stdout" \
     || { show_logs "${tasks[0]}-mine-tarball"; fail "the participant's folds were not the ones run"; }
 check_case "${tasks[0]}-mine-tarball" "${tasks[0]}"
 ./build.sh --tag "$TAG-mine" --api exec --ensemble "$mine/my_task1.toml" --weights "$mine/weights"

@@ -378,7 +378,7 @@ def exec_mode(runtime: Runtime, images: dict[str, str], cases: dict[str, Case], 
     container = runtime.run_tasks(images["exec-no-weights"], "exec", [task], model="s3://gc-inputs/model-task1.tar.gz")
     succeeded(runtime, task, t1, container)
     log = "\n".join(container.ours())
-    check("/opt/ml/model/task1.toml" in log and "members (torch) from /opt/ml/model" in log,
+    check("/opt/ml/model/task1.toml" in log and "members (torch) of Dataset901_PantherT1 from /opt/ml/model" in log,
           "the spec and members were not taken from /opt/ml/model")
     print("   return code 0; spec and members from /opt/ml/model (the tarball the shim extracted)")
 

@@ -88,8 +88,10 @@ class Ensemble:
         with timer.stage("load"):
             import_case_code(members)
             ensemble = cls(spec, members, device, mode, placement, verify)
-        log(f"loading {len(spec.members)} members ({backend}) from {weights_root} in {len(ensemble.groups)} "
-            f"preprocessing group(s) on {device}: their networks in the background, in the order they run")
+        datasets = ", ".join(sorted({m.id.dataset for m in spec.members if m.id.dataset})) or "no dataset folder"
+        log(f"loading {len(spec.members)} members ({backend}) of {datasets} from {weights_root} in "
+            f"{len(ensemble.groups)} preprocessing group(s) on {device}: their networks in the background, in the "
+            "order they run")
         return ensemble
 
     @property
