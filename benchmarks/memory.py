@@ -2,7 +2,8 @@
 and attributed to the log line it was printing at the time.
 
     python benchmarks/memory.py [--shape 200,512,512] [--spacing 1.5,0.7,0.7] [--ensemble ensemble/task1.toml]
-                                [--content phantom|noise|noise-float64|noise-int64] [--mode fast] [--work DIR]
+                                [--content phantom|noise|noise-float64|noise-int64|ellipsoid-noise] [--mode fast]
+                                [--work DIR]
                                 [--out FILE]
 
 With PYTHONPATH=<another checkout>/src the child runs that version of the product (an earlier commit's worktree); give
@@ -12,7 +13,9 @@ The case (--content): `phantom`, a Task 1 phantom (panther_ensemble's own genera
 given (z, y, x) grid, with background noise where it has none (as a scanner's images have: nnU-Net's crop keeps the
 whole volume); `noise`, uniform int16 noise in [1, 900) (nothing for the members to recognise, and no image
 compression to speak of); or `noise-float64` / `noise-int64`, the same noise stored as float64 or int64 (what numpy
-makes by default from floats and from integers).
+makes by default from floats and from integers); or `ellipsoid-noise`, int16 Gaussian noise (mean 40, sd 15) under
+a large bright ellipsoid (+300) holding an inner blob (+250), with a sinusoidal shading along x (issue 32's case: an
+image whose content the members answer with large confident regions over most of the grid).
 Reported: peak RSS (sampled, and the run's own summary line, which is the kernel's ru_maxrss), bytes per input voxel,
 and the RSS peak while each log line was the latest.
 """
@@ -42,6 +45,13 @@ def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[f
     target = input_dir / "images" / socket / f"large-{content}.mha"
     if target.exists():
         return target
+    if content == "ellipsoid-noise":
+        array = ellipsoid_noise(shape_zyx, spacing_zyx)
+        image = sitk.GetImageFromArray(array)
+        image.SetSpacing(tuple(reversed(spacing_zyx)))
+        target.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(target), useCompression=True)
+        return target
     if content.startswith("noise"):
         noise = np.random.default_rng(0).integers(1, 900, shape_zyx, dtype=np.int16)
         stored = {"noise": np.int16, "noise-float64": np.float64, "noise-int64": np.int64}[content]
@@ -70,6 +80,26 @@ def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[f
     target.parent.mkdir(parents=True, exist_ok=True)
     sitk.WriteImage(image, str(target), useCompression=True)
     return target
+
+
+def ellipsoid_noise(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> np.ndarray:
+    """Noise (mean 40, sd 15) + a bright ellipsoid over most of the field of view (+300) + an inner blob (+250),
+    times a shading of +-20 % along x; int16, built slice by slice (a float64 volume would be 400 MB)."""
+    z, y, x = (np.arange(n, dtype=np.float32) for n in shape_zyx)
+    mm = [(axis - (n - 1) / 2) * s for axis, n, s in zip((z, y, x), shape_zyx, spacing_zyx)]
+    radii = [0.40 * n * s for n, s in zip(shape_zyx, spacing_zyx)]
+    blob_centre, blob_radius = (0.0, 0.1 * radii[1], -0.25 * radii[2]), 0.25 * min(radii)
+    shading = 1 + 0.2 * np.sin(2 * np.pi * x / shape_zyx[2] * 3)
+    rng = np.random.default_rng(0)
+    out = np.empty(shape_zyx, np.int16)
+    yy, xx = np.meshgrid(mm[1], mm[2], indexing="ij")
+    for k in range(shape_zyx[0]):
+        inside = (mm[0][k] / radii[0]) ** 2 + (yy / radii[1]) ** 2 + (xx / radii[2]) ** 2 <= 1
+        blob = ((mm[0][k] - blob_centre[0]) ** 2 + (yy - blob_centre[1]) ** 2
+                + (xx - blob_centre[2]) ** 2) <= blob_radius ** 2
+        value = rng.normal(40, 15, yy.shape).astype(np.float32) + 300 * inside + 250 * blob
+        out[k] = np.clip(value * shading, 1, 32767).astype(np.int16)
+    return out
 
 
 def run(command: list[str]) -> tuple[list[tuple[str, int]], list[str], int]:
@@ -104,7 +134,7 @@ def main() -> None:
     parser.add_argument("--ensemble", type=Path, default=REPO / "ensemble" / "task1.toml")
     parser.add_argument("--mode", default="fast", choices=("fast", "exact"))
     parser.add_argument("--content", default="phantom", choices=("phantom", "noise", "noise-float64",
-                                                                      "noise-int64"))
+                                                                      "noise-int64", "ellipsoid-noise"))
     parser.add_argument("--work", type=Path, help="scratch folder (default: a temporary one)")
     parser.add_argument("--out", type=Path, help="JSON report")
     args = parser.parse_args()

@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 from conftest import extract_tarball, gc_input, read_mask
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from panther_ensemble.cli import main
 from panther_ensemble.core.errors import PantherError
@@ -384,3 +386,27 @@ def test_the_organ_is_its_largest_component():
     labels[5, 28:32, 43:47] = 2  # ... around a distractor
     tumor, _ = postprocess(labels, 2, SPACING, PostProcessing(organ_label=1, near_organ_mm=0.0), None)
     assert tumor[5, 7, 12] and not tumor[5, 30, 45]
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1), slab_voxels=st.sampled_from([1, 40, 300, 2 ** 23]),
+       spacing=st.sampled_from([(3.0, 1.0, 1.0), (1.0, 0.7, 0.7), (0.5, 2.0, 1.0)]),
+       distance=st.floats(0.1, 8.0))
+def test_the_distance_in_slabs_is_the_whole_box_distance(seed, slab_voxels, spacing, distance):
+    """The organ step's distance transform runs in slabs along z (a component as large as the grid would need 20
+    bytes per voxel at once): its answer is the one distance transform of the whole box's, slab sizes down to one
+    row, components and organs anywhere."""
+    from scipy import ndimage
+
+    from panther_ensemble.engine import postprocess as module
+
+    rng = np.random.default_rng(seed)
+    shape = tuple(int(n) for n in rng.integers(3, 14, 3))
+    organ, component = rng.random(shape) < 0.03, rng.random(shape) < 0.05
+    component &= ~organ
+    if not organ.any() or not component.any():
+        return
+    whole = float(ndimage.distance_transform_edt(~organ, sampling=spacing)[component].min()) <= distance
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(module, "EDT_VOXELS", slab_voxels)
+        assert module._within_distance(component, organ, spacing, distance) == whole

@@ -244,14 +244,16 @@ class Ensemble:
 
     def postprocessed_mask(self, total: ProbabilitySum, image: Image) -> np.ndarray:
         """The spec's post-processing on the label map over the sum's region (outside it every voxel is background;
-        nnU-Net's own steps on the whole grid where they name the background)."""
+        nnU-Net's own steps on the whole grid where they name the background). The sum is released once its labels
+        (and, for never-empty, the tumor's probability) are taken: post-processing's working set comes after it."""
         labels, region = total.region_labels(), total.region
+        probability = total.release(self.spec.tumor_label if self.postprocessing.never_empty_floor else None)
         if self._nnunet is not None and nnunet_needs_the_whole_grid(self._nnunet):
             whole = np.zeros(image.shape, np.uint8)
             whole[region] = labels
             labels, region = whole, tuple(slice(0, n) for n in image.shape)
         tumor, note = postprocess(labels, self.spec.tumor_label, tuple(reversed(image.spacing)), self.postprocessing,
-                                  lambda: total.region_probability(self.spec.tumor_label), self._nnunet)
+                                  lambda: probability, self._nnunet)
         self.postprocessing_note = note
         if note:
             log(f"post-processing ({self.postprocessing}): {note}")

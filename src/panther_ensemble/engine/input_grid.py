@@ -266,6 +266,14 @@ class ProbabilitySum:
             self._to_host("taking the tumor's probability")
             return (self.total[label] / self.weight).float().numpy()
 
+    def release(self, keep_probability_of: int | None = None) -> np.ndarray | None:
+        """Free the sum (once the labels are taken): what post-processing may still ask for, the weighted-mean
+        probability of one label over the region (float32, on the host), is kept first. The case's last stage then
+        holds 4 bytes per region voxel where the sum held 4 per class."""
+        probability = None if keep_probability_of is None else self.region_probability(keep_probability_of)
+        self.total = None
+        return probability
+
     def mask(self, label: int) -> np.ndarray:
         """uint8 (z, y, x): argmax of the weighted mean == label (background outside every crop)."""
         if self.total is None:
