@@ -13,6 +13,7 @@ from test_robustness import STAND_IN_DEVICE, write_input
 
 import panther_ensemble.app.predict_run as run
 import panther_ensemble.engine.input_grid as input_grid
+from panther_ensemble.engine import activations as activations_module
 from panther_ensemble.engine import memory
 from panther_ensemble.engine.ensemble import Placement
 from panther_ensemble.engine.members import describe_member
@@ -76,14 +77,96 @@ def test_forward_bytes_of_resencl_from_a_meta_dry_run():
                   n_blocks_per_stage=[1, 3, 4, 6, 6, 6], num_classes=3, n_conv_per_stage_decoder=[1] * 5,
                   conv_bias=True, norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
                   nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
-    original = memory.network_from_plans
-    memory.network_from_plans = lambda *a: ResidualEncoderUNet(**kwargs)
+    original = activations_module.network_from_plans
+    activations_module.network_from_plans = lambda *a: ResidualEncoderUNet(**kwargs)
     try:
-        parameters, activations = memory.forward_bytes(Stub())
+        parameters, activations = activations_module.forward_bytes(Stub())
     finally:
-        memory.network_from_plans = original
+        activations_module.network_from_plans = original
     assert parameters == pytest.approx(102.35e6 * 4, rel=0.01)
     assert activations == 1.6875 * GiB
+
+
+def test_cpu_tiles_per_forward_follow_the_hosts_room(workspace, monkeypatch):
+    """On a CPU, as many tiles per forward as a quarter of the room holds in fp32 activations, at most four; one
+    where even one does not fit; one on a GPU, as nnU-Net. The dry run (70 MB of imports held for the process's
+    life) runs only where the plans' bound leaves the batch in doubt."""
+    import torch
+
+    member = members(workspace, "t1_spec")[0]
+    cpu, most = torch.device("cpu"), activations_module.CPU_MAX_TILES_PER_FORWARD
+    monkeypatch.setattr(activations_module, "_TILE_BYTES", {})
+    assert activations_module.tiles_per_forward(member, cpu, room=2 ** 40) == most
+    assert activations_module._TILE_BYTES == {}  # decided by the bound: no dry run
+    per_tile = activations_module.cpu_tile_bytes(member)
+    assert per_tile > 0 and activations_module.cpu_tile_bytes(member) == per_tile  # one dry run per architecture
+    assert activations_module.tiles_per_forward(member, cpu, room=int(4 * 2.5 * per_tile)) == 2
+    assert activations_module.tiles_per_forward(member, cpu, room=0) == 1
+    assert activations_module.tiles_per_forward(member, torch.device("cuda"), room=2 ** 40) == 1
+
+
+def _meta(architecture, **kwargs):
+    import torch
+
+    base = dict(input_channels=1, conv_op=torch.nn.Conv3d, num_classes=3, conv_bias=True,
+                norm_op=torch.nn.InstanceNorm3d, norm_op_kwargs={"eps": 1e-5, "affine": True},
+                nonlin=torch.nn.LeakyReLU, nonlin_kwargs={"inplace": True}, deep_supervision=False)
+    with torch.device("meta"):
+        return architecture(**base, **kwargs)
+
+
+def test_the_plans_bound_holds_a_dry_runs_count(workspace):
+    """The bound that spares the dry run is above what the dry run counts, for the demo's members, ResEncL at
+    192^3, a 4-stage ResEnc at 96^3 and a plain U-Net."""
+    import torch
+    from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
+
+    class Stub:  # what tile_bytes_bound reads of a member
+        def __init__(self, features, patch):
+            self.input_shape = [1, *patch]
+            self.configuration_manager = type("C", (), {"network_arch_init_kwargs": {"features_per_stage": features}})
+            self.label_manager = type("L", (), {"num_segmentation_heads": 3})
+
+    resencl = dict(n_stages=6, features_per_stage=[32, 64, 128, 256, 320, 320], kernel_sizes=[[3, 3, 3]] * 6,
+                   strides=[[1, 1, 1]] + [[2, 2, 2]] * 5, n_blocks_per_stage=[1, 3, 4, 6, 6, 6],
+                   n_conv_per_stage_decoder=[1] * 5)
+    small = dict(n_stages=4, features_per_stage=[4, 8, 16, 32], kernel_sizes=[[3, 3, 3]] * 4,
+                 strides=[[1, 1, 1]] + [[2, 2, 2]] * 3, n_blocks_per_stage=[1, 3, 4, 6],
+                 n_conv_per_stage_decoder=[1] * 3)
+    plain = dict(n_stages=5, features_per_stage=[32, 64, 128, 256, 320], kernel_sizes=[[3, 3, 3]] * 5,
+                 strides=[[1, 1, 1]] + [[2, 2, 2]] * 4, n_conv_per_stage=[2] * 5, n_conv_per_stage_decoder=[2] * 4)
+    cases = [(_meta(ResidualEncoderUNet, **resencl), resencl, (128, 128, 128)),
+             (_meta(ResidualEncoderUNet, **small), small, (96, 96, 96)),
+             (_meta(PlainConvUNet, **plain), plain, (64, 128, 128))]
+    for network, kwargs, patch in cases:
+        counted = activations_module.activation_bytes(network, (1, *patch), torch.float32)
+        assert counted <= activations_module.tile_bytes_bound(Stub(kwargs["features_per_stage"], patch))
+    member = members(workspace, "t1_spec")[0]
+    assert activations_module.cpu_tile_bytes(member) <= activations_module.tile_bytes_bound(member)
+
+
+@pytest.mark.parametrize("batch", [2, 4, 8])
+def test_a_batchs_activations_are_at_most_its_tiles_times_one(workspace, batch):
+    """The batch rule multiplies one tile's activations: a batch's dry run holds no more than that."""
+    import torch
+
+    member = members(workspace, "t1_spec")[0]
+    network = activations_module._meta_network(member)
+    one = activations_module.activation_bytes(network, member.input_shape, torch.float32)
+    many = activations_module.activation_bytes(network, member.input_shape, torch.float32, batch)
+    assert batch * one * 0.9 <= many <= batch * one
+
+
+def test_the_host_plan_counts_the_batchs_activations(workspace, monkeypatch):
+    """On a CPU the host estimate grows by the batch's activations (the window and a forward are alive at once)."""
+    import torch
+
+    ensemble = members(workspace, "t1_spec")
+    arguments = (ensemble, (40, 200, 200), (3.0, 1.0, 1.0), 2, "fast", torch.device("cpu"), True)
+    with_batch = memory.host_bytes(*arguments)
+    expected = max(activations_module.batch_activation_bytes(m, torch.device("cpu")) for m in ensemble)
+    monkeypatch.setattr(memory, "batch_activation_bytes", lambda member, device: 0)
+    assert with_batch - memory.host_bytes(*arguments) == expected > 0
 
 
 def estimate(networks=6, graphs=3, forward=2, window=1, input_grid=1, one=1) -> memory.DeviceEstimate:

@@ -8,15 +8,7 @@ import pytest
 import torch
 from dynamic_network_architectures.architectures.unet import PlainConvUNet
 
-from panther_ensemble.engine.sliding_window import sliding_window_logits, tile_count, tile_slicers, tiles_per_forward
-
-
-def test_tiles_per_forward():
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert tiles_per_forward((64, 64, 64), cpu) == 4
-    assert tiles_per_forward((32, 64, 64), cpu) == 4
-    assert tiles_per_forward((128, 128, 128), cpu) == 1  # large tiles take oneDNN one at a time already
-    assert tiles_per_forward((192, 192, 192), cuda) == 1 == tiles_per_forward((32, 32, 32), cuda)
+from panther_ensemble.engine.sliding_window import sliding_window_logits, tile_count, tile_slicers
 
 
 def small_network(seed: int) -> torch.nn.Module:

@@ -18,6 +18,7 @@ import torch
 
 from ..core.errors import PantherError
 from ..core.log import StageTimer, log, warn
+from .activations import tiles_per_forward
 from .cuda_graph import GraphedForward, capture
 from .deadline import Deadline, FinalStage
 from .devices import HOST, out_of_memory, release_device_memory
@@ -27,7 +28,7 @@ from .loading import NetworkLoader, Verify
 from .members import Member, Network, describe_member, import_case_code, load_network
 from .postprocess import load_nnunet_postprocessing, nnunet_needs_the_whole_grid, postprocess
 from .preprocess import preprocess, preprocessing_key
-from .sliding_window import NonFiniteLogits, sliding_window_logits, tile_count, tiles_per_forward
+from .sliding_window import NonFiniteLogits, sliding_window_logits, tile_count
 from .spec import EnsembleSpec, member_labels
 
 
@@ -200,7 +201,7 @@ class Ensemble:
             return deadline.member_fits(total - tiles.stop, completed)
 
         return sliding_window_logits(data, network, patch, member.label_manager.num_segmentation_heads, device,
-                                     on_forward, tiles_per_forward(patch, device) if self.mode == "fast" else 1)
+                                     on_forward, tiles_per_forward(member, device) if self.mode == "fast" else 1)
 
     def _graphed(self, member: Member, network: torch.nn.Module) -> Network:
         """The network's forward as a replay of its architecture's CUDA graph (captured at the first member that

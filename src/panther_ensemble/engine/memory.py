@@ -10,21 +10,19 @@ on the device and keeping every network loaded (ensemble.Placement).
 
 from __future__ import annotations
 
-import itertools
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
 
 from ..core.errors import PantherError
 from ..core.log import log
+from .activations import batch_activation_bytes, forward_bytes
 from .ensemble import Placement, group_members
 from .host_limits import available_memory
 from .input_grid import SLAB_BYTES
-from .members import Member, network_from_plans
+from .members import Member
 from .preprocess import resampled_shape
 
 # Host bytes per input voxel beyond the image itself, measured with benchmarks/memory.py (README: "Memory"):
@@ -84,60 +82,14 @@ def host_bytes(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: t
     grid = voxels * 4 * classes if input_grid_on_host else 0  # the probability sum
     on_host = device.type == "cpu"
     preprocess = voxels * PREPROCESS_BYTES_PER_VOXEL + (model_grid * 4 if on_host else 0)
-    window = model_grid * (WINDOW_BYTES_PER_VOXEL + 2 * classes) if on_host else 0
+    # the sliding window's sums, and on a CPU one forward's activations (its tiles batched: engine.activations)
+    activations = max(batch_activation_bytes(m, device) for m in members) if on_host else 0
+    window = model_grid * (WINDOW_BYTES_PER_VOXEL + 2 * classes) + activations if on_host else 0
     export = SLAB_TEMPORARIES * SLAB_BYTES["cpu"] if input_grid_on_host else 0
     if mode == "exact":
         export += voxels * 4 * classes * EXACT_EXPORT_COPIES
     networks = network_host_bytes(members, device) if not networks_loaded else 0
     return FIXED_BYTES + networks + image + grid + max(preprocess, window + export) + voxels * MASK_BYTES_PER_VOXEL
-
-
-class _LiveStorage(TorchDispatchMode):
-    """Peak bytes of the tensors alive at once during a forward run on the meta device (nothing computed)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.step, self.spans, self.sizes = 0, {}, {}
-        self.storages = []  # held, so that no storage's address is reused for another while counting
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.step += 1
-        for tensor in tree_flatten((args, kwargs))[0]:
-            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage()._cdata in self.spans:
-                self.spans[tensor.untyped_storage()._cdata][1] = self.step
-        out = func(*args, **(kwargs or {}))
-        for tensor in tree_flatten(out)[0]:
-            if isinstance(tensor, torch.Tensor) and tensor.untyped_storage()._cdata not in self.spans:
-                storage = tensor.untyped_storage()
-                self.storages.append(storage)
-                self.spans[storage._cdata], self.sizes[storage._cdata] = [self.step, self.step], storage.nbytes()
-        return out
-
-    def peak(self) -> int:
-        change: dict[int, int] = {}
-        for key, (first, last) in self.spans.items():
-            change[first] = change.get(first, 0) + self.sizes[key]
-            change[last + 1] = change.get(last + 1, 0) - self.sizes[key]
-        live = peak = 0
-        for step in sorted(change):
-            live += change[step]
-            peak = max(peak, live)
-        return peak
-
-
-def forward_bytes(member: Member, batch: int = 1) -> tuple[int, int]:
-    """(parameter bytes in fp32, peak activation bytes of one fp16 tile forward), from a dry run of the member's
-    network on PyTorch's meta device (autocast computes convolutions in fp16)."""
-    with torch.device("meta"):
-        network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
-    # parameters() and buffers(), not state_dict(): the decoder holds the encoder, whose tensors state_dict repeats
-    parameters = sum(t.numel() * 4 for t in itertools.chain(network.parameters(), network.buffers()))
-    network = network.half().eval()
-    tiles = torch.empty((batch, *member.input_shape), device="meta", dtype=torch.half)
-    tracker = _LiveStorage()
-    with torch.inference_mode(), tracker:
-        network(tiles)
-    return parameters, tracker.peak()
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Gaussian sliding-window prediction of one network, as nnU-Net does it.
 
-On a CPU, small tiles go through the network a few at a time (see tiles_per_forward). Per tile, the arithmetic
+On a CPU, tiles go through the network a few at a time (engine.activations.tiles_per_forward). Per tile, the arithmetic
 is nnU-Net's: zero padding to the patch size, tile step 0.5, gaussian importance (sigma 1/8, scaled to 10),
 fp16 accumulation, autocast on CUDA only, no mirroring.
 """
@@ -8,7 +8,6 @@ fp16 accumulation, autocast on CUDA only, no mirroring.
 from __future__ import annotations
 
 import itertools
-import math
 import time
 from collections.abc import Callable, Sequence
 
@@ -21,12 +20,6 @@ from .devices import HOST, out_of_memory, release_device_memory
 from .members import Network
 
 TILE_STEP_SIZE = 0.5
-# PyTorch runs a CPU 3-D convolution through oneDNN only when the batch or the input is large enough; one small
-# tile takes its slow reference loop instead. Measured on the cpu benchmark preset's network (64^3 tiles, 2
-# cores that a training shared): 1.55 s per tile one at a time, 0.60 s two at a time, 0.41 s four at a time,
-# outputs equal to 6e-8.
-CPU_TILES_PER_FORWARD = 4
-CPU_BATCH_VOXELS = 2 ** 20  # at most this many tile voxels per forward: large tiles already take oneDNN
 
 # Called after each forward with (the batch's tile indices, tiles in all, seconds the forward took); returns whether
 # to go on: False stops the network (its partial sum is of no use).
@@ -35,13 +28,6 @@ OnForward = Callable[[range, int, float], bool]
 
 class NonFiniteLogits(RuntimeError):
     """The network gave NaN or Inf somewhere: its member's output cannot be trusted (the ensemble drops it)."""
-
-
-def tiles_per_forward(patch_size: Sequence[int], device: torch.device) -> int:
-    """Tiles per network forward: one on a GPU (as nnU-Net), a few small ones at a time on a CPU."""
-    if device.type != "cpu":
-        return 1
-    return max(1, min(CPU_TILES_PER_FORWARD, CPU_BATCH_VOXELS // math.prod(patch_size)))
 
 
 def tile_slicers(image_size: Sequence[int], patch_size: Sequence[int], step: float = TILE_STEP_SIZE) -> list[tuple]:

@@ -31,12 +31,13 @@ import torch
 from ..core.errors import PantherError, finite_number
 from ..core.log import log
 from ..core.stop import write_text_atomically
+from ..engine.activations import tiles_per_forward
 from ..engine.deadline import projected_final_seconds
 from ..engine.image import Image
 from ..engine.input_grid import ProbabilitySum
 from ..engine.members import Member, load_network, network_from_plans
 from ..engine.preprocess import preprocess, preprocessing_key, resampled_shape
-from ..engine.sliding_window import tile_count, tiles_per_forward
+from ..engine.sliding_window import tile_count
 from ..engine.spec import MemberId, member_labels
 
 
@@ -113,7 +114,7 @@ def _seconds_per_tile(member: Member, device: torch.device) -> tuple[float, floa
     before = time.perf_counter()
     network = load_network(member, device)
     load_seconds = time.perf_counter() - before
-    batch = tiles_per_forward(member.configuration_manager.patch_size, device)
+    batch = tiles_per_forward(member, device)
     tiles = torch.zeros((batch, *member.input_shape), device=device)
     with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
         network(tiles)  # warm-up
