@@ -155,7 +155,8 @@ keep_with_previews() {
 # field_runs: the field's folds (tests/fixtures/field: nnU-Net 2.1 and 2.5.1 under numpy 1, and the numpy-2 copy),
 # each staged by the image's export code (model_tarball: the checkpoint stripped with the image's torch, a manifest)
 # and predicted GC-style from /opt/ml/model by the weightless image; the numpy-1 and numpy-2 copies of the same
-# weights must give the same mask, and a mask with voxels in it (label 2, the pancreas: the folds are barely trained).
+# weights must give the same mask, and a mask with voxels in it (label 2, the pancreas: the folds are barely trained;
+# the spec says so with tumor_label_name, as the label check asks).
 FIELD_MODEL="Dataset990_Field/nnUNetTrainerFieldFixture__nnUNetPlans__3d_fullres"
 field_runs() {
     local fixtures="$repo/tests/fixtures/field" entry era checkpoint name
@@ -166,7 +167,7 @@ field_runs() {
         echo "== $name: $era's fold ($checkpoint) staged by the image's export code, predicted from /opt/ml/model"
         mkdir -p "$work/$name/spec" "$work/$name/model"
         chmod a+rwx "$work/$name/model"
-        printf 'input_socket = "abdominal-t1-mri"\noutput_socket = "%s"\ntumor_label = 2\n[[member]]\nmodel = "%s"\nfold = 0\ncheckpoint = "%s"\n' \
+        printf 'input_socket = "abdominal-t1-mri"\noutput_socket = "%s"\ntumor_label = 2\ntumor_label_name = "pancreas"\n[[member]]\nmodel = "%s"\nfold = 0\ncheckpoint = "%s"\n' \
             "$OUTPUT_SOCKET" "$FIELD_MODEL" "$checkpoint" > "$work/$name/spec/field.toml"
         docker run --rm --network none --user "$run_user" --entrypoint python --env PYTHONPATH=/opt/app/src \
             --volume "$work/$name/spec:/in/spec:ro" --volume "$fixtures/$era:/in/weights:ro" \
