@@ -196,7 +196,9 @@ sys.exit(0 if np.array_equal(one, two) and one.any() and old.any() else 1)' \
 
 # suite_in_image: the repository's pytest suite run by the image's Python and torch (read-only checkout, /tmp for
 # the tests' files), with pytest added on top of the image
-SUITE_REQUIREMENTS=(pytest==9.2.0 panimg==0.18.2 kubernetes-validate==1.37.0)  # the dev extra's test tools
+# the dev extra's test tools the image lacks, at the versions constraints-cpu.txt pins (hypothesis: the property tests)
+mapfile -t SUITE_REQUIREMENTS < <(grep -E '^(panimg|kubernetes-validate|hypothesis)==' "$repo/constraints-cpu.txt")
+SUITE_REQUIREMENTS=(pytest==9.2.0 "${SUITE_REQUIREMENTS[@]}")
 suite_in_image() {
     echo "== the pytest suite on the image's own Python and torch ($TAG with ${SUITE_REQUIREMENTS[*]})"
     # and a panther-ensemble command, as the dev install has one (the image runs inference.py)
