@@ -39,16 +39,26 @@ def test_each_network_is_verified_as_it_loads_and_a_bad_one_fails_where_asked_fo
     assert order[:4] == [m.spec.name for m in described[:4]]
 
 
+def wait_for(condition, seconds: float = 30.0) -> bool:
+    """Polls `condition` until it holds or `seconds` pass: a loaded machine may take its time, never the test's."""
+    until = time.monotonic() + seconds
+    while not condition() and time.monotonic() < until:
+        time.sleep(0.02)
+    return condition()
+
+
 def test_networks_not_kept_are_loaded_at_most_one_ahead(workspace, monkeypatch):
     described = members(workspace)
     loaded = []
     original = loading.load_network
     monkeypatch.setattr(loading, "load_network", lambda m, d: loaded.append(m.spec.name) or original(m, d))
     loader = loading.NetworkLoader(described, loading.torch.device("cpu"), keep=False)
-    time.sleep(0.5)
+    assert wait_for(lambda: len(loaded) >= 2)
+    time.sleep(0.5)  # time for a third, were it to start
     assert len(loaded) == 2  # the first and the next one
     loader.network(described[0])
     loader.done_with(described[0])
+    assert wait_for(lambda: len(loaded) >= 3)
     time.sleep(0.5)
     assert len(loaded) == 3
     with pytest.raises(loading.CancelledError):  # released after use: the next image loads it again
@@ -59,21 +69,28 @@ def test_networks_not_kept_are_loaded_at_most_one_ahead(workspace, monkeypatch):
 
 
 def test_cancel_stops_loading(workspace, monkeypatch):
+    """The load in flight at cancel() may finish; nothing starts after it. The second load waits until the cancel
+    (however slowly the machine schedules the two threads)."""
+    import threading
+
     described = members(workspace)
-    loaded = []
+    started, cancelled = [], threading.Event()
     original = loading.load_network
 
-    def slow(member, device):
-        time.sleep(0.3)
-        loaded.append(member)
+    def held(member, device):
+        started.append(member)
+        if member is not described[0]:
+            cancelled.wait(30)
         return original(member, device)
 
-    monkeypatch.setattr(loading, "load_network", slow)
+    monkeypatch.setattr(loading, "load_network", held)
     loader = loading.NetworkLoader(described, loading.torch.device("cpu"))
     loader.network(described[0])
+    assert wait_for(lambda: len(started) >= 2)
     loader.cancel()
-    time.sleep(1.5)
-    assert len(loaded) <= 2  # the one in flight at cancel() may finish; nothing starts after it
+    cancelled.set()
+    time.sleep(1.0)
+    assert len(started) == 2
 
 
 def test_process_exit_does_not_wait_for_networks_of_dropped_members(workspace, tmp_path):

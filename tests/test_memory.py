@@ -87,22 +87,31 @@ def test_forward_bytes_of_resencl_from_a_meta_dry_run():
     assert activations == 1.6875 * GiB
 
 
-def test_cpu_tiles_per_forward_follow_the_hosts_room(workspace, monkeypatch):
-    """On a CPU, as many tiles per forward as a quarter of the room holds in fp32 activations, at most four; one
-    where even one does not fit; one on a GPU, as nnU-Net. The dry run (70 MB of imports held for the process's
-    life) runs only where the plans' bound leaves the batch in doubt."""
+def test_cpu_tiles_per_forward_follow_the_hosts_room(workspace):
+    """On a CPU, as many tiles per forward as a quarter of the room holds at the plans' bound of fp32 activations,
+    at most four; one where even one does not fit; one on a GPU, as nnU-Net. No dry run: its imports (torch's
+    dynamo, sympy: 70 MB) would come mid-case, where GC's RLIMIT_DATA makes a failed import an abort."""
+    import sys
+
     import torch
 
     member = members(workspace, "t1_spec")[0]
-    cpu, most = torch.device("cpu"), activations_module.CPU_MAX_TILES_PER_FORWARD
-    monkeypatch.setattr(activations_module, "_TILE_BYTES", {})
+    cpu, most, bound = torch.device("cpu"), activations_module.CPU_MAX_TILES_PER_FORWARD, \
+        activations_module.tile_bytes_bound(member)
     assert activations_module.tiles_per_forward(member, cpu, room=2 ** 40) == most
-    assert activations_module._TILE_BYTES == {}  # decided by the bound: no dry run
-    per_tile = activations_module.cpu_tile_bytes(member)
-    assert per_tile > 0 and activations_module.cpu_tile_bytes(member) == per_tile  # one dry run per architecture
-    assert activations_module.tiles_per_forward(member, cpu, room=int(4 * 2.5 * per_tile)) == 2
+    assert activations_module.tiles_per_forward(member, cpu, room=int(4 * 2.5 * bound)) == 2
     assert activations_module.tiles_per_forward(member, cpu, room=0) == 1
     assert activations_module.tiles_per_forward(member, torch.device("cuda"), room=2 ** 40) == 1
+    script = ("import sys, torch\nfrom pathlib import Path\n"
+              "from panther_ensemble.engine.members import describe_member\n"
+              "from panther_ensemble.engine.spec import load_spec\n"
+              "from panther_ensemble.engine.activations import tiles_per_forward\n"
+              f"m = describe_member(Path({str(workspace.weights)!r}), load_spec(Path({str(workspace.t1_spec)!r}))"
+              ".members[0])\n"
+              "for room in (0, 2 ** 20, 2 ** 40):\n    tiles_per_forward(m, torch.device('cpu'), room)\n"
+              "print('sympy' in sys.modules, 'torch._dynamo' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.stdout.split() == ["False", "False"], done.stderr[-2000:]
 
 
 def _meta(architecture, **kwargs):
@@ -142,7 +151,9 @@ def test_the_plans_bound_holds_a_dry_runs_count(workspace):
         counted = activations_module.activation_bytes(network, (1, *patch), torch.float32)
         assert counted <= activations_module.tile_bytes_bound(Stub(kwargs["features_per_stage"], patch))
     member = members(workspace, "t1_spec")[0]
-    assert activations_module.cpu_tile_bytes(member) <= activations_module.tile_bytes_bound(member)
+    counted = activations_module.activation_bytes(activations_module._meta_network(member), member.input_shape,
+                                                  torch.float32)
+    assert counted <= activations_module.tile_bytes_bound(member)
 
 
 @pytest.mark.parametrize("batch", [2, 4, 8])

@@ -1,11 +1,10 @@
 """What a network's forward holds at once: the peak of its live tensors in a dry run on PyTorch's meta device
-(nothing computed). The device plan (engine.memory) counts one fp16 tile; on a CPU, how many fp32 tiles go through
-a network at once follows from it (tiles_per_forward)."""
+(nothing computed), for the device plan (engine.memory: one fp16 tile); and how many fp32 tiles go through a network
+at once on a CPU (tiles_per_forward), from a bound of the plans that those dry runs check."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import math
 from collections.abc import Sequence
 
@@ -82,32 +81,16 @@ def forward_bytes(member: Member, batch: int = 1, dtype: torch.dtype = torch.hal
 
 
 
-_TILE_BYTES: dict[str, int] = {}  # per architecture and patch: members of one plans share it
-
-
 def _meta_network(member: Member) -> torch.nn.Module:
     with torch.device("meta"):
         return network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
 
 
-def _key(member: Member) -> str:
-    configuration = member.configuration_manager
-    return json.dumps([configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-                       member.input_shape, member.label_manager.num_segmentation_heads], sort_keys=True, default=str)
-
-
-def cpu_tile_bytes(member: Member) -> int:
-    """Peak fp32 activation bytes of one tile's forward on a CPU (a dry run, once per architecture and patch)."""
-    key = _key(member)
-    if key not in _TILE_BYTES:
-        _TILE_BYTES[key] = activation_bytes(_meta_network(member), member.input_shape, torch.float32)
-    return _TILE_BYTES[key]
-
-
-# A dry run on the meta device imports torch's dynamo and sympy (instance norm's meta decomposition), 70 MB held for
-# the process's life: on a CPU it runs only where this bound of one tile's fp32 activations, from the plans alone,
-# leaves the batch in doubt. The dry runs measured 4 first-stage-wide full-resolution tensors at their peak (the
-# demo's ResEnc, ResEncL, a 96^3 ResEnc; tests/test_memory.py holds the bound to them): twice that.
+# On a CPU the batch follows from a bound of one tile's fp32 activations from the plans alone, never from a dry run:
+# a dry run on the meta device imports torch's dynamo and sympy (instance norm's meta decomposition), 70 MB held for
+# the process's life, and mid-case, under GC's RLIMIT_DATA, an import that fails is an abort, not an error line. The
+# dry runs count 4 first-stage-wide full-resolution tensors at their peak (the demo's ResEnc, ResEncL, a 96^3
+# ResEnc, a plain U-Net; tests/test_memory.py holds the bound to them): twice that.
 FULL_RESOLUTION_TENSORS_BOUND = 8
 
 
@@ -121,24 +104,17 @@ def tile_bytes_bound(member: Member) -> int:
 
 def tiles_per_forward(member: Member, device: torch.device, room: int | None = None) -> int:
     """Tiles per network forward: one on a GPU, as nnU-Net; on a CPU as many as CPU_ACTIVATION_SHARE of the host's
-    room (`room`, or what available_memory finds) holds in fp32 activations, up to CPU_MAX_TILES_PER_FORWARD (the
-    dry run only where the plans' bound leaves it in doubt)."""
+    room (`room`, or what available_memory finds) holds at the plans' bound of fp32 activations per tile, up to
+    CPU_MAX_TILES_PER_FORWARD."""
     if device.type != "cpu":
         return 1
     if room is None:
         found = available_memory()
         room = found[0] if found is not None else 2 ** 62
-    share = int(room * CPU_ACTIVATION_SHARE)
-    if share >= CPU_MAX_TILES_PER_FORWARD * tile_bytes_bound(member):
-        return CPU_MAX_TILES_PER_FORWARD
-    return max(1, min(CPU_MAX_TILES_PER_FORWARD, share // max(1, cpu_tile_bytes(member))))
+    fits = int(room * CPU_ACTIVATION_SHARE) // tile_bytes_bound(member)
+    return max(1, min(CPU_MAX_TILES_PER_FORWARD, fits))
 
 
 def batch_activation_bytes(member: Member, device: torch.device) -> int:
-    """What one forward's tiles hold on the host (engine.memory's plan): nothing on a GPU; the plans' bound where it
-    decided the batch, the dry run's count where that ran."""
-    if device.type != "cpu":
-        return 0
-    batch = tiles_per_forward(member, device)
-    per_tile = _TILE_BYTES.get(_key(member)) or tile_bytes_bound(member)
-    return batch * per_tile
+    """What one forward's tiles hold on the host at most (engine.memory's plan): nothing on a GPU."""
+    return tiles_per_forward(member, device) * tile_bytes_bound(member) if device.type == "cpu" else 0
