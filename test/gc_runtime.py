@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
-import boto3
 import numpy as np
 import SimpleITK as sitk
 
@@ -120,6 +119,8 @@ CMD []
 
 class S3:
     def __init__(self, endpoint: str) -> None:
+        import boto3  # here, not at the top: --help answers where the test tools are not installed (the image)
+
         self.client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                                    aws_access_key_id="testing", aws_secret_access_key="testing")
         for bucket in (INPUTS, OUTPUTS):
