@@ -469,7 +469,7 @@ def invoke_mode(runtime: Runtime, images: dict[str, str], tag: str, cases: dict[
     print(f"   health never 200; {how}\n   the server's one line: {line}")
 
 
-TIGHT_BUDGET = 40.0  # s: the shim's first health poll after loading comes about 10 s in; 30 s for the case
+TIGHT_BUDGET = 30.0  # s: the shim's first health poll after loading comes about 10 s in; 30 s for the case
 
 
 def first_task_on_gcs_clock(runtime: Runtime, images: dict[str, str], tag: str, case: Case, work: Path) -> None:
