@@ -1,5 +1,5 @@
 """A tile's forward on the CPU alone against batched, per patch size: what decides how many tiles go through a
-network at once (engine.sliding_window.tiles_per_forward). ResEnc networks of nnU-Net's planner cut to 4 stages of
+network at once (engine.activations.tiles_per_forward). ResEnc networks of nnU-Net's planner cut to 4 stages of
 4-32 features (the cpu benchmark preset's), patches 64^3, 96^3 and 128^3; batches of 1, 2, 4 and 8 tiles run
 alternated, each timed as a whole forward, medians of the seconds per tile; the batched outputs against the
 single-tile ones (largest difference), and each tile's fp32 activations from a dry run on the meta device.

@@ -45,21 +45,23 @@ def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[f
     target = input_dir / "images" / socket / f"large-{content}.mha"
     if target.exists():
         return target
-    if content == "ellipsoid-noise":
-        array = ellipsoid_noise(shape_zyx, spacing_zyx)
+    if content == "phantom":
+        image = phantom_case(shape_zyx, spacing_zyx)
+    else:
+        if content == "ellipsoid-noise":
+            array = ellipsoid_noise(shape_zyx, spacing_zyx)
+        else:  # noise, stored as int16 or in the type numpy makes by default
+            stored = {"noise": np.int16, "noise-float64": np.float64, "noise-int64": np.int64}[content]
+            array = np.random.default_rng(0).integers(1, 900, shape_zyx, dtype=np.int16).astype(stored, copy=False)
         image = sitk.GetImageFromArray(array)
         image.SetSpacing(tuple(reversed(spacing_zyx)))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(image, str(target), useCompression=True)
-        return target
-    if content.startswith("noise"):
-        noise = np.random.default_rng(0).integers(1, 900, shape_zyx, dtype=np.int16)
-        stored = {"noise": np.int16, "noise-float64": np.float64, "noise-int64": np.int64}[content]
-        noise = sitk.GetImageFromArray(noise.astype(stored, copy=False))
-        noise.SetSpacing(tuple(reversed(spacing_zyx)))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        sitk.WriteImage(noise, str(target), useCompression=True)
-        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(image, str(target), useCompression=True)
+    return target
+
+
+def phantom_case(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> sitk.Image:
+    """A Task 1 phantom resampled onto the grid, with background noise where it has none."""
     from panther_ensemble.demo.phantom import make_phantom
 
     phantom = make_phantom(9101, "t1").image
@@ -76,10 +78,7 @@ def write_case(input_dir: Path, shape_zyx: tuple[int, ...], spacing_zyx: tuple[f
     array[outside] = 1 + np.abs(np.random.default_rng(0).normal(0, 8, int(outside.sum()))).astype(np.int16)
     noisy = sitk.GetImageFromArray(array)
     noisy.CopyInformation(image)
-    image = noisy
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sitk.WriteImage(image, str(target), useCompression=True)
-    return target
+    return noisy
 
 
 def ellipsoid_noise(shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> np.ndarray:

@@ -125,8 +125,8 @@ def _meta(architecture, **kwargs):
 
 
 def test_the_plans_bound_holds_a_dry_runs_count(workspace):
-    """The bound that spares the dry run is above what the dry run counts, for the demo's members, ResEncL at
-    192^3, a 4-stage ResEnc at 96^3 and a plain U-Net."""
+    """The plans' bound the CPU batch is sized by is above what a dry run counts, for the demo's members, ResEncL
+    at 128^3, a 4-stage ResEnc at 96^3 and a plain U-Net."""
     import torch
     from dynamic_network_architectures.architectures.unet import PlainConvUNet, ResidualEncoderUNet
 

@@ -16,8 +16,9 @@ from .host_limits import available_memory
 from .members import Member, network_from_plans
 
 # On a CPU, torch runs one small 3-D tile through its slow reference convolution and a batch through oneDNN, and
-# even large tiles go faster in batches (benchmarks/cpu_batch.py: a 96^3 ResEnc tile 2.6 s alone, 1.6 s in pairs,
-# 1.23 s four at a time); beyond four the gain is within the noise and the memory grows with every tile.
+# even large tiles go faster in batches (benchmarks/cpu_batch.py, 2026-12-07, 2 cores shared with other runs, seconds
+# per tile alone / 2 / 4 / 8 at a time: 64^3 1.72 / 0.71 / 0.83 / 0.70, 96^3 1.72 / 1.08 / 1.18 / 1.09); beyond four
+# nothing is gained and the memory grows with every tile.
 CPU_MAX_TILES_PER_FORWARD = 4
 # The share of the host's room one forward's activations may take: the rest is the case's (engine.memory's plan
 # counts the batch's activations in it).
@@ -70,6 +71,11 @@ def activation_bytes(network: torch.nn.Module, input_shape: Sequence[int], dtype
     return tracker.peak()
 
 
+def _meta_network(member: Member) -> torch.nn.Module:
+    with torch.device("meta"):
+        return network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
+
+
 def forward_bytes(member: Member, batch: int = 1, dtype: torch.dtype = torch.half) -> tuple[int, int]:
     """(parameter bytes in fp32, peak activation bytes of one forward of `batch` tiles in `dtype`: fp16 as autocast
     runs convolutions on a GPU, fp32 on a CPU), from a dry run of the member's network on the meta device."""
@@ -77,13 +83,6 @@ def forward_bytes(member: Member, batch: int = 1, dtype: torch.dtype = torch.hal
     # parameters() and buffers(), not state_dict(): the decoder holds the encoder, whose tensors state_dict repeats
     parameters = sum(t.numel() * 4 for t in itertools.chain(network.parameters(), network.buffers()))
     return parameters, activation_bytes(network, member.input_shape, dtype, batch)
-
-
-
-
-def _meta_network(member: Member) -> torch.nn.Module:
-    with torch.device("meta"):
-        return network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
 
 
 # On a CPU the batch follows from a bound of one tile's fp32 activations from the plans alone, never from a dry run:
@@ -98,6 +97,7 @@ def tile_bytes_bound(member: Member) -> int:
     """An upper bound of one tile's fp32 activations on a CPU from the plans alone (no dry run)."""
     kwargs = member.configuration_manager.network_arch_init_kwargs
     features = kwargs.get("features_per_stage") if isinstance(kwargs, dict) else None
+    # at least 32 wide: an architecture whose plans name no features_per_stage is sized as nnU-Net's default stem
     widest = max(features[0] if features else 0, member.label_manager.num_segmentation_heads, 32)
     return FULL_RESOLUTION_TENSORS_BOUND * widest * math.prod(member.input_shape[1:]) * 4
 
