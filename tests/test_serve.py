@@ -327,20 +327,37 @@ def test_a_caller_gone_during_its_task_does_not_stop_it(stand_in_server, capfd):
 def test_idle_and_surplus_connections_are_bounded(monkeypatch, capfd):
     monkeypatch.setattr(invoke_server._Handler, "timeout", 2.0)
     monkeypatch.setattr(invoke_server, "MAX_CONNECTIONS", 2)
+    servers = []  # the server serve() makes, to wait on its count of open connections (no fixed sleeps)
+
+    class Watched(invoke_server.InvokeServer):
+        def __init__(self, host: str, port: int) -> None:
+            super().__init__(host, port)
+            servers.append(self)
+
+    monkeypatch.setattr(invoke_server, "InvokeServer", Watched)
+
+    def open_connections_become(count: int) -> None:
+        deadline = time.monotonic() + 10
+        while servers[0].open_connections != count:
+            assert time.monotonic() < deadline, f"{servers[0].open_connections} connections open, not {count}"
+            time.sleep(0.01)
+
     port, stop_serving = free_port(), threading.Event()
     thread = threading.Thread(target=invoke_server.serve, args=(lambda: (lambda started: []), "127.0.0.1", port,
                                                                  stop_serving), daemon=True)
     thread.start()
     try:
         wait_for(port, 200, 10)
+        open_connections_become(0)  # wait_for's own connections ended on the server's side too
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(2)]
         idle[1].sendall(b"GET /health HTTP/1.1\r\nHost")  # half-sent
-        time.sleep(0.1)
+        open_connections_become(2)
         assert raw_exchange(port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n").startswith(b"HTTP/1.1 503 ")
+        assert servers[0].open_connections == 2  # the refused one never had a thread
         for connection in idle:  # both closed by the server once idle for its timeout
             assert connection.recv(1) == b""
             connection.close()
-        time.sleep(0.1)
+        open_connections_become(0)
         assert request(port, "GET", "/health")[0] == 200
     finally:
         stop_serving.set()

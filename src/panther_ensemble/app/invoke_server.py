@@ -57,10 +57,14 @@ class InvokeServer(ThreadingHTTPServer):
             raise PantherError(f"cannot serve on {host}:{port} ({e.strerror})") from None
         self.predict: Predict | None = None  # set once the ensembles are loaded: healthy from then on
         self.busy = threading.Lock()
-        self.connections = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self.open_connections = 0  # connections with a handler thread now, at most MAX_CONNECTIONS
+        self._connections_lock = threading.Lock()
 
     def process_request(self, request: socket.socket, client_address) -> None:
-        if not self.connections.acquire(blocking=False):
+        with self._connections_lock:
+            admitted = self.open_connections < MAX_CONNECTIONS
+            self.open_connections += admitted
+        if not admitted:
             _refuse_at_once(request)
             self.shutdown_request(request)
             return
@@ -70,7 +74,8 @@ class InvokeServer(ThreadingHTTPServer):
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self.connections.release()
+            with self._connections_lock:
+                self.open_connections -= 1
 
     def handle_error(self, request, client_address) -> None:
         """A connection's failure is the caller's (gone, reset): never a traceback on GC's error channel."""
