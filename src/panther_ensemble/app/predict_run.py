@@ -18,7 +18,7 @@ from ..engine.deadline import GC_TIME_LIMIT_SECONDS, Deadline, TaskClock, resolv
 from ..engine.devices import HOST, select_device
 from ..engine.ensemble import Ensemble, Placement
 from ..engine.host_limits import available_memory
-from ..engine.image import Header, read_image, write_mask
+from ..engine.image import Header, write_mask
 from ..engine.loading import Verify
 from ..engine.members import Member
 from ..engine.memory import check_host_memory, device_free_bytes, estimate_device, host_bytes, plan_device
@@ -28,6 +28,7 @@ from .cohort import Records, existing_mask_problem, resolve_shard
 from .gc_io import check_writable, find_inputs, input_header, output_path
 from .locations import find_spec, resolve_weights_root, spec_dirs
 from .manifest import Manifest
+from .read_ahead import ReadAhead
 
 CUDA_GRAPHS_VARIABLE = "PANTHER_CUDA_GRAPHS"
 
@@ -225,21 +226,26 @@ def _predict_cases(socket: str | None, files: list[Path], root: Path, output_dir
         largest = max(headers.values(), key=lambda h: math.prod(h.shape_zyx))
         chosen = device_placement(members, torch_device, largest.shape_zyx, largest.spacing_zyx)
         for file, header in list(headers.items()):
-            ok, _ = book.check(file, check_host_memory, file, host_needs(members, header, mode, torch_device, chosen))
+            needs[file] = host_needs(members, header, mode, torch_device, chosen)
+            ok, _ = book.check(file, check_host_memory, file, needs[file])
             if not ok:
                 del headers[file]
         return chosen
 
+    needs: dict[Path, int] = {}  # each case's host memory (the placement's check), for reading the next beside it
+
     model = Ensemble.load(spec, prepared.weights_root, torch_device, timer, mode, prepared.backend, placement,
                           prepared.verify)
-    written = []
+    written, reader = [], ReadAhead(model, [(file, header, needs[file]) for file, header in headers.items()])
+    if len(headers) > 1:
+        log(f"read-ahead: {reader.describe()}")
     try:
         for index, file in enumerate(headers):
             # one budget per case; the first one's counts from the task's start on GC's clock (loading included)
             deadline = clock.next_task(origin.task.at, origin.number) if index == 0 else Deadline(clock.budget)
             if index == 0:
                 log_deadline(clock, deadline, origin.task.at)
-            ok, done = book.attempt(file, predict_case, model, file, output_dir, timer, deadline)
+            ok, done = book.attempt(file, predict_case, model, file, output_dir, timer, deadline, reader)
             if ok:
                 target, volume = done
                 written.append(target)
@@ -274,18 +280,18 @@ def host_needs(members: list[Member], header: Header, mode: str, device: torch.d
                       networks_loaded)
 
 
-def predict_case(model: Ensemble, file: Path, output_dir: Path, timer: StageTimer, deadline: Deadline
-                 ) -> tuple[Path, float]:
-    """The case's mask written within its deadline; returns its path and the tumor volume in mL."""
+def predict_case(model: Ensemble, file: Path, output_dir: Path, timer: StageTimer, deadline: Deadline,
+                 reader: ReadAhead | None = None) -> tuple[Path, float]:
+    """The case's mask written within its deadline (its image read now, or taken from `reader` where it was read
+    ahead); returns its path and the tumor volume in mL."""
     spec = model.spec
-    with timer.stage("read"):
-        image = read_image(file)
+    case = (reader or ReadAhead(model)).take(file, timer)
+    image = case.image
     if image.non_finite:
         warn(f"{file}: {image.non_finite} NaN/Inf voxels were set to 0")
     spacing = tuple(round(s, 3) for s in image.spacing)
-    log(f"{file.name}: {image.shape[::-1]} voxels (x, y, z) at {spacing} mm, read in "
-        f"{timer.last['read']:.1f}s")
-    mask = model.predict(image, timer, deadline)
+    log(f"{file.name}: {image.shape[::-1]} voxels (x, y, z) at {spacing} mm, {case.describe()}")
+    mask = model.predict(image, timer, deadline, case.ahead)
     target = output_path(output_dir, spec.output_socket, file)
     with timer.stage("write"):
         write_mask(mask, image, target)

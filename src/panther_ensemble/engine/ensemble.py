@@ -27,7 +27,7 @@ from .input_grid import MODES, ProbabilitySum
 from .loading import NetworkLoader, Verify
 from .members import Member, Network, describe_member, import_case_code, load_network
 from .postprocess import load_nnunet_postprocessing, nnunet_needs_the_whole_grid, postprocess
-from .preprocess import preprocess, preprocessing_key
+from .preprocess import Preprocessed, preprocess, preprocessing_key
 from .sliding_window import NonFiniteLogits, sliding_window_logits, tile_count
 from .spec import EnsembleSpec, member_labels
 
@@ -114,13 +114,38 @@ class Ensemble:
         """Stop loading networks (those of members the deadline dropped are not waited for)."""
         self.loader.cancel()
 
+    def preprocesses_on_host(self) -> bool:
+        """Whether the groups' preprocessing runs on the host (a CPU run, or exact mode's stock preprocessing): then
+        it can run ahead, beside another case's forwards, without touching the device's memory."""
+        return self.device.type == "cpu" or self.mode == "exact"
+
+    def preprocess_ahead(self, image: Image) -> list[Preprocessed]:
+        """Every group's preprocessed data for the image, in group order, the image's voxels then released: what
+        member_logits would make, made beforehand (app.read_ahead, while another case runs; no log, no timer)."""
+        if not self.preprocesses_on_host():
+            raise ValueError("preprocessing ahead runs on the host only")
+        prepared = [self._preprocess(image, g, group) for g, group in enumerate(self.groups, start=1)]
+        image.release_voxels()
+        return prepared
+
+    def _preprocess(self, image: Image, g: int, group: list[Member]) -> Preprocessed:
+        # numpy's overflow warnings would be lines on stderr: the data are checked for NaN and Inf just below
+        with np.errstate(over="ignore", invalid="ignore"):
+            prepared = preprocess(image, group[0], self.device if self.mode == "fast" else None)
+        if not torch.isfinite(prepared.data).all():  # e.g. intensities near float32's limit overflow the z-score
+            raise PantherError(f"{image.path}: NaN or Inf after nnU-Net's normalization of group {g} (does the "
+                               "image's intensity scale overflow float32?); no mask")
+        return prepared
+
     def member_logits(self, image: Image, timer: StageTimer, deadline: Deadline | None = None,
-                      release_voxels: bool = False) -> Iterator[tuple[Member, torch.Tensor, dict]]:
+                      release_voxels: bool = False, ahead: list[Preprocessed] | None = None
+                      ) -> Iterator[tuple[Member, torch.Tensor, dict]]:
         """Each member's fp16 logits on its preprocessed grid and nnU-Net's properties to export them, one member
         after another in spec order within shared preprocessing groups (one preprocessing per group). With a
         deadline, members that would finish past it are skipped; `self.dropped` names them afterwards. The time
         the caller takes between two members (the export) counts as the member's finish for the deadline.
-        `release_voxels`: the image's voxels are dropped once the last group is preprocessed."""
+        `release_voxels`: the image's voxels are dropped once the last group is preprocessed. `ahead`: every
+        group's data, preprocessed beforehand (preprocess_ahead), each released once its members have run."""
         deadline = deadline or Deadline(None)
         self.dropped = []
         if self._images:
@@ -130,17 +155,19 @@ class Ensemble:
         for g, group in enumerate(self.groups, start=1):
             if not deadline.another_group_fits(completed):
                 self._drop(group, "no time for another group")
+                if ahead is not None:
+                    ahead[g - 1] = None
                 continue
-            started = time.perf_counter()
-            # numpy's overflow warnings would be lines on stderr: the data are checked for NaN and Inf just below
-            with timer.stage("preprocess"), np.errstate(over="ignore", invalid="ignore"):
-                prepared = preprocess(image, group[0], self.device if self.mode == "fast" else None)
-            deadline.record_preprocess(time.perf_counter() - started)
-            if not torch.isfinite(prepared.data).all():  # e.g. intensities near float32's limit overflow the z-score
-                raise PantherError(f"{image.path}: NaN or Inf after nnU-Net's normalization of group {g} (does the "
-                                   "image's intensity scale overflow float32?); no mask")
-            log(f"group {g}: preprocessed {image.shape} -> {tuple(prepared.data.shape[1:])} "
-                f"in {timer.last['preprocess']:.1f}s")
+            if ahead is not None:  # made while another case ran: nothing of it counts against this deadline
+                prepared, ahead[g - 1] = ahead[g - 1], None
+                log(f"group {g}: preprocessed {image.shape} -> {tuple(prepared.data.shape[1:])} ahead")
+            else:
+                started = time.perf_counter()
+                with timer.stage("preprocess"):
+                    prepared = self._preprocess(image, g, group)
+                deadline.record_preprocess(time.perf_counter() - started)
+                log(f"group {g}: preprocessed {image.shape} -> {tuple(prepared.data.shape[1:])} "
+                    f"in {timer.last['preprocess']:.1f}s")
             if g == len(self.groups) and release_voxels:
                 image.release_voxels()  # 2-4 bytes per voxel less while the members run
             for m, member in enumerate(group):
@@ -224,14 +251,16 @@ class Ensemble:
         return ProbabilitySum(image.shape, self.classes,
                               self.device if self.placement.input_grid_on_device else HOST)
 
-    def predict(self, image: Image, timer: StageTimer, deadline: Deadline | None = None) -> np.ndarray:
-        """The uint8 tumor mask on the image's grid. The image's voxels are released once preprocessed. The deadline
-        keeps back what the last stage (the mask, post-processing, the caller's write) will take."""
+    def predict(self, image: Image, timer: StageTimer, deadline: Deadline | None = None,
+                ahead: list[Preprocessed] | None = None) -> np.ndarray:
+        """The uint8 tumor mask on the image's grid. The image's voxels are released once preprocessed (`ahead`:
+        the groups' data preprocessed beforehand). The deadline keeps back what the last stage (the mask,
+        post-processing, the caller's write) will take."""
         if deadline is not None:
             deadline.reserve_final(self.final_stage.reserve(math.prod(image.shape)))
         total = self.new_sum(image)
         added = 0
-        for member, logits, properties in self.member_logits(image, timer, deadline, release_voxels=True):
+        for member, logits, properties in self.member_logits(image, timer, deadline, True, ahead):
             with timer.stage("resample"):
                 total.add(logits, member, properties, member.spec.weight, self.mode)
             del logits

@@ -92,6 +92,18 @@ def host_bytes(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: t
     return FIXED_BYTES + networks + image + grid + max(preprocess, window + export) + voxels * MASK_BYTES_PER_VOXEL
 
 
+def read_ahead_bytes(members: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...],
+                     image_bytes_per_voxel: int, preprocessed: bool) -> int:
+    """What a case read ahead (app.read_ahead) holds beside the case running: its voxels and, where it is
+    preprocessed ahead too, the preprocessing's working set and every group's data on its grid (float32)."""
+    voxels = math.prod(shape_zyx)
+    image = voxels * image_bytes_per_voxel
+    if not preprocessed:
+        return image
+    grids = [_model_grid_voxels(group, shape_zyx, spacing_zyx) * 4 for group in group_members(members)]
+    return image + voxels * PREPROCESS_BYTES_PER_VOXEL + max(grids) + sum(grids)
+
+
 @dataclass(frozen=True)
 class DeviceEstimate:
     networks: int  # every member's weights
