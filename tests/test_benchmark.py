@@ -65,3 +65,15 @@ def test_report_table_and_cli(report, tmp_path, monkeypatch, capsys):
 def test_bad_repeats_is_one_line_error(capsys):
     assert cli.main(["benchmark", "--repeats", "0"]) == 1
     assert capsys.readouterr().err.strip() == "error: --repeats must be at least 1, got 0"
+
+
+def test_the_cpu_presets_96_case_has_its_own_patch_and_a_case_a_preset_lacks_is_one_line(tmp_path, capsys):
+    from panther_ensemble.tools.benchmark import PRESETS, base_case, bench_plans
+
+    cpu = PRESETS["cpu"]
+    assert cpu.patch("t1") == (64, 64, 64) and cpu.patch("t1-96") == (96, 96, 96) and base_case("t1-96") == "t1"
+    configuration = bench_plans(tmp_path, cpu, cpu.patch("t1-96"))["configurations"]["3d_fullres"]
+    assert configuration["patch_size"] == [96, 96, 96]
+    assert configuration["architecture"]["arch_kwargs"]["features_per_stage"] == [4, 8, 16, 32]
+    assert cli.main(["benchmark", "--preset", "smoke", "--case", "t1-96", "--work", str(tmp_path)]) == 1
+    assert capsys.readouterr().err.strip() == "error: the smoke preset has no case t1-96 (it has t1)"

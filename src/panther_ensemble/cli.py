@@ -190,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "the per-member reference; writes JSON.")
     benchmark.add_argument("--preset", choices=("gpu", "cpu", "smoke"), default="cpu",
                            help="gpu: full ResEncL; cpu: a 4-stage cut at 2 mm; smoke: seconds (default: cpu)")
-    benchmark.add_argument("--case", action="append", choices=("t1", "t2"), help="only these cases")
+    benchmark.add_argument("--case", action="append", choices=("t1", "t2", "t1-96"),
+                           help="only these cases (t1-96: Task 1's members with 96^3 patches, the cpu preset's)")
     benchmark.add_argument("--repeats", type=int, help="alternated runs per path (default: the preset's)")
     benchmark.add_argument("--max-minutes", type=float, default=60.0,
                            help="start no new repeat or case after this (default: 60)")

@@ -26,7 +26,7 @@ import json
 import statistics
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -54,13 +54,19 @@ class Preset:
     target_spacing: tuple[float, float, float]
     patch_size: tuple[int, int, int]
     features: tuple[int, ...] | None  # None: the planner's full ResEncL
-    cases: dict[str, dict]
+    cases: dict[str, dict]  # "t1", "t2" or a variant "t1-<name>": the composition and socket of its base case
     repeats: int
+    patches: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # a case's own patch (else patch_size)
+
+    def patch(self, case: str) -> tuple[int, int, int]:
+        return self.patches.get(case, self.patch_size)
 
 
 PRESETS = {
     "gpu": Preset((1.0, 1.0, 1.0), (192, 192, 192), None, {"t1": T1_GEOMETRY, "t2": T2_GEOMETRY}, repeats=2),
-    "cpu": Preset((2.0, 2.0, 2.0), (64, 64, 64), (4, 8, 16, 32), {"t1": T1_GEOMETRY, "t2": T2_GEOMETRY}, 3),
+    # t1-96: the same members with 96^3 patches, where a CPU's single-tile forward is slowest (issue 35)
+    "cpu": Preset((2.0, 2.0, 2.0), (64, 64, 64), (4, 8, 16, 32),
+                  {"t1": T1_GEOMETRY, "t2": T2_GEOMETRY, "t1-96": T1_GEOMETRY}, 3, {"t1-96": (96, 96, 96)}),
     "smoke": Preset((3.0, 3.0, 3.0), (32, 32, 32), (4, 8, 16),
                     {"t1": dict(shape_zyx=(20, 72, 88), spacing_xyz=(1.19, 1.19, 3.0))}, repeats=1),
 }
@@ -86,27 +92,37 @@ class Setup:
     onnx_spec: Path | None = None  # the members exported by export-onnx, and their spec
 
 
-def bench_plans(work: Path, preset: Preset) -> dict:
+def bench_plans(work: Path, preset: Preset, patch: tuple[int, int, int] | None = None) -> dict:
+    """The planner's ResEncL plans for PANTHER-like scans, fitted to `patch` (default: the preset's)."""
     plans = plan_resenc(work / "planning", PLANNER, T1_GEOMETRY["spacing_xyz"][::-1], T1_GEOMETRY["shape_zyx"],
                         preset.target_spacing, PLANS_NAME)
     if preset.features is None:
-        return fit_patch(plans, preset.patch_size)
-    return shrink_plans(plans, preset.features, preset.patch_size)
+        return fit_patch(plans, patch or preset.patch_size)
+    return shrink_plans(plans, preset.features, patch or preset.patch_size)
 
 
-def set_up(work: Path, preset: Preset, case: str, plans: dict) -> Setup:
-    """Random-weight member folders, the spec and the GC-layout input for one case."""
-    dataset, models = COMPOSITIONS[case]
+def base_case(case: str) -> str:
+    """The case whose composition, socket and image seed a variant ("t1-96") shares."""
+    return case.split("-")[0]
+
+
+def set_up(work: Path, preset: Preset, case: str, plans: dict, plans_names: tuple[str, ...] | None = None,
+           trainer: str | None = None) -> Setup:
+    """Random-weight member folders, the spec and the GC-layout input for one case. `trainer` and `plans_names`
+    (one per model) replace the composition's: models that differ only by plans, as the seed's fine-tuning makes."""
+    dataset, models = COMPOSITIONS[base_case(case)]
+    socket = SOCKETS[base_case(case)]
     weights, members, folders = work / "weights", [], []
-    for seed, (trainer, folds, checkpoint) in enumerate(models, start=1):
-        config = ModelConfig(dataset=dataset, trainer=trainer, plans_name=PLANS_NAME, folds=folds,
+    for seed, (model_trainer, folds, checkpoint) in enumerate(models, start=1):
+        config = ModelConfig(dataset=dataset, trainer=trainer or model_trainer,
+                             plans_name=plans_names[seed - 1] if plans_names else PLANS_NAME, folds=folds,
                              checkpoints=(checkpoint,), seed=seed, plans=plans)
         folders.append((make_model_folder(weights, config), folds, checkpoint))
         members += [(config, fold, checkpoint, 1.0) for fold in folds]
-    spec = write_spec(work / f"{case}.toml", members, input_socket=SOCKETS[case])
-    input_dir = write_gc_input(work / f"input-{case}", SOCKETS[case], {f"{case}.mha": dict(
-        **preset.cases[case], seed=IMAGE_SEEDS[case])})
-    return Setup(spec, weights, input_dir, input_dir / "images" / SOCKETS[case] / f"{case}.mha", folders)
+    spec = write_spec(work / f"{case}.toml", members, input_socket=socket)
+    input_dir = write_gc_input(work / f"input-{case}", socket, {f"{case}.mha": dict(
+        **preset.cases[case], seed=IMAGE_SEEDS[base_case(case)])})
+    return Setup(spec, weights, input_dir, input_dir / "images" / socket / f"{case}.mha", folders)
 
 
 class PeakRSS:
@@ -289,6 +305,7 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
     stock, ours = summarize(runs["stock"]), summarize(runs["ours"])
     result = {"case": {**{k: list(v) for k, v in preset.cases[case].items()},
                        "members": len(spec.members)},
+              "patch_size": list(member.configuration_manager.patch_size),
               "stock": stock, "ours": ours, "ratio": stock["wall_s"] / ours["wall_s"],
               "forward_share_ours": ours["stages_s"]["forward"] / ours["wall_s"],
               "parity_vs_reference": parity(masks["ours"], reference),
@@ -325,6 +342,10 @@ def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: lis
     """The report; written to `out` after each case too, so a run stopped from outside keeps what it measured.
     `onnxruntime`: also run this product with its onnxruntime backend, where ONNX Runtime can run it."""
     preset = PRESETS[preset_name]
+    unknown = [case for case in cases or [] if case not in preset.cases]
+    if unknown:
+        raise PantherError(f"the {preset_name} preset has no case {', '.join(unknown)} (it has "
+                           f"{', '.join(preset.cases)})")
     with_onnxruntime = onnxruntime and onnxruntime_runs_on(device)
     deadline = time.monotonic() + 60 * max_minutes
     log(f"benchmark {preset_name} on {device_name(device)}: planning members with nnU-Net's {PLANNER}")
@@ -339,7 +360,9 @@ def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: lis
         if report["cases"] and time.monotonic() > deadline:
             log(f"time limit reached: {case} not run")
             break
-        report["cases"][case] = benchmark_case(work, preset, case, plans, device, repeats or preset.repeats,
+        case_plans = plans if preset.patch(case) == preset.patch_size else \
+            bench_plans(work / case, preset, preset.patch(case))
+        report["cases"][case] = benchmark_case(work, preset, case, case_plans, device, repeats or preset.repeats,
                                                deadline, with_onnxruntime)
         if out is not None:
             write_report(report, out)
@@ -368,7 +391,9 @@ def format_report(report: dict) -> str:
                          f" | {r['peak_host_gib']:.2f} | {device_peak} |")
     lines.append("")
     for case, result in report["cases"].items():
-        line = (f"{case}: stock/ours = {result['ratio']:.2f}x (medians of {len(result['ours']['runs_wall_s'])} "
+        patch = f" (patch {result['patch_size']})" if result.get("patch_size", report["patch_size"]) != \
+            report["patch_size"] else ""
+        line = (f"{case}{patch}: stock/ours = {result['ratio']:.2f}x (medians of {len(result['ours']['runs_wall_s'])} "
                 f"alternated runs), forward {result['forward_share_ours']:.0%} of ours, parity vs the per-member "
                 f"reference: Dice {result['parity_vs_reference']['dice']:.5f}, "
                 f"{result['parity_vs_reference']['differing_fraction']:.4%} voxels differ; "
