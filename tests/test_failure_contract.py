@@ -15,7 +15,7 @@ import pytest
 from conftest import gc_input
 from test_signals import start, wait_for_line
 
-import panther_ensemble.app.predict_run as run
+import panther_ensemble.app.read_ahead as reading
 from panther_ensemble.cli import main
 
 T1 = "abdominal-t1-mri"
@@ -34,15 +34,16 @@ def predict(workspace, tmp_path: Path, *extra: str, weights: Path | None = None)
 
 
 def fail_on(name: str, error: Exception, monkeypatch) -> None:
-    """A bug of ours or a library's (not a PantherError) while reading one case."""
-    original = run.read_image
+    """A bug of ours or a library's (not a PantherError) while reading one case (read ahead, in a thread of its own,
+    where it is not the first)."""
+    original = reading.read_image
 
     def read_image(path):
         if Path(path).name == name:
             raise error
         return original(path)
 
-    monkeypatch.setattr(run, "read_image", read_image)
+    monkeypatch.setattr(reading, "read_image", read_image)
 
 
 def test_an_unexpected_error_in_one_case_is_its_line_and_record_and_the_others_run(workspace, tmp_path, capsys,

@@ -16,9 +16,9 @@ from .host_limits import available_memory
 from .members import Member, network_from_plans
 
 # On a CPU, torch runs one small 3-D tile through its slow reference convolution and a batch through oneDNN, and
-# even large tiles go faster in batches (benchmarks/cpu_batch.py, 2026-12-07, 2 cores shared with other runs, seconds
-# per tile alone / 2 / 4 / 8 at a time: 64^3 1.72 / 0.71 / 0.83 / 0.70, 96^3 1.72 / 1.08 / 1.18 / 1.09); beyond four
-# nothing is gained and the memory grows with every tile.
+# large tiles go faster in batches too (benchmarks/cpu_batch.py, 2026-12-07, 2 idle cores, seconds per tile alone /
+# 2 / 4 at a time: 64^3 0.166 / 0.047 / 0.058, 96^3 0.284 / 0.208 / 0.244; with other runs on the cores 96^3 took
+# 1.72 / 1.08 / 1.18); beyond four nothing was gained and the memory grows with every tile.
 CPU_MAX_TILES_PER_FORWARD = 4
 # The share of the host's room one forward's activations may take: the rest is the case's (engine.memory's plan
 # counts the batch's activations in it).
