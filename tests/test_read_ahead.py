@@ -3,6 +3,9 @@ failure of the case read ahead its own error line, the host's room respected, th
 
 from __future__ import annotations
 
+import threading
+from types import SimpleNamespace
+
 import numpy as np
 import SimpleITK as sitk
 import torch
@@ -113,3 +116,16 @@ def test_the_memory_read_ahead_holds_is_within_its_estimate(workspace, tmp_path)
                                 preprocessed=False) == image_bytes
     finally:
         model.close()
+
+
+def test_a_thread_that_cannot_start_leaves_the_case_to_be_read_when_it_starts(workspace, tmp_path, monkeypatch,
+                                                                              capsys):
+    class Refused(threading.Thread):  # as under a process limit too tight for another thread's stack
+        def start(self) -> None:
+            raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(read_ahead, "threading", SimpleNamespace(Thread=Refused))  # the read-ahead's threads only
+    assert predict(workspace, cohort(tmp_path), tmp_path / "out") == 0
+    log = capsys.readouterr().out
+    assert "case_1.mha: not read ahead (can't start new thread)" in log and ") ahead" not in log
+    assert sorted(masks(tmp_path / "out")) == ["case_0.mha", "case_1.mha", "case_2.mha"]

@@ -97,7 +97,11 @@ class ReadAhead:
         result: dict = {}
         # a daemon: a run that fails as a whole, or is stopped, does not wait for a read nobody will take
         thread = threading.Thread(target=self._read, args=(file, result), name="read-ahead", daemon=True)
-        thread.start()
+        try:
+            thread.start()
+        except RuntimeError as e:  # no thread under the process's limits: the case is read when it starts
+            log(f"{file.name}: not read ahead ({e})")
+            return
         self._pending = (file, thread, result)
 
     def _read(self, file: Path, result: dict) -> None:
