@@ -221,6 +221,8 @@ def _predict_cases(socket: str | None, files: list[Path], root: Path, output_dir
     log(f"ensemble {spec.path} ({len(spec.members)} members) for {spec.input_socket}: {len(headers)} image(s)")
     log_host_memory()
 
+    needs: dict[Path, int] = {}  # each case's host memory (the placement's check), for reading the next beside it
+
     def placement(members: list[Member]) -> Placement:
         """On a device, what fits it for the largest image; then every image must fit the host."""
         largest = max(headers.values(), key=lambda h: math.prod(h.shape_zyx))
@@ -231,8 +233,6 @@ def _predict_cases(socket: str | None, files: list[Path], root: Path, output_dir
             if not ok:
                 del headers[file]
         return chosen
-
-    needs: dict[Path, int] = {}  # each case's host memory (the placement's check), for reading the next beside it
 
     model = Ensemble.load(spec, prepared.weights_root, torch_device, timer, mode, prepared.backend, placement,
                           prepared.verify)

@@ -34,11 +34,10 @@ class CaseInput:
     beside: bool  # made while the previous case ran
 
     def describe(self) -> str:
-        if not self.beside:
-            return f"read in {self.read_s:.1f}s"
-        made = f"read in {self.read_s:.1f}s" + \
-            (f" and preprocessed in {self.preprocess_s:.1f}s" if self.ahead is not None else "")
-        return f"{made} while the previous case ran"
+        made = f"read in {self.read_s:.1f}s"
+        if self.ahead is not None:
+            made += f" and preprocessed in {self.preprocess_s:.1f}s"
+        return f"{made} while the previous case ran" if self.beside else made
 
 
 class ReadAhead:
@@ -47,7 +46,9 @@ class ReadAhead:
 
     def __init__(self, model: Ensemble, cases: list[tuple[Path, Header, int]] = ()) -> None:
         self.model = model
-        self.cases = list(cases)
+        self._needs = {file: needs for file, _, needs in cases}
+        # each case's successor, with its header: what is read once the case is taken
+        self._following = {file: (following, header) for (file, _, _), (following, header, _) in zip(cases, cases[1:])}
         self.enabled = os.environ.get(READ_AHEAD_VARIABLE, "on") != "off"
         self.preprocess = model.preprocesses_on_host()
         self._pending: tuple[Path, threading.Thread, dict] | None = None
@@ -73,19 +74,17 @@ class ReadAhead:
                 raise result["error"]
             case = result["case"]
             # its work counted in its stages (beside another case's: the stages then add up to more than the wall)
-            timer.seconds["read"] += case.read_s
-            timer.seconds["preprocess"] += case.preprocess_s
-            timer.last["read"] = case.read_s
+            timer.add("preprocess", case.preprocess_s)
+            timer.add("read", case.read_s)
             return case
         finally:
             self._start_next(file)
 
     def _start_next(self, taken: Path) -> None:
-        files = [file for file, _, _ in self.cases]
-        if not self.enabled or taken not in files or files.index(taken) + 1 == len(files):
+        if not self.enabled or taken not in self._following:
             return
-        beside_bytes = self.cases[files.index(taken)][2]
-        file, header, _ = self.cases[files.index(taken) + 1]
+        beside_bytes = self._needs[taken]
+        file, header = self._following[taken]
         needed = read_ahead_bytes(self.model.members, header.shape_zyx, header.spacing_zyx, header.bytes_per_voxel,
                                   self.preprocess)
         room = available_memory()

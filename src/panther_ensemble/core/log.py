@@ -61,8 +61,12 @@ class StageTimer:
             torch = sys.modules.get("torch")  # not imported by this module: the invoke server binds before torch
             if torch is not None and torch.cuda.is_initialized():  # a stage's time includes the GPU work it queued
                 torch.cuda.synchronize()
-            self.last[name] = time.perf_counter() - start
-            self.seconds[name] += self.last[name]
+            self.add(name, time.perf_counter() - start)
+
+    def add(self, name: str, seconds: float) -> None:
+        """A stage's run timed elsewhere (another thread's work, e.g. a case read ahead)."""
+        self.last[name] = seconds
+        self.seconds[name] += seconds
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.started
