@@ -90,9 +90,12 @@ def main() -> None:
             shutil.copy(gc_input / "images" / SOCKETS["t1"] / name, raw / name.replace(".mha", "_0000.mha"))
         # nnU-Net reads its folders from the environment; prediction from a model folder needs none of them
         env = {**os.environ, **{k: str(work / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}}
-        paths = {"nnunet-cli": lambda out: nnunet_workflow(setup.folders, raw, out),
-                 "ours": lambda out: ours(setup.spec, setup.weights, gc_input, out),
-                 "ours-read-ahead-off": lambda out: ours(setup.spec, setup.weights, gc_input, out)}
+        def predict(out: Path) -> list[list[str]]:
+            return ours(setup.spec, setup.weights, gc_input, out)
+
+        # the two predicts differ only by PANTHER_READ_AHEAD, set per path below
+        paths = {"nnunet-cli": lambda out: nnunet_workflow(setup.folders, raw, out), "ours": predict,
+                 "ours-read-ahead-off": predict}
         names, seconds = list(paths), {name: [] for name in paths}
         for r in range(args.repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:  # each path first in turn
