@@ -196,8 +196,9 @@ sys.exit(0 if np.array_equal(one, two) and one.any() and old.any() else 1)' \
 
 # suite_in_image: the repository's pytest suite run by the image's Python and torch (read-only checkout, /tmp for
 # the tests' files), with pytest added on top of the image
-# the dev extra's test tools the image lacks, at the versions constraints-cpu.txt pins (hypothesis: the property tests)
-mapfile -t SUITE_REQUIREMENTS < <(grep -E '^(panimg|kubernetes-validate|hypothesis)==' "$repo/constraints-cpu.txt")
+# the dev extra's test tools the image lacks, at the versions constraints-cpu.txt pins (hypothesis: the property tests;
+# openvino: the openvino backend's tests, which the image itself leaves out)
+mapfile -t SUITE_REQUIREMENTS < <(grep -E '^(panimg|kubernetes-validate|hypothesis|openvino|openvino-telemetry)==' "$repo/constraints-cpu.txt")
 SUITE_REQUIREMENTS=(pytest==9.2.0 "${SUITE_REQUIREMENTS[@]}")
 suite_in_image() {
     echo "== the pytest suite on the image's own Python and torch ($TAG with ${SUITE_REQUIREMENTS[*]})"

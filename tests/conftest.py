@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,14 @@ from panther_ensemble.demo.synthetic import ALL_ROUNDER, BOUNDARY, T1_MEMBERS, V
 TRANSPOSED = syn.ModelConfig(dataset="Dataset903_Other", trainer="nnUNetTrainer", plans_name="nnUNetPlansT",
                              transpose_forward=(2, 0, 1), spacing=(1.1, 2.5, 1.1), patch_size=(24, 16, 24),
                              use_mask_for_norm=True, folds=("all",), seed=4)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _cache_of_this_session(tmp_path_factory) -> Iterator[None]:
+    """Measurements kept per machine (app.here_cache) go to a folder of the session's, never the user's cache."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
 
 
 @dataclass

@@ -1,5 +1,5 @@
-"""The benchmark runs the stock chain and this product (torch and onnxruntime backends) alternated and reports
-what issues 5 and 8 ask; a smoke preset keeps it quick."""
+"""The benchmark runs the stock chain and this product (torch, onnxruntime and the measured choice) alternated and
+reports what issues 5, 8 and 35 ask; a smoke preset keeps it quick."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def test_both_paths_timed_alternated_with_stage_times(report):
     result = report["cases"]["t1"]
     assert report["features"] == [4, 8, 16]  # the planner's ResEnc, cut to the smoke preset
     assert result["case"]["members"] == 6  # the paper's 3 + 2 + 1
-    for path in ("stock", "ours", "onnxruntime"):
+    for path in ("stock", "ours", "onnxruntime", "chosen"):
         assert len(result[path]["runs_wall_s"]) == 2
         stages = result[path]["stages_s"]
         assert set(stages) == set(STAGES)
@@ -37,18 +37,25 @@ def test_both_paths_timed_alternated_with_stage_times(report):
     assert onnx["ratio"] == pytest.approx(result["stock"]["wall_s"] / onnx["wall_s"])
     assert onnx["export_s"] > 0 and 0 < onnx["forward_share"] < 1
     assert result["forwards"] % 6 == 0 and result["flops_per_forward"] > 1e6
+    chosen = result["chosen"]  # predict's default on a CPU: the exports beside, each member's forward measured
+    assert chosen["ratio"] == pytest.approx(result["stock"]["wall_s"] / chosen["wall_s"])
+    assert chosen["choice_s"] > 0 and len(chosen["forwards"]) == 6
+    assert all(f["backend"] in ("torch", "onnxruntime") and f["tiles_per_forward"] in (1, 2, 4)
+               for f in chosen["forwards"])
 
 
 def test_ours_is_within_the_parity_bound(report):
     for parity in (report["cases"]["t1"]["parity_vs_reference"],
-                   report["cases"]["t1"]["onnxruntime"]["parity_vs_reference"]):
+                   report["cases"]["t1"]["onnxruntime"]["parity_vs_reference"],
+                   report["cases"]["t1"]["chosen"]["parity_vs_reference"]):
         assert parity["dice"] >= 0.999 and parity["differing_fraction"] <= 0.0005
 
 
 def test_report_table_and_cli(report, tmp_path, monkeypatch, capsys):
     table = format_report(report)
     assert "| t1 | stock |" in table and "| t1 | ours |" in table and "| t1 | onnxruntime |" in table
-    assert "stock/ours" in table and "stock/onnxruntime" in table
+    assert "| t1 | chosen |" in table
+    assert "stock/ours" in table and "stock/onnxruntime" in table and "stock/chosen" in table
     import panther_ensemble.tools.benchmark as benchmark
 
     # the CLI's whole run with the measured case standing in for a new measurement

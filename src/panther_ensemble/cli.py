@@ -68,10 +68,10 @@ def _add_predict_arguments(parser: argparse.ArgumentParser, cohorts: bool = True
                              "on a CPU small tiles a few per forward: within the parity bound of stock nnU-Net; "
                              "exact: stock nnU-Net's arithmetic step by step (the plans' resampling on the host, one "
                              "tile per forward): the same masks as stock nnU-Net on every parity case")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"),
-                        help="what runs the member networks: torch (the checkpoints) or onnxruntime (members "
-                             "written by export-onnx, beside the checkpoints they came from) (default: the spec's "
-                             "backend, else torch)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"),
+                        help="what runs the member networks: torch (the checkpoints), onnxruntime or openvino (a "
+                             "CPU only) (members written by export-onnx) (default: the spec's backend, else on a CPU "
+                             "each member's fastest, measured, with exports beside the checkpoints; else torch)")
     if not cohorts:
         return
     cohort = parser.add_argument_group("cohorts (docs/cohorts.md)")
@@ -132,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--weights", type=Path, help="weights root (default as for predict)")
     evaluate.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                           help="with --ensemble: where the members run, as for predict (default: auto)")
-    evaluate.add_argument("--backend", choices=("torch", "onnxruntime"),
+    evaluate.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"),
                           help="with --ensemble: what runs the members, as for predict (default: the spec's "
                                "backend, else torch)")
     evaluate.add_argument("--tumor-label", type=int,
@@ -163,10 +163,16 @@ def build_parser() -> argparse.ArgumentParser:
                     "checkpoint's network. OUT becomes a weights root of its own: each model folder's plans.json "
                     "and dataset.json, fold_<f>/<checkpoint stem>.onnx, the spec with backend = \"onnxruntime\", "
                     "onnx_manifest.json (member, fold, checkpoint, sha256 of every file) and weights.sha256. "
-                    "Run it with: predict --ensemble OUT/<spec>.toml --weights OUT.")
+                    "Run it with: predict --ensemble OUT/<spec>.toml --weights OUT. With --beside instead, each "
+                    "model goes beside its checkpoint in the weights root (listed in its weights.sha256 where it "
+                    "has one) and the spec is unchanged: on a CPU, predict then runs each member with torch or "
+                    "ONNX Runtime, whichever this machine runs faster (measured once, docs/onnx.md).")
     export_onnx.add_argument("--ensemble", type=Path, required=True, help="the ensemble spec (TOML)")
     export_onnx.add_argument("--weights", type=Path, help="weights root (default as for predict)")
-    export_onnx.add_argument("--out", type=Path, required=True, help="a new (or empty) folder to write")
+    where = export_onnx.add_mutually_exclusive_group(required=True)
+    where.add_argument("--out", type=Path, help="a new (or empty) folder to write, a weights root of its own")
+    where.add_argument("--beside", action="store_true",
+                       help="write each model beside its checkpoint in the weights root")
     export_onnx.add_argument("--opset", type=int, default=18, help="ONNX opset, at least 17 (default: 18)")
     export_model = subcommands.add_parser(
         "export-model", help="write your spec and its folds as a GC model tarball (the algorithm's Models page)",
@@ -259,7 +265,7 @@ def _add_selection_commands(subcommands) -> None:
     select.add_argument("--report", type=Path, help="folder for selection.md, selection.png and selection.json")
     select.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto",
                         help="where the candidates predict (default: auto)")
-    select.add_argument("--backend", choices=("torch", "onnxruntime"),
+    select.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"),
                         help="what runs the candidates, as for predict (default: the spec's backend, else torch)")
     select.add_argument("--remeasure", action="store_true", help="with --target here: measure this machine again "
                         "(default: its rates measured once, kept and reused by select and cost alike)")
@@ -279,7 +285,7 @@ def _add_selection_commands(subcommands) -> None:
     cost.add_argument("--spacing", help="Z,Y,X mm, with --shape")
     cost.add_argument("--target", default="t4", help="t4, here or an effective TFLOP/s (default: t4)")
     cost.add_argument("--device", choices=("auto", "cuda", "cpu"), default="auto", help="for --target here")
-    cost.add_argument("--backend", choices=("torch", "onnxruntime"),
+    cost.add_argument("--backend", choices=("torch", "onnxruntime", "openvino"),
                       help="the members' network files to price, as for predict (default: the spec's backend, "
                            "else torch)")
     cost.add_argument("--remeasure", action="store_true", help="with --target here: measure this machine again "

@@ -16,9 +16,10 @@ if TYPE_CHECKING:
 
 
 def _spec_and_weights(spec_file: Path, weights: Path | None, backend: str | None = None
-                      ) -> tuple[EnsembleSpec, Path, str]:
+                      ) -> tuple[EnsembleSpec, Path, str | None]:
     """The spec, its weights root (--weights or the app's lookup), its backend (--backend, else the spec's, else
-    torch) and the check that the root holds its members' network files for that backend."""
+    None: torch, or on a CPU each member's measured choice where a tool follows predict) and the check that the root
+    holds its members' network files for that backend."""
     from .app.locations import resolve_weights_root
     from .app.predict_run import choose_backend
     from .engine.spec import check_against_weights, load_spec
@@ -26,7 +27,7 @@ def _spec_and_weights(spec_file: Path, weights: Path | None, backend: str | None
     spec = load_spec(spec_file)
     backend = choose_backend(backend, spec, "fast")
     weights_root = resolve_weights_root(spec, weights)
-    check_against_weights(spec, weights_root, backend)
+    check_against_weights(spec, weights_root, backend or "torch")
     return spec, weights_root, backend
 
 
@@ -84,7 +85,8 @@ def _evaluation(args: argparse.Namespace) -> tuple[dict, str]:
         from .tools.member_table import compare_members, format_table
 
         spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights, args.backend)
-        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device), backend)
+        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device),
+                                 backend or "torch")
         summary = "\n" + format_table(result)
     else:
         raise PantherError("evaluate takes either --pred and --gt, or --ensemble, --images and --labels")
@@ -118,10 +120,16 @@ def run_preview(args: argparse.Namespace) -> None:
 def run_export_onnx(args: argparse.Namespace) -> None:
     from .app.locations import resolve_weights_root
     from .engine.spec import load_spec
-    from .tools.onnx_export import export_ensemble
+    from .tools.onnx_export import export_beside, export_ensemble
 
     spec = load_spec(args.ensemble)
-    written = export_ensemble(spec, resolve_weights_root(spec, args.weights), args.out, args.opset)
+    weights_root = resolve_weights_root(spec, args.weights)
+    if args.beside:
+        export_beside(spec, weights_root, args.opset)
+        print(f"wrote {len(spec.members)} ONNX members beside their checkpoints in {weights_root}; on a CPU, predict "
+              "runs each with torch or ONNX Runtime, whichever is faster here (PANTHER_FORWARD_CHOICE=off: torch)")
+        return
+    written = export_ensemble(spec, weights_root, args.out, args.opset)
     print(f"wrote {len(spec.members)} ONNX members to {args.out}; run them with: panther-ensemble predict "
           f"--ensemble {written} --weights {args.out}")
 
@@ -137,12 +145,12 @@ def run_export_model(args: argparse.Namespace) -> None:
     spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights)
     with tempfile.TemporaryDirectory(prefix="panther-export-model-") as scratch:
         stage = Path(scratch) / "model"
-        if args.onnx and backend == "torch":
+        if args.onnx and backend in (None, "torch"):
             from .tools.onnx_export import export_ensemble
 
             export_ensemble(spec, weights_root, stage, args.opset)
         else:  # the spec's own members: checkpoints, or the ONNX models export-onnx wrote (backend = "onnxruntime")
-            stage_models([spec.path], weights_root, stage, backend=backend)
+            stage_models([spec.path], weights_root, stage, backend=backend or "torch")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_tarball(stage, args.out)
     digest = sha256(args.out)  # streamed: a model tarball is gigabytes
@@ -202,7 +210,7 @@ def run_select(args: argparse.Namespace) -> None:
     selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
                               select_device(args.device), target, args.objective, args.budget, geometry,
                               held_out if all(held_out) else None, args.remeasure, not args.no_postprocessing,
-                              backend)
+                              backend or "torch")
     print(path_table(selection))
     if selection.post is not None:
         print(postprocessing_table(selection))
@@ -216,6 +224,7 @@ def run_select(args: argparse.Namespace) -> None:
 
 
 def _cost(args: argparse.Namespace) -> dict:
+    from .app.forward_choice import choose_forwards
     from .engine.devices import select_device
     from .engine.image import check_image
     from .engine.members import describe_member
@@ -229,10 +238,12 @@ def _cost(args: argparse.Namespace) -> dict:
         header = check_image(args.image)
         geometry = header.shape_zyx, header.spacing_zyx
     spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights, args.backend)
-    members = [describe_member(weights_root, m, backend) for m in spec.members]
+    members = [describe_member(weights_root, m, backend or "torch") for m in spec.members]
+    device = select_device(args.device)
+    if backend is None and target.tflops is None:  # `here` prices what predict runs: each member's measured choice
+        choose_forwards(members, device)
     postprocessing = spec.postprocessing.kind if spec.postprocessing else "none"
-    return pool_cost_on(members, *geometry, target, select_device(args.device), args.remeasure,
-                        postprocessing).report()
+    return pool_cost_on(members, *geometry, target, device, args.remeasure, postprocessing).report()
 
 
 def run_cost(args: argparse.Namespace) -> None:

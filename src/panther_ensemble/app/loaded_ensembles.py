@@ -94,8 +94,7 @@ class LoadedEnsembles:
             check_networks_fit(str(spec.path), members, self.device)
             return device_placement(members, self.device, DESIGN_SHAPE_ZYX, DESIGN_SPACING_ZYX)
 
-        model = Ensemble.load(spec, prepared.weights_root, self.device, timer, self.options.mode, prepared.backend,
-                              placement, prepared.verify)
+        model = prepared.load(self.device, timer, self.options.mode, placement)
         try:
             with timer.stage("load"):
                 model.wait_until_ready()

@@ -32,6 +32,13 @@ def write_manifest(root: Path, known: dict[str, str] | None = None) -> Path:
                                                    for name in names))
 
 
+def add_to_manifest(root: Path, digests: dict[str, str]) -> Path:
+    """The root's manifest with these files (relative paths) listed or their digests replaced, the rest as it was."""
+    listed = {**Manifest(root).listed, **digests}
+    return write_text_atomically(Path(root) / MANIFEST_NAME, "".join(f"{listed[name]}  {name}\n"
+                                                                     for name in sorted(listed)))
+
+
 class Manifest:
     """A weights root's manifest: which files it lists and their digests."""
 

@@ -21,7 +21,7 @@ from ..core.errors import PantherError, print_failure
 from ..core.stop import written_atomically
 from ..engine.members import INFERENCE_CHECKPOINT_KEYS, load_checkpoint
 from ..engine.onnx_network import ONNX_MANIFEST
-from ..engine.spec import check_against_weights, load_spec, network_files
+from ..engine.spec import ONNX_BACKENDS, check_against_weights, load_spec, network_files
 from .manifest import write_manifest
 
 
@@ -70,7 +70,7 @@ def stage_models(spec_files: list[Path], weights_root: Path, weights_stage: Path
             target.parent.mkdir(parents=True, exist_ok=True)
             for name in ("plans.json", "dataset.json"):
                 shutil.copy(weights_root / member.model / name, weights_stage / member.model / name)
-            if backend == "onnxruntime":
+            if backend in ONNX_BACKENDS:
                 for file in network_files(member, weights_root, backend):
                     shutil.copy(file, target.parent / file.name)
                 print(f"   {member.name}: {target.stat().st_size / 1e6:.1f} MB (ONNX)")
@@ -79,7 +79,7 @@ def stage_models(spec_files: list[Path], weights_root: Path, weights_stage: Path
                       f"{target.stat().st_size / 1e6:.1f} MB")
             else:
                 print(f"   {member.name}: {target.stat().st_size / 1e6:.1f} MB")
-    if backend == "onnxruntime" and (weights_root / ONNX_MANIFEST).is_file():  # what export-onnx recorded
+    if backend in ONNX_BACKENDS and (weights_root / ONNX_MANIFEST).is_file():  # what export-onnx recorded
         shutil.copy(weights_root / ONNX_MANIFEST, weights_stage / ONNX_MANIFEST)
     manifest = write_manifest(weights_stage)
     print(f"   {manifest.name}: sha256 of every file")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import os
 import resource
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -25,6 +26,7 @@ from ..engine.memory import check_host_memory, device_free_bytes, estimate_devic
 from ..engine.spec import BACKENDS, EnsembleSpec, check_against_weights, load_spec, member_files, network_files
 from .cases import CaseBook
 from .cohort import Records, existing_mask_problem, resolve_shard
+from .forward_choice import choose_forwards
 from .gc_io import check_writable, find_inputs, input_header, output_path
 from .locations import find_spec, resolve_weights_root, spec_dirs
 from .manifest import Manifest
@@ -41,8 +43,9 @@ def peak_memory() -> str:
 
 
 def weights_verifier(spec: EnsembleSpec, weights_root: Path, backend: str) -> Verify | None:
-    """With a manifest in the weights root: every file the ensemble uses must be listed (checked now), plans and
-    dataset files match now, and each member's network files are hashed by the loader as it reads them."""
+    """With a manifest in the weights root: every file the ensemble uses with `backend` must be listed (checked now),
+    plans and dataset files match now, and each member's network files (of the backend it runs with) are hashed by
+    the loader as it reads them."""
     manifest = Manifest.of(weights_root)
     if manifest is None:
         return None
@@ -53,7 +56,7 @@ def weights_verifier(spec: EnsembleSpec, weights_root: Path, backend: str) -> Ve
     log(f"weights listed in {manifest.path}; each network file is verified as it loads")
 
     def verify(member: Member) -> None:
-        for file in network_files(member.spec, weights_root, backend):
+        for file in network_files(member.spec, weights_root, member.backend):
             manifest.verify(file)
 
     return verify
@@ -90,13 +93,16 @@ def task_clock(job: Origin, spec: EnsembleSpec, budget: float | None, time_limit
     return TaskClock(job, resolve_budget(given, limit), limit)
 
 
-def choose_backend(cli_backend: str | None, spec: EnsembleSpec, mode: str) -> str:
-    """--backend, else the spec's, else torch; exact mode is nnU-Net's own torch forward."""
-    backend = cli_backend or spec.backend or "torch"
+def choose_backend(cli_backend: str | None, spec: EnsembleSpec, mode: str) -> str | None:
+    """--backend, else the spec's, else None: each member's on a CPU by measurement (app.forward_choice), torch
+    elsewhere; exact mode is nnU-Net's own torch forward."""
+    backend = cli_backend or spec.backend or (None if mode == "fast" else "torch")
+    if backend is None:
+        return None
     if backend not in BACKENDS:
         raise PantherError(f"--backend must be one of {', '.join(BACKENDS)}, got '{backend}'")
-    if backend == "onnxruntime" and mode == "exact":
-        raise PantherError("--mode exact runs stock nnU-Net's torch forward; the onnxruntime backend needs "
+    if backend != "torch" and mode == "exact":
+        raise PantherError(f"--mode exact runs stock nnU-Net's torch forward; the {backend} backend needs "
                            "--mode fast")
     return backend
 
@@ -109,12 +115,28 @@ def check_socket(spec: EnsembleSpec, socket: str | None) -> None:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A spec checked against its weights, ready to load: the backend, the weights root, the manifest's check."""
+    """A spec checked against its weights, ready to load: the backend (None: chosen per member, forwards_chosen),
+    the weights root, the manifest's check."""
 
     spec: EnsembleSpec
-    backend: str
+    backend: str | None
     weights_root: Path
     verify: Verify | None
+
+    def load(self, device: torch.device, timer: StageTimer, mode: str,
+             placement: Callable[[list[Member]], Placement]) -> Ensemble:
+        """The ensemble loading (Ensemble.load), each member's forward chosen before `placement` plans for it."""
+        if self.backend == "openvino" and device.type != "cpu":
+            raise PantherError(f"the openvino backend runs on a CPU, not on {device}: use --device cpu, or the "
+                               "torch or onnxruntime backend")
+
+        def chosen_then_placed(members: list[Member]) -> Placement:
+            if self.backend is None:
+                choose_forwards(members, device, self.verify)
+            return placement(members)
+
+        return Ensemble.load(self.spec, self.weights_root, device, timer, mode, self.backend or "torch",
+                             chosen_then_placed, self.verify)
 
 
 def prepare(spec: EnsembleSpec, weights: Path | None, backend: str | None, mode: str, timer: StageTimer) -> Prepared:
@@ -122,9 +144,9 @@ def prepare(spec: EnsembleSpec, weights: Path | None, backend: str | None, mode:
     manifest's listing."""
     backend = choose_backend(backend, spec, mode)
     weights_root = resolve_weights_root(spec, weights)
-    check_against_weights(spec, weights_root, backend)
+    check_against_weights(spec, weights_root, backend or "torch")
     with timer.stage("verify"):
-        verify = weights_verifier(spec, weights_root, backend)
+        verify = weights_verifier(spec, weights_root, backend or "torch")
     return Prepared(spec, backend, weights_root, verify)
 
 
@@ -234,8 +256,7 @@ def _predict_cases(socket: str | None, files: list[Path], root: Path, output_dir
                 del headers[file]
         return chosen
 
-    model = Ensemble.load(spec, prepared.weights_root, torch_device, timer, mode, prepared.backend, placement,
-                          prepared.verify)
+    model = prepared.load(torch_device, timer, mode, placement)
     written, reader = [], ReadAhead(model, [(file, header, needs[file]) for file, header in headers.items()])
     if len(headers) > 1:
         log(f"read-ahead: {reader.describe()}")

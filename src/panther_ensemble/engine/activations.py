@@ -105,14 +105,14 @@ def tile_bytes_bound(member: Member) -> int:
 def tiles_per_forward(member: Member, device: torch.device, room: int | None = None) -> int:
     """Tiles per network forward: one on a GPU, as nnU-Net; on a CPU as many as CPU_ACTIVATION_SHARE of the host's
     room (`room`, or what available_memory finds) holds at the plans' bound of fp32 activations per tile, up to
-    CPU_MAX_TILES_PER_FORWARD."""
+    CPU_MAX_TILES_PER_FORWARD or the member's measured fastest (app.forward_choice), whichever is fewer."""
     if device.type != "cpu":
         return 1
     if room is None:
         found = available_memory()
         room = found[0] if found is not None else 2 ** 62
     fits = int(room * CPU_ACTIVATION_SHARE) // tile_bytes_bound(member)
-    return max(1, min(CPU_MAX_TILES_PER_FORWARD, fits))
+    return max(1, min(member.tiles_per_forward or CPU_MAX_TILES_PER_FORWARD, CPU_MAX_TILES_PER_FORWARD, fits))
 
 
 def batch_activation_bytes(member: Member, device: torch.device) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
@@ -90,7 +90,10 @@ class Ensemble:
             import_case_code(members)
             ensemble = cls(spec, members, device, mode, placement, verify)
         datasets = ", ".join(sorted({m.id.dataset for m in spec.members if m.id.dataset})) or "no dataset folder"
-        log(f"loading {len(spec.members)} members ({backend}) of {datasets} from {weights_root} in "
+        backends = Counter(m.backend for m in members)  # placement may have chosen them per member (on a CPU)
+        backends_note = next(iter(backends)) if len(backends) == 1 else ", ".join(f"{n} {b}" for b, n in
+                                                                                  backends.items())
+        log(f"loading {len(spec.members)} members ({backends_note}) of {datasets} from {weights_root} in "
             f"{len(ensemble.groups)} preprocessing group(s) on {device}: their networks in the background, in the "
             "order they run")
         return ensemble

@@ -26,7 +26,7 @@ from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager
 
 from ..core.errors import PantherError
 from ..core.log import log
-from .spec import MemberId, MemberSpec
+from .spec import ONNX_BACKENDS, MemberId, MemberSpec
 
 
 def _allowed_numpy_globals() -> list:
@@ -80,6 +80,7 @@ class Member:
     network_file: Path  # the checkpoint, or the exported ONNX model
     network: Network | None = None  # loaded by load_network
     arena_bytes: int | None = None  # ONNX Runtime on CUDA: the session's memory arena is capped at this (the plan)
+    tiles_per_forward: int | None = None  # on a CPU, the measured fastest (app.forward_choice); None: memory decides
 
     @property
     def id(self) -> MemberId:
@@ -255,13 +256,19 @@ def import_case_code(members: list[Member]) -> None:
 def load_network(member: Member, device: torch.device | None = None) -> Network:
     """The member's network: with the torch backend its checkpoint's weights in the plans' architecture (on the
     host, or copied to a CUDA device on a stream of its own, so that the copy overlaps other members' forwards),
-    with onnxruntime its exported model in a session on `device`. Checks that the file is the member's."""
+    with onnxruntime its exported model in a session on `device`, with openvino that model compiled for this CPU.
+    Checks that the file is the member's."""
     device = device or torch.device("cpu")
     plans_path = member.folder / "plans.json"
-    if member.backend == "onnxruntime":
-        from .onnx_network import OnnxNetwork
+    if member.backend in ONNX_BACKENDS:
+        if member.backend == "openvino":
+            from .openvino_network import OpenVinoNetwork
 
-        network = OnnxNetwork(member.network_file, device, member.arena_bytes)
+            network = OpenVinoNetwork(member.network_file, device)
+        else:
+            from .onnx_network import OnnxNetwork
+
+            network = OnnxNetwork(member.network_file, device, member.arena_bytes)
         _check_recorded_configuration(member, network.metadata.get("configuration"))
         _check_onnx_fits(network, member.input_shape, member.label_manager.num_segmentation_heads, plans_path)
         return network

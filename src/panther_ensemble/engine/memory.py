@@ -24,6 +24,7 @@ from .host_limits import available_memory
 from .input_grid import SLAB_BYTES
 from .members import Member
 from .preprocess import resampled_shape
+from .spec import ONNX_BACKENDS
 
 # Host bytes per input voxel beyond the image itself, measured with benchmarks/memory.py (README: "Memory"):
 # nnU-Net's preprocessing (a float32 copy, its normalization's temporary, the crop mask) and the image resampling's
@@ -60,9 +61,21 @@ def check_networks_fit(what: str, members: list[Member], device: torch.device,
                            f"case, but only {available[0] / 2 ** 30:.2f} GiB are available ({available[1]})")
 
 
+# ONNX Runtime's CPU arena keeps what a session's largest run allocated, for its next run: measured 228-256 MiB after
+# forwards of two 96^3 tiles whose plans' bound (activations.tile_bytes_bound) is 226 MiB (4 stages, 4-32 features,
+# 2026-12-07); OpenVINO's compiled model keeps its buffers likewise. Counted per network at this multiple of its
+# batch's bound.
+ONNX_CPU_ARENA_FACTOR = 1.5
+
+
 def network_host_bytes(members: list[Member], device: torch.device) -> int:
-    """What the members' networks hold in host memory: their files' size on a CPU, nothing once on a GPU."""
-    return sum(m.network_file.stat().st_size for m in members) if device.type == "cpu" else 0
+    """What the members' networks hold in host memory: on a CPU their files' size and, per ONNX Runtime session, its
+    arena; nothing once on a GPU."""
+    if device.type != "cpu":
+        return 0
+    arenas = sum(int(ONNX_CPU_ARENA_FACTOR * batch_activation_bytes(m, device)) for m in members
+                 if m.backend in ONNX_BACKENDS)
+    return sum(m.network_file.stat().st_size for m in members) + arenas
 
 
 def _model_grid_voxels(group: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:

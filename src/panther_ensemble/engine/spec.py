@@ -24,8 +24,10 @@ TUMOR_WORDS = ("tumor", "tumour", "lesion", "cancer", "carcinoma", "pdac", "neop
 MEMBER_KEYS = {"model", "fold", "checkpoint", "weight"}
 REQUIRED_TOP = ("input_socket", "output_socket", "tumor_label")
 REQUIRED_MEMBER = ("model", "fold", "checkpoint")
-# torch: the checkpoints, run by PyTorch; onnxruntime: the members exported by `panther-ensemble export-onnx`
-BACKENDS = ("torch", "onnxruntime")
+# torch: the checkpoints, run by PyTorch; onnxruntime and openvino (on a CPU): the members exported by
+# `panther-ensemble export-onnx`, run by ONNX Runtime or OpenVINO
+BACKENDS = ("torch", "onnxruntime", "openvino")
+ONNX_BACKENDS = ("onnxruntime", "openvino")  # what runs export-onnx's models
 SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
@@ -121,7 +123,7 @@ class MemberSpec:
         return self.checkpoint_path(weights_root).with_suffix(".onnx")
 
     def network_file(self, weights_root: Path, backend: str) -> Path:
-        return self.onnx_path(weights_root) if backend == "onnxruntime" else self.checkpoint_path(weights_root)
+        return self.onnx_path(weights_root) if backend in ONNX_BACKENDS else self.checkpoint_path(weights_root)
 
 
 @dataclass(frozen=True)
@@ -323,9 +325,9 @@ def _inside(spec: EnsembleSpec, place: Path, weights_root: Path) -> None:
 def _missing_network_file(spec: EnsembleSpec, member: MemberSpec, weights_root: Path, backend: str) -> str:
     """What is missing, and the command or option that fixes it."""
     network_file = member.network_file(weights_root, backend)
-    if backend == "onnxruntime":
+    if backend in ONNX_BACKENDS:
         return (f"{spec.path}: ONNX model '{network_file.name}' not found in {network_file.parent} (the "
-                "onnxruntime backend runs members written by `panther-ensemble export-onnx`)")
+                f"{backend} backend runs members written by `panther-ensemble export-onnx`)")
     hint = " (this folder holds ONNX models: use --backend onnxruntime)" if member.onnx_path(weights_root).is_file() \
         else ""
     return f"{spec.path}: checkpoint '{member.checkpoint}' not found in {network_file.parent}{hint}"

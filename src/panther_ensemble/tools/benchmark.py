@@ -23,9 +23,11 @@ import datetime
 import functools
 import io
 import json
+import os
 import statistics
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -207,7 +209,10 @@ def onnxruntime_runs_on(device: torch.device) -> bool:
         return False
 
 
-PATHS = {"stock": run_stock, "ours": run_ours, "onnxruntime": functools.partial(run_ours, backend="onnxruntime")}
+# "chosen": predict as it runs by default on a CPU, each member's backend and tiles per forward measured and chosen
+# (app.forward_choice) with the ONNX exports beside the checkpoints
+PATHS = {"stock": run_stock, "ours": run_ours, "onnxruntime": functools.partial(run_ours, backend="onnxruntime"),
+         "chosen": functools.partial(run_ours, backend=None)}
 
 
 def measure(run, setup: Setup, device: torch.device, output: Path) -> tuple[dict, np.ndarray]:
@@ -277,16 +282,21 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
     member = load_member(setup.weights, spec.members[0])
     flops, forwards = forward_flops(setup, member, len(spec.members), device)
     warm_up_s = warm_up(member, device) if device.type == "cuda" else 0.0
-    names = ["stock", "ours"] + (["onnxruntime"] if with_onnxruntime else [])
-    export_s = None
+    with_choice = with_onnxruntime and device.type == "cpu"
+    names = ["stock", "ours"] + (["onnxruntime"] if with_onnxruntime else []) + (["chosen"] if with_choice else [])
+    export_s = choice = None
     if with_onnxruntime:
-        from .onnx_export import export_ensemble
+        from .onnx_export import export_beside, export_ensemble
 
         started = time.perf_counter()
         with contextlib.redirect_stdout(io.StringIO()):
             setup.onnx_spec = export_ensemble(spec, setup.weights, work / case / "onnx", verify=False)
         export_s = time.perf_counter() - started
         log(f"{case}: exported {len(spec.members)} members to ONNX in {export_s:.1f}s (not timed in the runs)")
+        if with_choice:
+            with contextlib.redirect_stdout(io.StringIO()):
+                export_beside(spec, setup.weights, verify=False)
+            choice = measure_choice(setup, spec, device)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     masks = {}
     for r in range(repeats):
@@ -317,6 +327,11 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
                                  "forward_share": onnx["stages_s"]["forward"] / onnx["wall_s"],
                                  "parity_vs_reference": parity(masks["onnxruntime"], reference),
                                  "export_s": export_s}
+    if with_choice:
+        chosen = summarize(runs["chosen"])
+        result["chosen"] = {**chosen, "ratio": stock["wall_s"] / chosen["wall_s"],
+                            "ratio_to_torch": ours["wall_s"] / chosen["wall_s"],
+                            "parity_vs_reference": parity(masks["chosen"], reference), **choice}
     peak = device_peak_tflops(device)
     achieved = flops * forwards / ours["stages_s"]["forward"] / 1e12
     result["achieved_tflops"] = achieved
@@ -330,10 +345,42 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
     return result
 
 
+def measure_choice(setup: Setup, spec, device: torch.device) -> dict:
+    """The forward choice's measurement, once before the runs (as a machine's first predict makes it, then keeps
+    it): its seconds and what it chose per member."""
+    from ..app.forward_choice import choose_forwards
+    from ..engine.members import describe_member
+
+    members = [describe_member(setup.weights, m) for m in spec.members]
+    started = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()):
+        choose_forwards(members, device)
+    seconds = time.perf_counter() - started
+    chosen = sorted({f"{m.backend} x{m.tiles_per_forward}" for m in members})
+    log(f"forward choice measured in {seconds:.1f}s (not timed in the runs): {', '.join(chosen)}")
+    return {"choice_s": seconds, "forwards": [{"member": m.spec.name, "backend": m.backend,
+                                               "tiles_per_forward": m.tiles_per_forward} for m in members]}
+
+
 def parity(mask: np.ndarray, reference: np.ndarray) -> dict:
     overlap = 2 * int(np.logical_and(mask, reference).sum())
     size = int(mask.sum()) + int(reference.sum())
     return {"dice": 1.0 if size == 0 else overlap / size, "differing_fraction": float((mask != reference).mean())}
+
+
+@contextlib.contextmanager
+def own_cache(work: Path) -> Iterator[None]:
+    """This machine's measurements (app.here_cache) kept under `work` while the block runs: a benchmark measures
+    the forward choice afresh, as a machine's first run does, and leaves the user's cache alone."""
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(work / "cache")
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("XDG_CACHE_HOME", None)
+        else:
+            os.environ["XDG_CACHE_HOME"] = before
 
 
 def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: list[str] | None = None,
@@ -356,14 +403,15 @@ def run_benchmark(preset_name: str, work: Path, device: torch.device, cases: lis
               "patch_size": plans["configurations"]["3d_fullres"]["patch_size"],
               "features": plans["configurations"]["3d_fullres"]["architecture"]["arch_kwargs"]["features_per_stage"],
               "cases": {}}
-    for case in cases or list(preset.cases):
+    for case in cases or list(preset.cases):  # the forward choice measured afresh, kept under work/ (own_cache)
         if report["cases"] and time.monotonic() > deadline:
             log(f"time limit reached: {case} not run")
             break
         case_plans = plans if preset.patch(case) == preset.patch_size else \
             bench_plans(work / case, preset, preset.patch(case))
-        report["cases"][case] = benchmark_case(work, preset, case, case_plans, device, repeats or preset.repeats,
-                                               deadline, with_onnxruntime)
+        with own_cache(work):
+            report["cases"][case] = benchmark_case(work, preset, case, case_plans, device,
+                                                   repeats or preset.repeats, deadline, with_onnxruntime)
         if out is not None:
             write_report(report, out)
     return report
@@ -381,7 +429,7 @@ def format_report(report: dict) -> str:
     header = "| case | path | wall s | " + " | ".join(STAGES) + " | peak host GiB | peak device GiB |"
     lines += ["", header, "|" + "---|" * (header.count("|") - 1)]
     for case, result in report["cases"].items():
-        for name in ("stock", "ours", "onnxruntime"):
+        for name in ("stock", "ours", "onnxruntime", "chosen"):
             if name not in result:
                 continue
             r = result[name]
@@ -414,6 +462,14 @@ def format_report(report: dict) -> str:
                          f"Dice {onnx['parity_vs_reference']['dice']:.5f}, "
                          f"{onnx['parity_vs_reference']['differing_fraction']:.4%} voxels differ; ONNX export "
                          f"{onnx['export_s']:.1f}s (once, not in the runs)")
+        if "chosen" in result:
+            chosen = result["chosen"]
+            ways = sorted({f"{f['backend']} x{f['tiles_per_forward']}" for f in chosen["forwards"]})
+            lines.append(f"{case}: stock/chosen = {chosen['ratio']:.2f}x, torch/chosen = "
+                         f"{chosen['ratio_to_torch']:.2f}x ({', '.join(ways)}), parity vs the per-member reference: "
+                         f"Dice {chosen['parity_vs_reference']['dice']:.5f}, "
+                         f"{chosen['parity_vs_reference']['differing_fraction']:.4%} voxels differ; the choice "
+                         f"measured in {chosen['choice_s']:.1f}s (once, not in the runs)")
     return "\n".join(lines)
 
 

@@ -14,10 +14,7 @@ ResEncL forward reached on an H200 (benchmarks/RESULTS.md), applied to the T4's 
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import platform
 import subprocess
 import sys
 import time
@@ -28,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..app.forward_choice import seconds_per_tile
+from ..app.here_cache import here_cache, machine_key, read_entry, update_entry
 from ..core.errors import PantherError, finite_number
 from ..core.log import log
-from ..core.stop import write_text_atomically
 from ..engine.activations import tiles_per_forward
 from ..engine.deadline import projected_final_seconds
 from ..engine.image import Image
@@ -92,8 +90,13 @@ def tile_tflop(member: Member) -> float:
 
 
 def _architecture(member: Member) -> str:
+    """What a tile's seconds belong to: the network, and how predict runs it (its backend; on a CPU its tiles per
+    forward where measured, app.forward_choice)."""
     configuration = member.configuration_manager
-    return repr((configuration.network_arch_class_name, configuration.network_arch_init_kwargs, member.input_shape))
+    how = () if member.backend == "torch" and member.tiles_per_forward is None else \
+        (member.backend, member.tiles_per_forward)
+    return repr((configuration.network_arch_class_name, configuration.network_arch_init_kwargs, member.input_shape,
+                 *how))
 
 
 @dataclass
@@ -114,16 +117,8 @@ def _seconds_per_tile(member: Member, device: torch.device) -> tuple[float, floa
     before = time.perf_counter()
     network = load_network(member, device)
     load_seconds = time.perf_counter() - before
-    batch = tiles_per_forward(member, device)
-    tiles = torch.zeros((batch, *member.input_shape), device=device)
-    with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
-        network(tiles)  # warm-up
-        before = time.perf_counter()
-        for _ in range(2):
-            network(tiles)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return (time.perf_counter() - before) / (2 * batch), load_seconds, member.network_file.stat().st_size
+    per_tile = seconds_per_tile(network, member.input_shape, tiles_per_forward(member, device), device)
+    return per_tile, load_seconds, member.network_file.stat().st_size
 
 
 def measure_here(members: list[Member], device: torch.device, known: Measured | None = None) -> Measured:
@@ -159,41 +154,18 @@ def measure_here(members: list[Member], device: torch.device, known: Measured | 
                     load_bytes / max(load_seconds, 1e-3), startup, datetime.now().isoformat(timespec="seconds"))
 
 
-def here_cache() -> Path:
-    """Where `here`'s measurements are kept, per machine: measured once, reused by select and cost alike."""
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "panther-ensemble" / "here.json"
-
-
-def machine_key(device: torch.device) -> str:
-    """What the rates belong to: the host, its CPU and threads, torch, the device."""
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        cpu = platform.processor() or "unknown CPU"
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "no GPU"
-    return (f"{platform.node()} | {cpu} x {os.cpu_count()}, {torch.get_num_threads()} threads | torch "
-            f"{torch.__version__} | {device.type}: {gpu}")
-
-
 def measured_here(members: list[Member], device: torch.device, remeasure: bool = False) -> Measured:
     """This machine's rates from the cache (architectures it lacks measured and added), or measured anew."""
-    cache, key = here_cache(), machine_key(device)
-    try:
-        entries = json.loads(cache.read_text())
-    except (OSError, ValueError):
-        entries = {}
-    known = None if remeasure or key not in entries else Measured(**entries[key])
+    key = machine_key(device)
+    entry = read_entry(key)
+    rates = {name: entry[name] for name in Measured.__dataclass_fields__ if name in entry}
+    known = None if remeasure or len(rates) < len(Measured.__dataclass_fields__) else Measured(**rates)
     measured = measure_here(members, device, known)
     if known is not None:
-        log(f"here: rates measured {known.measured_at} on this machine, reused from {cache} (--remeasure to measure "
-            "again)")
+        log(f"here: rates measured {known.measured_at} on this machine, reused from {here_cache()} (--remeasure to "
+            "measure again)")
     if known is None or measured.seconds_per_tile != known.seconds_per_tile:
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            write_text_atomically(cache, json.dumps({**entries, key: asdict(measured)}, indent=2))
-        except OSError as e:  # a read-only home: measured again next time
-            log(f"here: the rates could not be kept in {cache} ({e.strerror})")
+        update_entry(key, asdict(measured))
     return measured
 
 

@@ -1,4 +1,5 @@
-"""`panther-ensemble export-onnx`: every member of a spec as an ONNX model, in a weights root of its own.
+"""`panther-ensemble export-onnx`: every member of a spec as an ONNX model, in a weights root of its own or beside
+its checkpoints (`--beside`).
 
 The output folder mirrors the weights root (plans.json and dataset.json per model folder) with
 `fold_<f>/<checkpoint stem>.onnx` beside where the checkpoint was, the spec with `backend = "onnxruntime"`,
@@ -6,6 +7,11 @@ The output folder mirrors the weights root (plans.json and dataset.json per mode
 `weights.sha256`, which predict verifies. So `--weights OUT --ensemble OUT/<spec>` runs the ONNX members, and
 the folder is what a GC model tarball of ONNX members holds. It is built in a hidden sibling folder and renamed
 into place at the end: a failed export leaves nothing behind.
+
+With `--beside`, each member's `<checkpoint stem>.onnx` goes beside its checkpoint in the weights root itself and the
+spec is left as it is: on a CPU, predict then runs each member with whichever of the two this machine runs faster
+(app.forward_choice). The files are exported into a hidden folder in the root first and moved beside the checkpoints
+once every member has exported (a failed export leaves the root as it was); a weights.sha256 there lists them too.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import io
 import json
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from dataclasses import replace
@@ -23,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from ..app.manifest import sha256, write_manifest
+from ..app.manifest import MANIFEST_NAME, add_to_manifest, sha256, write_manifest
 from ..core.errors import PantherError
 from ..core.log import log
 from ..core.stop import written_atomically
@@ -134,3 +141,31 @@ def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: in
             "members": entries}, indent=2) + "\n")
         write_manifest(staging, known={name: digest for entry in entries for name, digest in entry["files"].items()})
     return out / spec.path.name
+
+
+def export_beside(spec: EnsembleSpec, weights_root: Path, opset: int = DEFAULT_OPSET, verify: bool = True
+                  ) -> list[Path]:
+    """Every member of the spec exported beside its checkpoint in `weights_root` (an earlier export there
+    replaced); returns the ONNX models written. All are exported, and checked with `verify`, before any is moved
+    into place."""
+    if opset < 17:
+        raise PantherError(f"--opset must be at least 17 (LayerNormalization and the exporter's ops), got {opset}")
+    check_against_weights(spec, weights_root)
+    weights_root = Path(weights_root)
+    with tempfile.TemporaryDirectory(dir=weights_root, prefix=".panther-onnx-export-") as scratch:  # same disk
+        staging, entries = Path(scratch), []
+        for index, member_spec in enumerate(spec.members, start=1):
+            started = time.perf_counter()
+            member = load_member(weights_root, member_spec)
+            entries.append(_export_member(member, weights_root, staging, opset, verify))
+            check = (f", logits within {entries[-1]['max_relative_difference']:.1e} of torch's"
+                     if verify else "")
+            log(f"[{index}/{len(spec.members)}] {member_spec.name} -> beside its checkpoint in "
+                f"{time.perf_counter() - started:.1f}s{check}")
+        digests = {name: digest for entry in entries for name, digest in entry["files"].items()}
+        # external weights first: an .onnx in place never lacks its .onnx.data
+        for name in sorted(digests, key=lambda n: not n.endswith(".data")):
+            os.replace(staging / name, weights_root / name)
+    if (weights_root / MANIFEST_NAME).is_file():
+        add_to_manifest(weights_root, digests)
+    return [member.onnx_path(weights_root) for member in spec.members]

@@ -1,0 +1,186 @@
+"""On a CPU, how each member's tiles go through its network fastest: torch, or ONNX Runtime or OpenVINO (those that
+are installed, where the member has an ONNX export beside its checkpoint: `export-onnx --beside`), and how many tiles
+per forward.
+
+Chosen by one measurement per architecture on this machine (each option's seconds per tile, after a warm-up), kept
+in the per-host cache that cost's `here` target uses (app.here_cache) and reused. Members of a measured architecture
+without an export take its fastest torch option. A backend that --backend or the spec names wins; on a GPU torch
+runs, one tile per forward, as before. $PANTHER_FORWARD_CHOICE: `on` (default), `off` (torch, tiles by memory
+alone), `remeasure` (measure again, e.g. after the machine's load changed).
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import time
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import torch
+
+from ..core.errors import PantherError
+from ..core.log import log
+from ..engine.activations import tiles_per_forward
+from ..engine.loading import Verify
+from ..engine.members import Member, Network, load_network, network_from_plans
+from ..engine.spec import ONNX_BACKENDS, member_labels, network_files
+from .here_cache import here_cache, machine_key, read_entry, update_entry
+from .manifest import Manifest
+
+VARIABLE = "PANTHER_FORWARD_CHOICE"
+SETTINGS = ("on", "off", "remeasure")
+BATCHES = (1, 2, 4)  # tiles per forward tried, as many as memory allows (engine.activations)
+REPEATS = 2  # timed forwards per option, after one warm-up
+
+
+@dataclass(frozen=True)
+class Option:
+    backend: str
+    tiles: int
+    version: str  # the backend's version: a measurement of another version is not this one's
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {self.version} x{self.tiles}"
+
+
+def architecture_key(member: Member) -> str:
+    configuration = member.configuration_manager
+    return repr((configuration.network_arch_class_name, configuration.network_arch_init_kwargs, member.input_shape,
+                 member.label_manager.num_segmentation_heads))
+
+
+def seconds_per_tile(network: Network, input_shape: list[int], tiles: int, device: torch.device,
+                     repeats: int = REPEATS) -> float:
+    """Seconds per tile of a forward of `tiles` tiles through the network, after one warm-up forward (autocast on
+    a GPU, as predict runs it)."""
+    batch = torch.zeros((tiles, *input_shape), device=device)
+    with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
+        network(batch)
+        started = time.perf_counter()
+        for _ in range(repeats):
+            network(batch)
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    return (time.perf_counter() - started) / (repeats * tiles)
+
+
+def onnx_export_usable(member: Member, manifest: Manifest | None) -> bool:
+    """Whether the member has an ONNX export beside its checkpoint that this run may use: its files there and,
+    where the weights root has a manifest, listed in it (an unlisted file is never read)."""
+    files = network_files(member.spec, member.weights_root, "onnxruntime")
+    if not files[0].is_file():
+        return False
+    if manifest is not None and any(f.relative_to(manifest.root).as_posix() not in manifest.listed for f in files):
+        log(f"{files[0]}: not listed in {manifest.path}: the member's ONNX export is not considered")
+        return False
+    return True
+
+
+def onnx_runners() -> dict[str, str]:
+    """The installed backends that run export-onnx's models on a CPU, with their versions."""
+    versions = {}
+    for backend in ONNX_BACKENDS:
+        try:
+            versions[backend] = importlib.import_module(backend).__version__
+        except ImportError:
+            continue
+    return versions
+
+
+def _random_torch_network(member: Member) -> torch.nn.Module:
+    """The member's architecture with random weights: what a forward costs does not depend on the weights, and no
+    checkpoint is read before the loader verifies it."""
+    network = network_from_plans(member.plans_manager, member.configuration_manager, member.dataset_json)
+    return network.eval()
+
+
+def _measure(member: Member, options: list[Option], verify: Verify | None) -> dict[str, float]:
+    """Each option's seconds per tile for the member's architecture, on this CPU: torch with random weights, the
+    ONNX backends on the member's own export (verified against the weights' manifest first)."""
+    cpu, networks = torch.device("cpu"), {}
+    seconds, verified = {}, False
+    for option in options:
+        if option.backend not in networks:
+            if option.backend == "torch":
+                networks[option.backend] = _random_torch_network(member)
+            else:
+                exported = replace(member, backend=option.backend,
+                                   network_file=member.spec.network_file(member.weights_root, option.backend))
+                if verify is not None and not verified:
+                    verify(exported)
+                    verified = True
+                networks[option.backend] = load_network(exported, cpu)
+        seconds[option.name] = seconds_per_tile(networks[option.backend], member.input_shape, option.tiles, cpu)
+    return seconds
+
+
+def _setting() -> str:
+    setting = os.environ.get(VARIABLE, "on")
+    if setting not in SETTINGS:
+        raise PantherError(f"${VARIABLE} must be one of {', '.join(SETTINGS)}, got '{setting}'")
+    return setting
+
+
+def choose_forwards(members: list[Member], device: torch.device, verify: Verify | None = None) -> None:
+    """Set each member's backend and tiles per forward to the fastest measured on this machine (see the module);
+    nothing changes on a GPU, with the setting off, or where no member has a usable ONNX export and none of their
+    architectures was measured before."""
+    setting = _setting()
+    if device.type != "cpu" or setting == "off" or not members:
+        return
+    manifest = Manifest.of(members[0].weights_root)
+    exported = {m.id for m in members if onnx_export_usable(m, manifest)}
+    runners = onnx_runners()
+    if exported and not runners:
+        log(f"{len(exported)} member(s) have ONNX exports beside their checkpoints, but neither ONNX Runtime nor "
+            "OpenVINO is installed (pip install 'panther-ensemble[onnx]' or '[openvino]'): torch runs them")
+        exported = set()
+    key = machine_key(device)
+    kept = {} if setting == "remeasure" else dict(read_entry(key).get("forwards", {}))
+    by_architecture: dict[str, list[Member]] = {}
+    for member in members:
+        by_architecture.setdefault(architecture_key(member), []).append(member)
+    labels = member_labels([m.id for m in members])
+    changed = False
+    for architecture, group in by_architecture.items():
+        with_export = [m for m in group if m.id in exported]
+        if not with_export and architecture not in kept:
+            continue  # nothing to choose between that memory does not already decide
+        batches = [b for b in BATCHES if b <= tiles_per_forward(group[0], device)]
+        options = [Option("torch", b, torch.__version__) for b in batches]
+        if with_export:
+            options += [Option(backend, b, version) for backend, version in runners.items() for b in batches]
+        record = dict(kept.get(architecture, {}))
+        seconds = dict(record.get("seconds_per_tile", {}))
+        missing = [o for o in options if o.name not in seconds]
+        if missing:
+            seconds.update(_measure((with_export or group)[0], missing, verify))
+            record = {"seconds_per_tile": seconds, "measured_at": datetime.now().isoformat(timespec="seconds")}
+            kept[architecture], changed = record, True
+        for member in group:
+            usable = [o for o in options if o.name in seconds and (o.backend == "torch" or member.id in exported)]
+            best = min(usable, key=lambda o: seconds[o.name])
+            if best.backend != member.backend:
+                member.backend = best.backend
+                member.network_file = member.spec.network_file(member.weights_root, best.backend)
+            member.tiles_per_forward = best.tiles
+        _log_choice(group, labels, options, seconds, "measured now" if missing else
+                    f"measured {record.get('measured_at', '?')}, kept in {here_cache()}")
+    if changed:
+        update_entry(key, {"forwards": kept})
+
+
+def _log_choice(group: list[Member], labels: dict, options: list[Option], seconds: dict[str, float],
+                how: str) -> None:
+    """One line per architecture: what runs its members, at what measured speed, against torch's best."""
+    torch_best = min((o for o in options if o.backend == "torch"), key=lambda o: seconds[o.name])
+    chosen: dict[Option, list[str]] = {}
+    for member in group:
+        option = next(o for o in options if (o.backend, o.tiles) == (member.backend, member.tiles_per_forward))
+        chosen.setdefault(option, []).append(labels[member.id])
+    ways = "; ".join(f"{', '.join(names)}: {o.backend}, {o.tiles} tile(s) per forward, {seconds[o.name]:.3f} s a tile"
+                     for o, names in chosen.items())
+    log(f"forwards on this CPU: {ways} (torch at best {seconds[torch_best.name]:.3f} s, {torch_best.tiles} at a time; "
+        f"{how})")
