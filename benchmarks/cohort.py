@@ -4,14 +4,17 @@
     `--save_probabilities --disable_tta` (the paper runs no test-time augmentation; nnU-Net's defaults otherwise),
     then `nnUNetv2_ensemble` over the folders;
 (b) `panther-ensemble predict` on the folder (budget off), the next case read and preprocessed beside each one;
-(c) the same with PANTHER_READ_AHEAD=off, each case read when it starts.
+(c) the same with PANTHER_READ_AHEAD=off, each case read when it starts;
+(d) `predict` with the members' ONNX models beside their checkpoints (`export-onnx --beside`): each member run the
+    way this machine measured fastest (torch, ONNX Runtime or OpenVINO; 1, 2 or 4 tiles per forward), measured once
+    before the runs, as a machine's first predict does and then keeps (app.forward_choice).
 Members: the benchmark's Task 1 composition (3 + 2 + 1 folds of three models, random weights, ResEnc cut to the
 preset's features and patch: tools/benchmark.py), the three models one trainer in three plans (the seed's
 fine-tuning pools; nnU-Net's CLI looks a trainer up by importing its trainer modules, and on the CPU torch here the
 Primus module's timm/torchvision import fails before it reaches nnUNetTrainerDA5). Cases: phantom T1 volumes of one
 shape, seeds apart. Each command's wall time (process start to exit) per run, medians, ratios; the masks of (b) and
-(c) must be identical (a's differ: nnUNetv2_ensemble weighs model folders alike, the spec weighs folds alike). Say
-what else ran on the machine.
+(c) must be identical, (d)'s within the parity bound of (b)'s (a's differ: nnUNetv2_ensemble weighs model folders
+alike, the spec weighs folds alike). Say what else ran on the machine.
 
     python benchmarks/cohort.py [--cases 6] [--preset cpu] [--shape 40,200,200] [--repeats 2] [--out FILE]
 """
@@ -32,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+import torch
 
 from panther_ensemble.demo.synthetic import write_gc_input
 from panther_ensemble.tools.benchmark import PLANS_NAME, PRESETS, SOCKETS, bench_plans, set_up
@@ -64,6 +68,23 @@ def run(commands: list[list[str]], env: dict) -> float:
     return time.perf_counter() - started
 
 
+def choose(spec: Path, weights: Path, cache: str) -> dict[str, str]:
+    """Export the members beside their checkpoints and measure the forward choice into `cache`, untimed; what was
+    chosen per member."""
+    from panther_ensemble.app.forward_choice import choose_forwards
+    from panther_ensemble.engine.members import describe_member
+    from panther_ensemble.engine.spec import load_spec
+    from panther_ensemble.tools.onnx_export import export_beside
+
+    os.environ["XDG_CACHE_HOME"] = cache
+    members = [describe_member(weights, m) for m in load_spec(spec).members]
+    export_beside(load_spec(spec), weights, verify=False)
+    started = time.perf_counter()
+    choose_forwards(members, torch.device("cpu"))
+    print(f"forward choice measured in {time.perf_counter() - started:.1f}s (untimed)", flush=True)
+    return {m.spec.name: f"{m.backend} x{m.tiles_per_forward}" for m in members}
+
+
 def masks(folder: Path) -> dict[str, np.ndarray]:
     return {p.name: sitk.GetArrayFromImage(sitk.ReadImage(str(p))) for p in sorted(folder.rglob("*.mha"))}
 
@@ -93,9 +114,14 @@ def main() -> None:
         def predict(out: Path) -> list[list[str]]:
             return ours(setup.spec, setup.weights, gc_input, out)
 
-        # the two predicts differ only by PANTHER_READ_AHEAD, set per path below
+        beside = work / "members-beside"  # the same weights, each member's ONNX model beside its checkpoint
+        shutil.copytree(setup.weights, beside)
+        env["XDG_CACHE_HOME"] = str(work / "cache")  # the choice measured afresh, the user's cache left alone
+        chosen = choose(setup.spec, beside, env["XDG_CACHE_HOME"])
+        print(f"forward choice: {chosen}", flush=True)
+        # (b) and (c) differ only by PANTHER_READ_AHEAD, set per path below
         paths = {"nnunet-cli": lambda out: nnunet_workflow(setup.folders, raw, out), "ours": predict,
-                 "ours-read-ahead-off": predict}
+                 "ours-read-ahead-off": predict, "ours-chosen": lambda out: ours(setup.spec, beside, gc_input, out)}
         names, seconds = list(paths), {name: [] for name in paths}
         for r in range(args.repeats):
             for name in names[r % len(names):] + names[:r % len(names)]:  # each path first in turn
@@ -105,6 +131,12 @@ def main() -> None:
                 print(f"round {r + 1}: {name} {seconds[name][-1]:.1f}s", flush=True)
         ahead, off = masks(work / "out-ours-0"), masks(work / "out-ours-read-ahead-off-0")
         identical = list(ahead) == list(off) and all(np.array_equal(ahead[k], off[k]) for k in ahead)
+        by_choice = masks(work / "out-ours-chosen-0")
+        torch_voxels = np.concatenate([ahead[k].ravel() for k in ahead])
+        chosen_voxels = np.concatenate([by_choice[k].ravel() for k in ahead])
+        overlap = 2 * int(np.logical_and(torch_voxels, chosen_voxels).sum())
+        chosen_parity = {"dice": overlap / max(1, int(torch_voxels.sum()) + int(chosen_voxels.sum())),
+                         "differing_fraction": float((torch_voxels != chosen_voxels).mean())}
         medians = {name: statistics.median(values) for name, values in seconds.items()}
         report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": args.cases,
                   "shape_zyx": list(shape), "spacing_xyz": list(SPACING_XYZ), "preset": args.preset,
@@ -112,12 +144,17 @@ def main() -> None:
                   "seconds": seconds, "median_s": medians,
                   "nnunet_cli_over_ours": medians["nnunet-cli"] / medians["ours"],
                   "read_ahead_off_over_on": medians["ours-read-ahead-off"] / medians["ours"],
-                  "masks_identical_with_and_without_read_ahead": identical}
+                  "masks_identical_with_and_without_read_ahead": identical,
+                  "forward_choice": chosen, "nnunet_cli_over_chosen": medians["nnunet-cli"] / medians["ours-chosen"],
+                  "ours_over_chosen": medians["ours"] / medians["ours-chosen"],
+                  "chosen_vs_torch_masks": chosen_parity}
         print(json.dumps(report, indent=2))
         if args.out:
             args.out.write_text(json.dumps(report, indent=2) + "\n")
         if not identical:
             raise SystemExit("the masks with and without read-ahead differ")
+        if chosen_parity["dice"] < 0.999 or chosen_parity["differing_fraction"] > 0.0005:
+            raise SystemExit(f"the chosen forwards' masks are outside the parity bound of torch's: {chosen_parity}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -40,7 +40,7 @@ def test_both_paths_timed_alternated_with_stage_times(report):
     chosen = result["chosen"]  # predict's default on a CPU: the exports beside, each member's forward measured
     assert chosen["ratio"] == pytest.approx(result["stock"]["wall_s"] / chosen["wall_s"])
     assert chosen["choice_s"] > 0 and len(chosen["forwards"]) == 6
-    assert all(f["backend"] in ("torch", "onnxruntime") and f["tiles_per_forward"] in (1, 2, 4)
+    assert all(f["backend"] in ("torch", "onnxruntime", "openvino") and f["tiles_per_forward"] in (1, 2, 4)
                for f in chosen["forwards"])
 
 

@@ -4,6 +4,7 @@ with ONNX exports beside the checkpoints (`export-onnx --beside`); kept in the p
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from panther_ensemble.cli import main
 from panther_ensemble.core.errors import PantherError
 from panther_ensemble.engine.activations import tile_bytes_bound, tiles_per_forward
 from panther_ensemble.engine.members import describe_member
-from panther_ensemble.engine.memory import ONNX_CPU_ARENA_FACTOR, network_host_bytes
+from panther_ensemble.engine.memory import ONNX_CPU_BUFFER_FACTOR, network_host_bytes
 from panther_ensemble.engine.spec import load_spec
 from panther_ensemble.tools import onnx_export
 from panther_ensemble.tools.reference import stock_ensemble_mask
@@ -255,14 +256,30 @@ def test_measured_tiles_per_forward_stay_within_memory(workspace):
     assert tiles_per_forward(member, torch.device("cuda")) == 1
 
 
-def test_onnx_sessions_on_a_cpu_count_their_arena(beside, workspace):
+def test_the_memory_plan_counts_what_onnx_backends_keep(beside, workspace):
+    """ONNX Runtime's sessions share one arena (counted once, the largest); OpenVINO's compiled models keep their
+    buffers each."""
     members = members_of(workspace.mixed_spec, beside)
     torch_bytes = network_host_bytes(members, CPU)
-    member = members[0]
-    member.backend, member.network_file = "onnxruntime", member.spec.onnx_path(beside)
-    arena = ONNX_CPU_ARENA_FACTOR * tiles_per_forward(member, CPU) * tile_bytes_bound(member)
-    expected = torch_bytes - member.spec.checkpoint_path(beside).stat().st_size + member.network_file.stat().st_size
-    assert network_host_bytes(members, CPU) == pytest.approx(expected + arena, abs=1)
+    for member, backend in zip(members, ("onnxruntime", "onnxruntime", "openvino")):
+        member.backend, member.network_file = backend, member.spec.onnx_path(beside)
+    files = sum(m.network_file.stat().st_size for m in members)
+    kept = [ONNX_CPU_BUFFER_FACTOR * tiles_per_forward(m, CPU) * tile_bytes_bound(m, at_least=0) for m in members]
+    assert network_host_bytes(members, CPU) == pytest.approx(files + max(kept[:2]) + kept[2], abs=3)
+    assert torch_bytes == sum(m.spec.checkpoint_path(beside).stat().st_size for m in members)
+    assert network_host_bytes(members, torch.device("cuda")) == 0
+
+
+def test_onnx_runtime_sessions_share_one_arena_on_a_cpu(beside, workspace):
+    import onnxruntime as ort
+
+    from panther_ensemble.engine import onnx_network
+
+    network = onnx_network.OnnxNetwork(load_spec(workspace.mixed_spec).members[0].onnx_path(beside), CPU)
+    network(torch.zeros((1, *network.input_shape[1:])))
+    assert onnx_network._shared_cpu_arena_registered
+    assert network.session.get_session_options().get_session_config_entry("session.use_env_allocators") == "1"
+    onnx_network.share_one_cpu_arena(ort)  # registered once per process: a second call is no error
 
 
 def test_openvino_chosen_where_it_measures_fastest_within_parity_of_the_reference(beside, workspace, tmp_path,
@@ -317,3 +334,30 @@ def test_openvino_refusals_are_one_line(beside, workspace, tmp_path, capsys):
         error = capsys.readouterr().err.strip()
         assert message in error and "\n" not in error
         assert not list(tmp_path.glob("out/**/*.mha"))
+
+
+def test_onnx_runners_are_found_by_their_packages_without_importing_them(monkeypatch):
+    from importlib import metadata
+
+    installed = {"onnxruntime-gpu": "1.26.0", "openvino": "2026.4.1"}  # the image's ONNX Runtime is the GPU package
+
+    def version(name):
+        if name not in installed:
+            raise metadata.PackageNotFoundError(name)
+        return installed[name]
+
+    monkeypatch.setattr(forward_choice.metadata, "version", version)
+    assert forward_choice.onnx_runners() == {"onnxruntime": "1.26.0", "openvino": "2026.4.1"}
+    del installed["openvino"]
+    assert forward_choice.onnx_runners() == {"onnxruntime": "1.26.0"}
+
+
+def test_the_console_scripts_keep_torchs_idle_threads_asleep_unless_told(monkeypatch):
+    from panther_ensemble.cli import quiet_openmp_threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    quiet_openmp_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    quiet_openmp_threads()
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"

@@ -256,7 +256,7 @@ def test_spec_with_an_unknown_backend(tmp_path):
     spec = tmp_path / "spec.toml"
     spec.write_text((REPO / "ensemble" / "task1.toml").read_text().replace(
         'tumor_label   = 1', 'tumor_label   = 1\nbackend = "tensorrt"'))
-    with pytest.raises(PantherError, match="'backend' must be one of torch, onnxruntime, got 'tensorrt'"):
+    with pytest.raises(PantherError, match="'backend' must be one of torch, onnxruntime, openvino, got 'tensorrt'"):
         load_spec(spec)
 
 

@@ -11,11 +11,11 @@ alone), `remeasure` (measure again, e.g. after the machine's load changed).
 
 from __future__ import annotations
 
-import importlib
 import os
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
+from importlib import metadata
 
 import torch
 
@@ -32,6 +32,8 @@ VARIABLE = "PANTHER_FORWARD_CHOICE"
 SETTINGS = ("on", "off", "remeasure")
 BATCHES = (1, 2, 4)  # tiles per forward tried, as many as memory allows (engine.activations)
 REPEATS = 2  # timed forwards per option, after one warm-up
+# the packages that install each backend's module (the image has onnxruntime as onnxruntime-gpu)
+DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",)}
 
 
 @dataclass(frozen=True)
@@ -79,13 +81,16 @@ def onnx_export_usable(member: Member, manifest: Manifest | None) -> bool:
 
 
 def onnx_runners() -> dict[str, str]:
-    """The installed backends that run export-onnx's models on a CPU, with their versions."""
+    """The installed backends that run export-onnx's models on a CPU, with their versions (from the packages'
+    metadata: nothing is imported that the chosen forwards do not use)."""
     versions = {}
     for backend in ONNX_BACKENDS:
-        try:
-            versions[backend] = importlib.import_module(backend).__version__
-        except ImportError:
-            continue
+        for distribution in DISTRIBUTIONS[backend]:
+            try:
+                versions[backend] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return versions
 
 

@@ -93,12 +93,13 @@ def forward_bytes(member: Member, batch: int = 1, dtype: torch.dtype = torch.hal
 FULL_RESOLUTION_TENSORS_BOUND = 8
 
 
-def tile_bytes_bound(member: Member) -> int:
-    """An upper bound of one tile's fp32 activations on a CPU from the plans alone (no dry run)."""
+def tile_bytes_bound(member: Member, at_least: int = 32) -> int:
+    """An upper bound of one tile's fp32 activations on a CPU from the plans alone (no dry run), the first stage
+    taken `at_least` this wide (32, nnU-Net's default stem: the torch forward's margin; 0: as the plans say)."""
     kwargs = member.configuration_manager.network_arch_init_kwargs
     features = kwargs.get("features_per_stage") if isinstance(kwargs, dict) else None
-    # at least 32 wide: an architecture whose plans name no features_per_stage is sized as nnU-Net's default stem
-    widest = max(features[0] if features else 0, member.label_manager.num_segmentation_heads, 32)
+    # an architecture whose plans name no features_per_stage is sized as nnU-Net's default stem
+    widest = max(features[0] if features else 32, member.label_manager.num_segmentation_heads, at_least)
     return FULL_RESOLUTION_TENSORS_BOUND * widest * math.prod(member.input_shape[1:]) * 4
 
 

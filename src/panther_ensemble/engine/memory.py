@@ -18,13 +18,12 @@ import torch
 
 from ..core.errors import PantherError
 from ..core.log import log
-from .activations import batch_activation_bytes, forward_bytes
+from .activations import batch_activation_bytes, forward_bytes, tile_bytes_bound, tiles_per_forward
 from .ensemble import Placement, group_members
 from .host_limits import available_memory
 from .input_grid import SLAB_BYTES
 from .members import Member
 from .preprocess import resampled_shape
-from .spec import ONNX_BACKENDS
 
 # Host bytes per input voxel beyond the image itself, measured with benchmarks/memory.py (README: "Memory"):
 # nnU-Net's preprocessing (a float32 copy, its normalization's temporary, the crop mask) and the image resampling's
@@ -61,21 +60,27 @@ def check_networks_fit(what: str, members: list[Member], device: torch.device,
                            f"case, but only {available[0] / 2 ** 30:.2f} GiB are available ({available[1]})")
 
 
-# ONNX Runtime's CPU arena keeps what a session's largest run allocated, for its next run: measured 228-256 MiB after
-# forwards of two 96^3 tiles whose plans' bound (activations.tile_bytes_bound) is 226 MiB (4 stages, 4-32 features,
-# 2026-12-07); OpenVINO's compiled model keeps its buffers likewise. Counted per network at this multiple of its
-# batch's bound.
-ONNX_CPU_ARENA_FACTOR = 1.5
+# ONNX Runtime and OpenVINO keep, after a forward, what their largest forward allocated: the CPU sessions' one shared
+# arena (onnx_network) 269 MiB after six 96^3 members' forwards of two tiles, each OpenVINO compiled model about
+# 160 MiB (4 stages, 4-32 features, 2026-12-07), where the plans' bound of two such tiles at the first stage's own
+# width (activations.tile_bytes_bound, at_least=0) is 216 MiB. Counted at this multiple of that bound: once for ONNX
+# Runtime (the largest member's), per member for OpenVINO.
+ONNX_CPU_BUFFER_FACTOR = 1.5
+
+
+def kept_buffer_bytes(member: Member, device: torch.device) -> int:
+    """What an ONNX Runtime or OpenVINO network keeps on the host after its forwards (ONNX_CPU_BUFFER_FACTOR)."""
+    return int(ONNX_CPU_BUFFER_FACTOR * tiles_per_forward(member, device) * tile_bytes_bound(member, at_least=0))
 
 
 def network_host_bytes(members: list[Member], device: torch.device) -> int:
-    """What the members' networks hold in host memory: on a CPU their files' size and, per ONNX Runtime session, its
-    arena; nothing once on a GPU."""
+    """What the members' networks hold in host memory: on a CPU their files' size and the buffers ONNX Runtime (one
+    arena) and OpenVINO (per member) keep; nothing once on a GPU."""
     if device.type != "cpu":
         return 0
-    arenas = sum(int(ONNX_CPU_ARENA_FACTOR * batch_activation_bytes(m, device)) for m in members
-                 if m.backend in ONNX_BACKENDS)
-    return sum(m.network_file.stat().st_size for m in members) + arenas
+    onnxruntime = max((kept_buffer_bytes(m, device) for m in members if m.backend == "onnxruntime"), default=0)
+    openvino = sum(kept_buffer_bytes(m, device) for m in members if m.backend == "openvino")
+    return sum(m.network_file.stat().st_size for m in members) + onnxruntime + openvino
 
 
 def _model_grid_voxels(group: list[Member], shape_zyx: tuple[int, ...], spacing_zyx: tuple[float, ...]) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,22 @@ def providers(device: torch.device, arena_bytes: int | None = None) -> list:
     return [*chosen, ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
 
+_shared_cpu_arena = threading.Lock()
+_shared_cpu_arena_registered = False
+
+
+def share_one_cpu_arena(ort) -> None:
+    """One memory arena for every CPU session of the process. Each session's own arena keeps what its largest run
+    allocated: six 96^3 members held 1477 MiB after their forwards, one shared arena 269 MiB, at the same speed
+    (2026-12-07); predict runs one member at a time, so one arena is enough."""
+    global _shared_cpu_arena_registered
+    with _shared_cpu_arena:
+        if not _shared_cpu_arena_registered:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ONNX Runtime's defaults
+            _shared_cpu_arena_registered = True
+
+
 class OnnxNetwork:
     """Called like the member's torch network on a (tiles, channels, *patch) float tensor."""
 
@@ -78,6 +95,9 @@ class OnnxNetwork:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = torch.get_num_threads()
         options.log_severity_level = 3  # errors only: GC shows anything on stderr as a warning
+        if device.type == "cpu":
+            share_one_cpu_arena(ort)
+            options.add_session_config_entry("session.use_env_allocators", "1")
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers(device, arena_bytes))
         except PantherError:
