@@ -12,6 +12,7 @@ alone), `remeasure` (measure again, e.g. after the machine's load changed).
 from __future__ import annotations
 
 import os
+import statistics
 import time
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -31,7 +32,7 @@ from .manifest import Manifest
 VARIABLE = "PANTHER_FORWARD_CHOICE"
 SETTINGS = ("on", "off", "remeasure")
 BATCHES = (1, 2, 4)  # tiles per forward tried, as many as memory allows (engine.activations)
-REPEATS = 2  # timed forwards per option, after one warm-up
+REPEATS = 3  # timed forwards per option, after one warm-up: their median
 # the packages that install each backend's module (the image has onnxruntime as onnxruntime-gpu)
 DISTRIBUTIONS = {"onnxruntime": ("onnxruntime", "onnxruntime-gpu"), "openvino": ("openvino",)}
 
@@ -55,17 +56,19 @@ def architecture_key(member: Member) -> str:
 
 def seconds_per_tile(network: Network, input_shape: list[int], tiles: int, device: torch.device,
                      repeats: int = REPEATS) -> float:
-    """Seconds per tile of a forward of `tiles` tiles through the network, after one warm-up forward (autocast on
-    a GPU, as predict runs it)."""
+    """Seconds per tile of a forward of `tiles` tiles through the network: the median of `repeats` forwards after
+    one warm-up forward (autocast on a GPU, as predict runs it)."""
     batch = torch.zeros((tiles, *input_shape), device=device)
+    seconds = []
     with torch.inference_mode(), torch.autocast(device.type, enabled=device.type == "cuda"):
         network(batch)
-        started = time.perf_counter()
         for _ in range(repeats):
+            started = time.perf_counter()
             network(batch)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    return (time.perf_counter() - started) / (repeats * tiles)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds.append(time.perf_counter() - started)
+    return statistics.median(seconds) / tiles
 
 
 def onnx_export_usable(member: Member, manifest: Manifest | None) -> bool:

@@ -264,7 +264,7 @@ def load_network(member: Member, device: torch.device | None = None) -> Network:
         if member.backend == "openvino":
             from .openvino_network import OpenVinoNetwork
 
-            network = OpenVinoNetwork(member.network_file, device)
+            network = OpenVinoNetwork(member.network_file, device, member.tiles_per_forward)
         else:
             from .onnx_network import OnnxNetwork
 
