@@ -44,13 +44,16 @@ def own_cache(tmp_path, monkeypatch) -> Path:
     return tmp_path / "cache"
 
 
-def measured_as(monkeypatch, seconds: dict[tuple[str, int], float]) -> list[list[str]]:
-    """Measurements replaced by these seconds per (backend, tiles); returns the options measured, per call."""
+def measured_as(monkeypatch, seconds: dict[tuple[str, int], float],
+                differences: dict[tuple[str, int], float] | None = None) -> list[list[str]]:
+    """Measurements replaced by these seconds per (backend, tiles) and, for the ONNX backends, these differences from
+    torch's logits (default 1e-6); returns the options measured, per call."""
     calls = []
 
-    def fake(member, options, verify):
+    def fake(member, options, verify, exported):
         calls.append([o.name for o in options])
-        return {o.name: seconds[(o.backend, o.tiles)] for o in options}
+        return ({o.name: seconds[(o.backend, o.tiles)] for o in options},
+                {o.name: (differences or {}).get((o.backend, o.tiles), 1e-6) for o in options if o.backend != "torch"})
 
     monkeypatch.setattr(forward_choice, "_measure", fake)
     return calls
@@ -154,9 +157,14 @@ def test_the_real_measurement_times_every_option_and_keeps_it(beside, workspace,
     for record in kept.values():
         seconds = record["seconds_per_tile"]
         assert len(seconds) == 9 and all(0 < s < 10 for s in seconds.values())
+        differences = record["max_relative_difference"]  # the members' own weights, torch against each ONNX way
+        assert len(differences) == 6 and all(0 <= d < 1e-3 for d in differences.values())
     for member in members:
         seconds = kept[forward_choice.architecture_key(member)]["seconds_per_tile"]
-        chosen = min(seconds, key=seconds.get)
+        record = kept[forward_choice.architecture_key(member)]
+        allowed = {name: s for name, s in seconds.items()
+                   if record["max_relative_difference"].get(name, 0.0) <= forward_choice.DIFFERENCE_LIMIT}
+        chosen = min(allowed, key=allowed.get)
         assert chosen.startswith(member.backend) and chosen.endswith(f"x{member.tiles_per_forward}")
     assert capsys.readouterr().out.count("forwards on this CPU") == 3
 
@@ -361,3 +369,12 @@ def test_the_console_scripts_keep_torchs_idle_threads_asleep_unless_told(monkeyp
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     quiet_openmp_threads()
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+
+
+def test_a_faster_way_whose_logits_stray_from_torchs_is_not_taken(beside, workspace, own_cache, monkeypatch, capsys):
+    measured_as(monkeypatch, OPENVINO_FASTEST, {("openvino", 4): 2e-4})
+    members = members_of(workspace.mixed_spec, beside)
+    forward_choice.choose_forwards(members, CPU)
+    assert [(m.backend, m.tiles_per_forward) for m in members] == [("onnxruntime", 2)] * 3
+    out = capsys.readouterr().out
+    assert "not taken, logits further than 1e-04 from torch's: openvino x4 (0.050 s, 2.0e-04)" in out
