@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -106,14 +107,32 @@ def _export_member(member: Member, weights_root: Path, out: Path, opset: int, ve
     return entry
 
 
+def _check_opset(opset: int) -> None:
+    if opset < 17:
+        raise PantherError(f"--opset must be at least 17 (LayerNormalization and the exporter's ops), got {opset}")
+
+
+def _export_members(spec: EnsembleSpec, weights_root: Path, staging: Path, opset: int, verify: bool,
+                    where: Callable[[dict], str]) -> list[dict]:
+    """Every member exported into `staging`, one log line each (`where` names where its model goes)."""
+    entries = []
+    for index, member_spec in enumerate(spec.members, start=1):
+        started = time.perf_counter()
+        member = load_member(weights_root, member_spec)
+        entries.append(_export_member(member, weights_root, staging, opset, verify))
+        check = f", logits within {entries[-1]['max_relative_difference']:.1e} of torch's" if verify else ""
+        log(f"[{index}/{len(spec.members)}] {member_spec.name} -> {where(entries[-1])} in "
+            f"{time.perf_counter() - started:.1f}s{check}")
+    return entries
+
+
 def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: int = DEFAULT_OPSET,
                     verify: bool = True) -> Path:
     """Export every member of the spec into `out` (which must not exist or be empty); returns the written
     spec. With `verify`, each model is run by ONNX Runtime on a random tile against the checkpoint's network."""
     import onnx
 
-    if opset < 17:
-        raise PantherError(f"--opset must be at least 17 (LayerNormalization and the exporter's ops), got {opset}")
+    _check_opset(opset)
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise PantherError(f"{out}: exists and is not an empty folder; export-onnx writes a new one")
@@ -121,15 +140,7 @@ def export_ensemble(spec: EnsembleSpec, weights_root: Path, out: Path, opset: in
     out.parent.mkdir(parents=True, exist_ok=True)
     with written_atomically(out) as staging:  # the folder whole, or none (an empty one given is replaced)
         staging.mkdir()
-        entries = []
-        for index, member_spec in enumerate(spec.members, start=1):
-            started = time.perf_counter()
-            member = load_member(weights_root, member_spec)
-            entries.append(_export_member(member, weights_root, staging, opset, verify))
-            check = (f", logits within {entries[-1]['max_relative_difference']:.1e} of torch's"
-                     if verify else "")
-            log(f"[{index}/{len(spec.members)}] {member_spec.name} -> {entries[-1]['onnx']} in "
-                f"{time.perf_counter() - started:.1f}s{check}")
+        entries = _export_members(spec, weights_root, staging, opset, verify, lambda entry: entry["onnx"])
         if spec.postprocessing is not None and spec.postprocessing.nnunet:  # nnU-Net's postprocessing.pkl goes too
             (staging / spec.postprocessing.nnunet).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(weights_root / spec.postprocessing.nnunet, staging / spec.postprocessing.nnunet)
@@ -148,20 +159,12 @@ def export_beside(spec: EnsembleSpec, weights_root: Path, opset: int = DEFAULT_O
     """Every member of the spec exported beside its checkpoint in `weights_root` (an earlier export there
     replaced); returns the ONNX models written. All are exported, and checked with `verify`, before any is moved
     into place."""
-    if opset < 17:
-        raise PantherError(f"--opset must be at least 17 (LayerNormalization and the exporter's ops), got {opset}")
+    _check_opset(opset)
     check_against_weights(spec, weights_root)
     weights_root = Path(weights_root)
     with tempfile.TemporaryDirectory(dir=weights_root, prefix=".panther-onnx-export-") as scratch:  # same disk
-        staging, entries = Path(scratch), []
-        for index, member_spec in enumerate(spec.members, start=1):
-            started = time.perf_counter()
-            member = load_member(weights_root, member_spec)
-            entries.append(_export_member(member, weights_root, staging, opset, verify))
-            check = (f", logits within {entries[-1]['max_relative_difference']:.1e} of torch's"
-                     if verify else "")
-            log(f"[{index}/{len(spec.members)}] {member_spec.name} -> beside its checkpoint in "
-                f"{time.perf_counter() - started:.1f}s{check}")
+        staging = Path(scratch)
+        entries = _export_members(spec, weights_root, staging, opset, verify, lambda entry: "beside its checkpoint")
         digests = {name: digest for entry in entries for name, digest in entry["files"].items()}
         # external weights first: an .onnx in place never lacks its .onnx.data
         for name in sorted(digests, key=lambda n: not n.endswith(".data")):
