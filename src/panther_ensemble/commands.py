@@ -127,7 +127,8 @@ def run_export_onnx(args: argparse.Namespace) -> None:
     if args.beside:
         export_beside(spec, weights_root, args.opset)
         print(f"wrote {len(spec.members)} ONNX members beside their checkpoints in {weights_root}; on a CPU, predict "
-              "runs each with torch or ONNX Runtime, whichever is faster here (PANTHER_FORWARD_CHOICE=off: torch)")
+              "runs each with torch, ONNX Runtime or OpenVINO, whichever it measures fastest here "
+              "(PANTHER_FORWARD_CHOICE=off: torch)")
         return
     written = export_ensemble(spec, weights_root, args.out, args.opset)
     print(f"wrote {len(spec.members)} ONNX members to {args.out}; run them with: panther-ensemble predict "
