@@ -160,8 +160,8 @@ def test_the_real_measurement_times_every_option_and_keeps_it(beside, workspace,
         differences = record["max_relative_difference"]  # the members' own weights, torch against each ONNX way
         assert len(differences) == 6 and all(0 <= d < 1e-3 for d in differences.values())
     for member in members:
-        seconds = kept[forward_choice.architecture_key(member)]["seconds_per_tile"]
-        record = kept[forward_choice.architecture_key(member)]
+        seconds = kept[member.architecture]["seconds_per_tile"]
+        record = kept[member.architecture]
         allowed = {name: s for name, s in seconds.items()
                    if record["max_relative_difference"].get(name, 0.0) <= forward_choice.DIFFERENCE_LIMIT}
         chosen = min(allowed, key=allowed.get)

@@ -53,12 +53,6 @@ class Option:
         return f"{self.backend} {self.version} x{self.tiles}"
 
 
-def architecture_key(member: Member) -> str:
-    configuration = member.configuration_manager
-    return repr((configuration.network_arch_class_name, configuration.network_arch_init_kwargs, member.input_shape,
-                 member.label_manager.num_segmentation_heads))
-
-
 def seconds_per_tile(network: Network, input_shape: list[int], tiles: int, device: torch.device,
                      repeats: int = REPEATS) -> float:
     """Seconds per tile of a forward of `tiles` tiles through the network: the median of `repeats` forwards after
@@ -168,7 +162,7 @@ def choose_forwards(members: list[Member], device: torch.device, verify: Verify 
     kept = {} if setting == "remeasure" else dict(read_entry(key).get("forwards", {}))
     by_architecture: dict[str, list[Member]] = {}
     for member in members:
-        by_architecture.setdefault(architecture_key(member), []).append(member)
+        by_architecture.setdefault(member.architecture, []).append(member)
     labels = member_labels([m.id for m in members])
     changed = False
     for architecture, group in by_architecture.items():

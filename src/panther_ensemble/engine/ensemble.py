@@ -6,7 +6,6 @@ Data flows one way; file I/O stays in io/spec/members, the math in preprocess/pr
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from collections import Counter, defaultdict
@@ -237,12 +236,9 @@ class Ensemble:
     def _graphed(self, member: Member, network: torch.nn.Module) -> Network:
         """The network's forward as a replay of its architecture's CUDA graph (captured at the first member that
         has it), or the network itself where capture failed."""
-        configuration = member.configuration_manager
-        key = json.dumps([configuration.network_arch_class_name, configuration.network_arch_init_kwargs,
-                          member.input_shape, member.label_manager.num_segmentation_heads], sort_keys=True, default=str)
-        if key not in self._graphs:
-            self._graphs[key] = capture(network, (1, *member.input_shape), self.device)
-        graphed = self._graphs[key]
+        if member.architecture not in self._graphs:
+            self._graphs[member.architecture] = capture(network, (1, *member.input_shape), self.device)
+        graphed = self._graphs[member.architecture]
         return network if graphed is None else graphed.bind(network)
 
     def _drop(self, members: list[Member], why: str) -> None:

@@ -95,6 +95,14 @@ class Member:
     def input_shape(self) -> list[int]:
         return tile_shape(self.plans_manager, self.configuration_manager, self.dataset_json)
 
+    @property
+    def architecture(self) -> str:
+        """Its network's identity: the plans' class and arguments, its tile and its classes (folds of a model, and
+        members that differ only by dataset or training, share it)."""
+        manager = self.configuration_manager
+        return json.dumps([manager.network_arch_class_name, manager.network_arch_init_kwargs, self.input_shape,
+                           self.label_manager.num_segmentation_heads], sort_keys=True, default=str)
+
 
 def tile_shape(plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                dataset_json: dict) -> list[int]:
@@ -246,9 +254,8 @@ def import_case_code(members: list[Member]) -> None:
         for scheme in manager.normalization_schemes:
             recursive_find_python_class(str(Path(nnunetv2.__path__[0]) / "preprocessing" / "normalization"), scheme,
                                         "nnunetv2.preprocessing.normalization")
-        architecture = json.dumps([manager.network_arch_class_name, manager.network_arch_init_kwargs], default=str)
-        if member.backend == "torch" and architecture not in built:
-            built.add(architecture)
+        if member.backend == "torch" and member.architecture not in built:
+            built.add(member.architecture)
             with torch.device("meta"):  # no memory: only the imports and torch's first checks
                 network_from_plans(member.plans_manager, manager, member.dataset_json)
 

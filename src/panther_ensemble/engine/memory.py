@@ -147,9 +147,7 @@ def estimate_device(members: list[Member], shape_zyx: tuple[int, ...], spacing_z
     sizes = [forward_bytes(m) for m in members]
     architectures = {}
     for member, (parameters, activations) in zip(members, sizes):
-        architectures[(member.configuration_manager.network_arch_class_name,
-                       repr(member.configuration_manager.network_arch_init_kwargs), tuple(member.input_shape))] = \
-            parameters + activations
+        architectures[member.architecture] = parameters + activations
     window = max(_model_grid_voxels(group, shape_zyx, spacing_zyx) for group in group_members(members)) * \
         (WINDOW_BYTES_PER_VOXEL + 2 * classes)
     grid = voxels * 4 * classes + SLAB_TEMPORARIES * SLAB_BYTES["device"]

@@ -92,11 +92,9 @@ def tile_tflop(member: Member) -> float:
 def _architecture(member: Member) -> str:
     """What a tile's seconds belong to: the network, and how predict runs it (its backend; on a CPU its tiles per
     forward where measured, app.forward_choice)."""
-    configuration = member.configuration_manager
     how = () if member.backend == "torch" and member.tiles_per_forward is None else \
         (member.backend, member.tiles_per_forward)
-    return repr((configuration.network_arch_class_name, configuration.network_arch_init_kwargs, member.input_shape,
-                 *how))
+    return repr((member.architecture, *how))
 
 
 @dataclass
