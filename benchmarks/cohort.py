@@ -38,7 +38,18 @@ import SimpleITK as sitk
 import torch
 
 from panther_ensemble.demo.synthetic import write_gc_input
-from panther_ensemble.tools.benchmark import PLANS_NAME, PRESETS, SOCKETS, bench_plans, set_up
+from panther_ensemble.engine.spec import load_spec
+from panther_ensemble.tools.benchmark import (
+    PLANS_NAME,
+    PRESETS,
+    SOCKETS,
+    bench_plans,
+    measure_choice,
+    own_cache,
+    parity,
+    set_up,
+)
+from panther_ensemble.tools.onnx_export import export_beside
 
 SPACING_XYZ = (1.19, 1.19, 3.0)  # PANTHER Task 1's
 PLANS_NAMES = (f"{PLANS_NAME}", f"{PLANS_NAME}FineTuned", f"{PLANS_NAME}FineTunedTwice")
@@ -66,23 +77,6 @@ def run(commands: list[list[str]], env: dict) -> float:
         if done.returncode:
             raise SystemExit(f"{command[0]} failed ({done.returncode}): {done.stderr.strip()[-2000:]}")
     return time.perf_counter() - started
-
-
-def choose(spec: Path, weights: Path, cache: str) -> dict[str, str]:
-    """Export the members beside their checkpoints and measure the forward choice into `cache`, untimed; what was
-    chosen per member."""
-    from panther_ensemble.app.forward_choice import choose_forwards
-    from panther_ensemble.engine.members import describe_member
-    from panther_ensemble.engine.spec import load_spec
-    from panther_ensemble.tools.onnx_export import export_beside
-
-    os.environ["XDG_CACHE_HOME"] = cache
-    members = [describe_member(weights, m) for m in load_spec(spec).members]
-    export_beside(load_spec(spec), weights, verify=False)
-    started = time.perf_counter()
-    choose_forwards(members, torch.device("cpu"))
-    print(f"forward choice measured in {time.perf_counter() - started:.1f}s (untimed)", flush=True)
-    return {m.spec.name: f"{m.backend} x{m.tiles_per_forward}" for m in members}
 
 
 def masks(folder: Path) -> dict[str, np.ndarray]:
@@ -116,9 +110,11 @@ def main() -> None:
 
         beside = work / "members-beside"  # the same weights, each member's ONNX model beside its checkpoint
         shutil.copytree(setup.weights, beside)
-        env["XDG_CACHE_HOME"] = str(work / "cache")  # the choice measured afresh, the user's cache left alone
-        chosen = choose(setup.spec, beside, env["XDG_CACHE_HOME"])
-        print(f"forward choice: {chosen}", flush=True)
+        spec = load_spec(setup.spec)
+        export_beside(spec, beside, verify=False)
+        with own_cache(work):  # the choice measured afresh and untimed, the user's cache left alone
+            env["XDG_CACHE_HOME"] = os.environ["XDG_CACHE_HOME"]  # where the predicts find it
+            chosen = measure_choice(beside, spec, torch.device("cpu"))
         # (b) and (c) differ only by PANTHER_READ_AHEAD, set per path below
         paths = {"nnunet-cli": lambda out: nnunet_workflow(setup.folders, raw, out), "ours": predict,
                  "ours-read-ahead-off": predict, "ours-chosen": lambda out: ours(setup.spec, beside, gc_input, out)}
@@ -132,11 +128,8 @@ def main() -> None:
         ahead, off = masks(work / "out-ours-0"), masks(work / "out-ours-read-ahead-off-0")
         identical = list(ahead) == list(off) and all(np.array_equal(ahead[k], off[k]) for k in ahead)
         by_choice = masks(work / "out-ours-chosen-0")
-        torch_voxels = np.concatenate([ahead[k].ravel() for k in ahead])
-        chosen_voxels = np.concatenate([by_choice[k].ravel() for k in ahead])
-        overlap = 2 * int(np.logical_and(torch_voxels, chosen_voxels).sum())
-        chosen_parity = {"dice": overlap / max(1, int(torch_voxels.sum()) + int(chosen_voxels.sum())),
-                         "differing_fraction": float((torch_voxels != chosen_voxels).mean())}
+        chosen_parity = parity(np.concatenate([by_choice[k].ravel() for k in ahead]),
+                               np.concatenate([ahead[k].ravel() for k in ahead]))
         medians = {name: statistics.median(values) for name, values in seconds.items()}
         report = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "cases": args.cases,
                   "shape_zyx": list(shape), "spacing_xyz": list(SPACING_XYZ), "preset": args.preset,

@@ -16,18 +16,17 @@ if TYPE_CHECKING:
 
 
 def _spec_and_weights(spec_file: Path, weights: Path | None, backend: str | None = None
-                      ) -> tuple[EnsembleSpec, Path, str | None]:
-    """The spec, its weights root (--weights or the app's lookup), its backend (--backend, else the spec's, else
-    None: torch, or on a CPU each member's measured choice where a tool follows predict) and the check that the root
-    holds its members' network files for that backend."""
+                      ) -> tuple[EnsembleSpec, Path, str]:
+    """The spec, its weights root (--weights or the app's lookup), its backend for the tools (--backend, else the
+    spec's, else torch) and the check that the root holds its members' network files for that backend."""
     from .app.locations import resolve_weights_root
     from .app.predict_run import choose_backend
     from .engine.spec import check_against_weights, load_spec
 
     spec = load_spec(spec_file)
-    backend = choose_backend(backend, spec, "fast")
+    backend = choose_backend(backend, spec, "fast") or "torch"
     weights_root = resolve_weights_root(spec, weights)
-    check_against_weights(spec, weights_root, backend or "torch")
+    check_against_weights(spec, weights_root, backend)
     return spec, weights_root, backend
 
 
@@ -85,8 +84,7 @@ def _evaluation(args: argparse.Namespace) -> tuple[dict, str]:
         from .tools.member_table import compare_members, format_table
 
         spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights, args.backend)
-        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device),
-                                 backend or "torch")
+        result = compare_members(spec, weights_root, args.images, args.labels, select_device(args.device), backend)
         summary = "\n" + format_table(result)
     else:
         raise PantherError("evaluate takes either --pred and --gt, or --ensemble, --images and --labels")
@@ -146,12 +144,12 @@ def run_export_model(args: argparse.Namespace) -> None:
     spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights)
     with tempfile.TemporaryDirectory(prefix="panther-export-model-") as scratch:
         stage = Path(scratch) / "model"
-        if args.onnx and backend in (None, "torch"):
+        if args.onnx and backend == "torch":
             from .tools.onnx_export import export_ensemble
 
             export_ensemble(spec, weights_root, stage, args.opset)
         else:  # the spec's own members: checkpoints, or the ONNX models export-onnx wrote (backend = "onnxruntime")
-            stage_models([spec.path], weights_root, stage, backend=backend or "torch")
+            stage_models([spec.path], weights_root, stage, backend=backend)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         write_tarball(stage, args.out)
     digest = sha256(args.out)  # streamed: a model tarball is gigabytes
@@ -211,7 +209,7 @@ def run_select(args: argparse.Namespace) -> None:
     selection = run_selection(candidates, weights_root, args.images, args.labels, args.out,
                               select_device(args.device), target, args.objective, args.budget, geometry,
                               held_out if all(held_out) else None, args.remeasure, not args.no_postprocessing,
-                              backend or "torch")
+                              backend)
     print(path_table(selection))
     if selection.post is not None:
         print(postprocessing_table(selection))
@@ -226,6 +224,7 @@ def run_select(args: argparse.Namespace) -> None:
 
 def _cost(args: argparse.Namespace) -> dict:
     from .app.forward_choice import choose_forwards
+    from .app.predict_run import choose_backend
     from .engine.devices import select_device
     from .engine.image import check_image
     from .engine.members import describe_member
@@ -239,9 +238,10 @@ def _cost(args: argparse.Namespace) -> dict:
         header = check_image(args.image)
         geometry = header.shape_zyx, header.spacing_zyx
     spec, weights_root, backend = _spec_and_weights(args.ensemble, args.weights, args.backend)
-    members = [describe_member(weights_root, m, backend or "torch") for m in spec.members]
+    members = [describe_member(weights_root, m, backend) for m in spec.members]
     device = select_device(args.device)
-    if backend is None and target.tflops is None:  # `here` prices what predict runs: each member's measured choice
+    # `here` prices what predict runs: where no backend is named, each member's measured choice
+    if target.tflops is None and choose_backend(args.backend, spec, "fast") is None:
         choose_forwards(members, device)
     postprocessing = spec.postprocessing.kind if spec.postprocessing else "none"
     return pool_cost_on(members, *geometry, target, device, args.remeasure, postprocessing).report()

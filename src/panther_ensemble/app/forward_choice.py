@@ -25,6 +25,7 @@ from ..core.log import log
 from ..engine.activations import tiles_per_forward
 from ..engine.loading import Verify
 from ..engine.members import Member, Network, load_network, network_from_plans
+from ..engine.onnx_network import relative_difference
 from ..engine.spec import ONNX_BACKENDS, member_labels, network_files
 from .here_cache import here_cache, machine_key, read_entry, update_entry
 from .manifest import Manifest
@@ -107,13 +108,6 @@ def _torch_network(member: Member, own_weights: bool, verify: Verify | None) -> 
     return load_network(checkpoint, torch.device("cpu"))
 
 
-def relative_difference(network: Network, reference: torch.Tensor, tiles: torch.Tensor) -> float:
-    """The largest difference of the network's logits from the reference's, relative to the largest logit (at
-    least 1)."""
-    with torch.inference_mode():
-        return float((network(tiles) - reference).abs().max()) / max(1.0, float(reference.abs().max()))
-
-
 def _measure(member: Member, options: list[Option], verify: Verify | None, exported: bool
              ) -> tuple[dict[str, float], dict[str, float]]:
     """Each option's seconds per tile for the member's architecture on this CPU and, for the ONNX backends (the
@@ -131,9 +125,7 @@ def _measure(member: Member, options: list[Option], verify: Verify | None, expor
         seconds[option.name] = seconds_per_tile(networks[option.backend], member.input_shape, option.tiles, cpu)
         if option.backend != "torch":
             tiles = torch.randn((option.tiles, *member.input_shape), generator=torch.Generator().manual_seed(0))
-            with torch.inference_mode():
-                reference = networks["torch"](tiles)
-            differences[option.name] = relative_difference(networks[option.backend], reference, tiles)
+            differences[option.name] = relative_difference(networks[option.backend], networks["torch"], tiles)
     return seconds, differences
 
 

@@ -23,6 +23,7 @@ from ..engine.image import Header, write_mask
 from ..engine.loading import Verify
 from ..engine.members import Member
 from ..engine.memory import check_host_memory, device_free_bytes, estimate_device, host_bytes, plan_device
+from ..engine.openvino_network import check_device
 from ..engine.spec import BACKENDS, EnsembleSpec, check_against_weights, load_spec, member_files, network_files
 from .cases import CaseBook
 from .cohort import Records, existing_mask_problem, resolve_shard
@@ -115,8 +116,8 @@ def check_socket(spec: EnsembleSpec, socket: str | None) -> None:
 
 @dataclass(frozen=True)
 class Prepared:
-    """A spec checked against its weights, ready to load: the backend (None: chosen per member, forwards_chosen),
-    the weights root, the manifest's check."""
+    """A spec checked against its weights, ready to load: the backend (None: chosen per member on a CPU,
+    app.forward_choice), the weights root, the manifest's check."""
 
     spec: EnsembleSpec
     backend: str | None
@@ -126,9 +127,8 @@ class Prepared:
     def load(self, device: torch.device, timer: StageTimer, mode: str,
              placement: Callable[[list[Member]], Placement]) -> Ensemble:
         """The ensemble loading (Ensemble.load), each member's forward chosen before `placement` plans for it."""
-        if self.backend == "openvino" and device.type != "cpu":
-            raise PantherError(f"the openvino backend runs on a CPU, not on {device}: use --device cpu, or the "
-                               "torch or onnxruntime backend")
+        if self.backend == "openvino":  # refused before anything loads
+            check_device(device)
 
         def chosen_then_placed(members: list[Member]) -> Placement:
             if self.backend is None:

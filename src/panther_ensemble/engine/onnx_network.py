@@ -70,6 +70,14 @@ def providers(device: torch.device, arena_bytes: int | None = None) -> list:
     return [*chosen, ("CUDAExecutionProvider", cuda), "CPUExecutionProvider"]
 
 
+def relative_difference(network, reference: torch.nn.Module, tiles: torch.Tensor) -> float:
+    """The largest difference of `network`'s logits from `reference`'s on these tiles, relative to the largest logit
+    (at least 1): export-onnx's check of an export, and the forward choice's of a backend."""
+    with torch.inference_mode():
+        expected = reference(tiles)
+        return float((network(tiles) - expected).abs().max()) / max(1.0, float(expected.abs().max()))
+
+
 _shared_cpu_arena = threading.Lock()
 _shared_cpu_arena_registered = False
 

@@ -20,6 +20,12 @@ from .onnx_network import INPUT_NAME
 COMPILE_OPTIONS = {"INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY", "ENABLE_CPU_PINNING": False}
 
 
+def check_device(device: torch.device) -> None:
+    if device.type != "cpu":
+        raise PantherError(f"the openvino backend runs on a CPU, not on {device}: use --device cpu, or the torch or "
+                           "onnxruntime backend")
+
+
 def import_openvino():
     try:
         import openvino
@@ -34,9 +40,7 @@ class OpenVinoNetwork:
     def __init__(self, path: Path, device: torch.device, tiles: int | None = None) -> None:
         """`tiles`: compile for this batch size now (in the loader's thread, while another member runs), not at the
         first forward."""
-        if device.type != "cpu":
-            raise PantherError(f"the openvino backend runs on a CPU, not on {device}: use --device cpu, or the torch "
-                               "or onnxruntime backend")
+        check_device(device)
         openvino = import_openvino()
         self.core = openvino.Core()
         try:

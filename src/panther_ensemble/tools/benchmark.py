@@ -296,7 +296,7 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
         if with_choice:
             with contextlib.redirect_stdout(io.StringIO()):
                 export_beside(spec, setup.weights, verify=False)
-            choice = measure_choice(setup, spec, device)
+            choice = measure_choice(setup.weights, spec, device)
     runs: dict[str, list[dict]] = {name: [] for name in names}
     masks = {}
     for r in range(repeats):
@@ -345,13 +345,13 @@ def benchmark_case(work: Path, preset: Preset, case: str, plans: dict, device: t
     return result
 
 
-def measure_choice(setup: Setup, spec, device: torch.device) -> dict:
+def measure_choice(weights: Path, spec, device: torch.device) -> dict:
     """The forward choice's measurement, once before the runs (as a machine's first predict makes it, then keeps
     it): its seconds and what it chose per member."""
     from ..app.forward_choice import choose_forwards
     from ..engine.members import describe_member
 
-    members = [describe_member(setup.weights, m) for m in spec.members]
+    members = [describe_member(weights, m) for m in spec.members]
     started = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         choose_forwards(members, device)

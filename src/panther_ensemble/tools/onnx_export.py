@@ -36,7 +36,7 @@ from ..core.errors import PantherError
 from ..core.log import log
 from ..core.stop import written_atomically
 from ..engine.members import Member, load_member
-from ..engine.onnx_network import INPUT_NAME, ONNX_MANIFEST, OUTPUT_NAME, OnnxNetwork
+from ..engine.onnx_network import INPUT_NAME, ONNX_MANIFEST, OUTPUT_NAME, OnnxNetwork, relative_difference
 from ..engine.spec import EnsembleSpec, check_against_weights
 from ..engine.spec_writer import SpecComments, write_spec
 
@@ -74,9 +74,7 @@ def max_difference(network: torch.nn.Module, exported: OnnxNetwork, input_shape:
     """The largest logit difference between torch and ONNX Runtime on one random tile (CPU, fp32), relative to
     the largest logit's magnitude (at least 1)."""
     tile = torch.randn((1, *input_shape), generator=torch.Generator().manual_seed(0))
-    with torch.inference_mode():
-        expected = network(tile)
-    return float((exported(tile) - expected).abs().max()) / max(1.0, float(expected.abs().max()))
+    return relative_difference(exported, network, tile)
 
 
 def _export_member(member: Member, weights_root: Path, out: Path, opset: int, verify: bool) -> dict:
